@@ -1,0 +1,50 @@
+"""The one exception tree of hostler.
+
+    HostlerError
+     ├── ModelNotFound        unknown model id (raised before anything is enqueued)
+     ├── InvalidRequest       a parameter failed validation (also a ValueError)
+     ├── Timeout              a wait ran past its timeout (also a TimeoutError)
+     ├── ConnectionFailed     Redis could not be reached
+     └── JobFailed            the worker ended the job with an error
+          └── ContextExceeded the prompt does not fit the model's context
+"""
+
+from __future__ import annotations
+
+
+class HostlerError(Exception):
+    """Base of every error hostler raises on purpose."""
+
+
+class ModelNotFound(HostlerError, LookupError):
+    def __init__(self, model: str, available: list[str]) -> None:
+        self.model = model
+        self.available = available
+        known = ", ".join(available) if available else "none (is `hostler up` running against this Redis?)"
+        super().__init__(f"model {model!r} not found; models available: {known}")
+
+
+class InvalidRequest(HostlerError, ValueError):
+    """A request or parameter is invalid; the message names the field."""
+
+
+class Timeout(HostlerError, TimeoutError):
+    """A wait exceeded its timeout."""
+
+
+class ConnectionFailed(HostlerError, ConnectionError):
+    """Redis could not be reached."""
+
+
+class JobFailed(HostlerError):
+    """A job ended as failed; `code` is a stable machine-readable reason."""
+
+    def __init__(self, job_id: str, code: str, message: str) -> None:
+        self.job_id = job_id
+        self.code = code
+        self.message = message
+        super().__init__(f"job {job_id} failed ({code}): {message}")
+
+
+class ContextExceeded(JobFailed):
+    """The prompt (plus template) is longer than the model's context."""

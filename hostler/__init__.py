@@ -1,0 +1,50 @@
+"""hostler: local LLMs served to many clients through Redis queues.
+
+The public API is the client, its errors and the wire schemas; everything else is
+private to the package.
+"""
+
+from hostler.client import (
+    Client,
+    ConnectionFailed,
+    ContextExceeded,
+    HostlerError,
+    InvalidRequest,
+    JobFailed,
+    ModelNotFound,
+    Timeout,
+)
+from hostler.schemas import (
+    ChatMessage,
+    CompletionResult,
+    LoadParams,
+    LoadResult,
+    ModelInfo,
+    SamplingParams,
+    UnloadResult,
+    Usage,
+    WorkerStatus,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChatMessage",
+    "Client",
+    "CompletionResult",
+    "ConnectionFailed",
+    "ContextExceeded",
+    "HostlerError",
+    "InvalidRequest",
+    "JobFailed",
+    "LoadParams",
+    "LoadResult",
+    "ModelInfo",
+    "ModelNotFound",
+    "SamplingParams",
+    "Timeout",
+    "UnloadResult",
+    "Usage",
+    "WorkerStatus",
+    "__version__",
+]

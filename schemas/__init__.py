@@ -1,0 +1,70 @@
+"""hostler's wire contract: job payloads, stream events, results, reports and key names."""
+
+from ._events import (
+    EVENT_ADAPTER,
+    RESULT_ADAPTER,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    JobResult,
+    StreamEvent,
+    TokenEvent,
+)
+from ._jobs import (
+    JOB_ADAPTER,
+    MAX_PROMPT_CHARS,
+    MODEL_ID_PATTERN,
+    RQ_FUNC_PREFIX,
+    ChatJob,
+    ChatMessage,
+    CompletionJob,
+    Job,
+    JobKind,
+    LoadJob,
+    TokenCountJob,
+    UnloadJob,
+    rq_func_name,
+)
+from ._keys import DEFAULT_PREFIX, Keys
+from ._params import LoadParams, SamplingParams
+from ._reports import HostReport, ModelInfo, WorkerReport, WorkerState, WorkerStatus
+from ._results import CompletionResult, FinishReason, LoadResult, TokenCountResult, UnloadResult, Usage
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "EVENT_ADAPTER",
+    "JOB_ADAPTER",
+    "MAX_PROMPT_CHARS",
+    "MODEL_ID_PATTERN",
+    "RESULT_ADAPTER",
+    "RQ_FUNC_PREFIX",
+    "ChatJob",
+    "ChatMessage",
+    "CompletionJob",
+    "CompletionResult",
+    "DoneEvent",
+    "ErrorCode",
+    "ErrorEvent",
+    "FinishReason",
+    "HostReport",
+    "Job",
+    "JobKind",
+    "JobResult",
+    "Keys",
+    "LoadJob",
+    "LoadParams",
+    "LoadResult",
+    "ModelInfo",
+    "SamplingParams",
+    "StreamEvent",
+    "TokenCountJob",
+    "TokenCountResult",
+    "TokenEvent",
+    "UnloadJob",
+    "UnloadResult",
+    "Usage",
+    "WorkerReport",
+    "WorkerState",
+    "WorkerStatus",
+    "rq_func_name",
+]

@@ -1,0 +1,81 @@
+"""Job payloads: the JSON an rq job on a model queue carries as its keyword arguments.
+
+Every kind is validated again by the worker, because anyone with write access to Redis
+can put anything on a queue.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from ._params import LoadParams, SamplingParams
+
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+MAX_PROMPT_CHARS = 4_000_000
+
+ModelId = Annotated[
+    str,
+    Field(
+        pattern=MODEL_ID_PATTERN,
+        description="A model name (letters, digits, '.', '_', '-'); never a path.",
+    ),
+]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class _JobBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelId
+    stream: bool = Field(False, description="Publish each generated piece as a token event.")
+
+
+class CompletionJob(_JobBase):
+    kind: Literal["completion"] = "completion"
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    params: SamplingParams = Field(default_factory=SamplingParams)  # type: ignore[arg-type]
+
+
+class ChatJob(_JobBase):
+    kind: Literal["chat"] = "chat"
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    params: SamplingParams = Field(default_factory=SamplingParams)  # type: ignore[arg-type]
+
+
+class TokenCountJob(_JobBase):
+    kind: Literal["token_count"] = "token_count"
+    text: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class LoadJob(_JobBase):
+    kind: Literal["load"] = "load"
+    params: LoadParams = Field(default_factory=LoadParams)  # type: ignore[arg-type]
+
+
+class UnloadJob(_JobBase):
+    kind: Literal["unload"] = "unload"
+
+
+Job = Annotated[
+    CompletionJob | ChatJob | TokenCountJob | LoadJob | UnloadJob,
+    Field(discriminator="kind"),
+]
+JOB_ADAPTER: TypeAdapter[Job] = TypeAdapter(Job)
+
+JobKind = Literal["completion", "chat", "token_count", "load", "unload"]
+
+# rq shows this as the job's function; no worker ever imports it, so a plain rq
+# worker pointed at a hostler queue fails these jobs instead of running anything.
+RQ_FUNC_PREFIX = "hostler.job."
+
+
+def rq_func_name(kind: str) -> str:
+    return RQ_FUNC_PREFIX + kind

@@ -1,0 +1,48 @@
+"""Sampling and load parameters, with the bounds every writer of a job must respect."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_STOP_SEQUENCES = 16
+
+
+class SamplingParams(BaseModel):
+    """Sampling parameters, named as in OpenAI's and llama.cpp's APIs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(256, ge=1, le=131_072, description="Most tokens to generate.")
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(40, ge=0, le=100_000, description="Keep the k most likely tokens; 0 keeps all.")
+    min_p: float = Field(0.05, ge=0.0, le=1.0, description="Drop tokens below min_p times the top one.")
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=MAX_STOP_SEQUENCES,
+        description="Generation ends before the first of these strings; it is not returned.",
+    )
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="RNG seed; None picks one.")
+    repeat_penalty: float = Field(1.0, ge=0.0, le=10.0, description="llama.cpp repetition penalty.")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI presence penalty.")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI frequency penalty.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: object) -> object:
+        # OpenAI accepts a bare string for a single stop sequence.
+        return [value] if isinstance(value, str) else value
+
+
+class LoadParams(BaseModel):
+    """How a model is loaded; a load with different params reloads it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_ctx: int = Field(2048, ge=16, le=1_048_576, description="Context length in tokens.")
+    n_batch: int = Field(512, ge=1, le=65_536, description="Prompt tokens evaluated per batch.")
+    n_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads; None lets the engine pick.")
+    n_gpu_layers: int = Field(0, ge=-1, le=100_000, description="Layers offloaded to the GPU; -1 is all.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Default RNG seed for this model.")

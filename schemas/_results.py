@@ -1,0 +1,58 @@
+"""What a finished job returns; stored as the rq job result and sent in the done event."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._params import LoadParams
+
+FinishReason = Literal["stop", "length", "canceled"]
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_tokens: int = Field(ge=0, description="Tokens in the prompt, template applied.")
+    completion_tokens: int = Field(ge=0, description="Tokens generated.")
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class CompletionResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["completion"] = "completion"
+    model: str = Field(description="The model id that produced it.")
+    text: str = Field(description="The whole generated text, equal to the streamed pieces joined.")
+    finish_reason: FinishReason = Field(description="stop: EOS or a stop string; length: max_tokens.")
+    usage: Usage
+
+
+class TokenCountResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["token_count"] = "token_count"
+    model: str
+    count: int = Field(ge=0, description="Tokens the model's tokenizer makes of the text, BOS included.")
+
+
+class LoadResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["load"] = "load"
+    model: str
+    params: LoadParams
+    reloaded: bool = Field(description="False when the model was already loaded with these params.")
+    seconds: float = Field(ge=0.0, description="Time spent loading.")
+
+
+class UnloadResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["unload"] = "unload"
+    model: str
+    was_loaded: bool

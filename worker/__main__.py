@@ -1,0 +1,3 @@
+from hostler.worker.cli import main
+
+main()

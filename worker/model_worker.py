@@ -1,0 +1,366 @@
+"""The per-model worker process: load the model once, then serve its queue in FIFO order.
+
+The model stays in memory between jobs (no fork per job). Each job is claimed,
+validated again (anyone with Redis access can write to a queue), run, and ended
+exactly once as finished or failed, with a done or error event on its channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import psutil
+import redis
+from pydantic import ValidationError
+from rq.serializers import JSONSerializer
+from rq.worker import Worker as RqWorker
+
+from hostler.schemas import (
+    JOB_ADAPTER,
+    RQ_FUNC_PREFIX,
+    ChatJob,
+    CompletionJob,
+    CompletionResult,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    Job,
+    JobResult,
+    Keys,
+    LoadJob,
+    LoadParams,
+    LoadResult,
+    TokenCountJob,
+    TokenCountResult,
+    TokenEvent,
+    UnloadJob,
+    UnloadResult,
+    Usage,
+    WorkerReport,
+    WorkerState,
+)
+
+from .engine import Engine, EngineError, EngineFactory
+from .jobstore import STARTED_TTL, Claimed, JobStore, describe_payload
+from .registry import ModelManifest
+
+log = logging.getLogger("hostler.worker")
+
+HEARTBEAT_S = 2.0
+REPORT_TTL_S = 10
+# A streaming job whose channel has had no subscriber this long is abandoned.
+LISTENER_GRACE_S = 2.0
+
+
+class InvalidJob(Exception):
+    """A queue entry that is not a hostler job; it fails, it is never executed."""
+
+
+@dataclass
+class _Publisher:
+    """Publishes one job's events in order and notices when nobody listens any more."""
+
+    connection: redis.Redis
+    channel: str
+    seq: int = 0
+    last_heard: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def token(self, text: str) -> None:
+        receivers = self.connection.publish(self.channel, TokenEvent(seq=self.seq, text=text).model_dump_json())
+        self.seq += 1
+        if receivers:
+            self.last_heard = time.monotonic()
+
+    def abandoned(self) -> bool:
+        return time.monotonic() - self.last_heard > LISTENER_GRACE_S
+
+    def done(self, result: JobResult) -> str:
+        return DoneEvent(seq=self.seq, result=result).model_dump_json()
+
+    def error(self, code: str, message: str) -> str:
+        return ErrorEvent(seq=self.seq, code=code, message=message).model_dump_json()
+
+
+class ModelWorker:
+    def __init__(
+        self,
+        *,
+        connection: redis.Redis,
+        keys: Keys,
+        manifest: ModelManifest,
+        engine_factory: EngineFactory,
+        host: str | None = None,
+        idle_exit_s: float | None = None,
+    ) -> None:
+        self.connection = connection
+        self.keys = keys
+        self.manifest = manifest
+        self.engine_factory = engine_factory
+        self.host = host or socket.gethostname()
+        self.idle_exit_s = idle_exit_s
+        self.name = f"hostler.{self.host}.{manifest.id}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        queue_name = keys.queue_name(manifest.id)
+        self.rq_worker = RqWorker(
+            [queue_name], connection=connection, name=self.name, serializer=JSONSerializer
+        )
+        self.store = JobStore(connection, queue_name, self.rq_worker)
+        self.engine: Engine | None = None
+        self.load_params: LoadParams | None = None
+        self.state: WorkerState = "starting"
+        self.current: Claimed | None = None
+        self.jobs_done = 0
+        self._graceful = threading.Event()
+        self._hard = threading.Event()
+        self._process = psutil.Process()
+        self._heartbeat_thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            # First signal: finish the running job, then exit. Second: stop it now.
+            if self._graceful.is_set():
+                self._hard.set()
+            self._graceful.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def stop(self, *, hard: bool = False) -> None:
+        self._graceful.set()
+        if hard:
+            self._hard.set()
+
+    def run(self) -> None:
+        self.rq_worker.register_birth()
+        self._heartbeat()
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        idle_since = time.monotonic()
+        backoff = 0.1
+        try:
+            while not self._graceful.is_set():
+                try:
+                    claimed = self.store.claim(timeout=1.0)
+                    backoff = 0.1
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if claimed is None:
+                    if self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
+                        break
+                    continue
+                exit_after = self._serve(claimed)
+                idle_since = time.monotonic()
+                if exit_after:
+                    break
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self.state = "stopping"
+        self._graceful.set()
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        try:
+            with self.connection.pipeline() as pipe:
+                pipe.delete(self.keys.worker(self.name))
+                pipe.srem(self.keys.workers, self.name)
+                pipe.execute()
+            self.rq_worker.register_death()
+        except redis.RedisError:
+            log.warning("could not deregister %s from redis", self.name)
+
+    # -- one job ------------------------------------------------------------------
+
+    def _serve(self, claimed: Claimed) -> bool:
+        """Runs one claimed job to its end; True when the worker should exit afterwards."""
+        self.current = claimed
+        self.state = "busy"
+        publisher = _Publisher(self.connection, self.keys.channel(claimed.job.id))
+        exit_after = False
+        try:
+            job = self._parse(claimed)
+            result = self._dispatch(job, publisher)
+            if isinstance(job, UnloadJob):
+                exit_after = self.connection.llen(self.store.queue.key) == 0
+            self.store.succeed(claimed, result.model_dump(mode="json"), publisher.channel, publisher.done(result))
+        except InvalidJob as exc:
+            self._fail(claimed, publisher, ErrorCode.INVALID_JOB, str(exc))
+        except EngineError as exc:
+            self._fail(claimed, publisher, exc.code, str(exc))
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
+            log.exception("job %s failed", claimed.job.id)
+            self._fail(claimed, publisher, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.current = None
+            self.jobs_done += 1
+            self.state = "idle"
+        return exit_after
+
+    def _fail(self, claimed: Claimed, publisher: _Publisher, code: str, message: str) -> None:
+        self.store.fail(claimed, code, message, publisher.channel, publisher.error(code, message))
+
+    def _parse(self, claimed: Claimed) -> Job:
+        if not claimed.raw:
+            raise InvalidJob(f"job {claimed.job.id} has no record (it expired or was deleted)")
+        try:
+            claimed.job.restore(claimed.raw)
+            func_name = claimed.job.func_name
+            args, kwargs = claimed.job.args, claimed.job.kwargs
+        except Exception as exc:  # noqa: BLE001 - any undecodable payload is the same error
+            raise InvalidJob(
+                f"job payload is not JSON of a hostler job ({type(exc).__name__}); "
+                f"hostler never unpickles payloads (record fields: {describe_payload(claimed.raw)})"
+            ) from None
+        if not isinstance(func_name, str) or not func_name.startswith(RQ_FUNC_PREFIX):
+            raise InvalidJob(f"unknown job kind {str(func_name)[:100]!r}: hostler workers run only hostler jobs")
+        if args or not isinstance(kwargs, dict):
+            raise InvalidJob("job payload must be keyword arguments only")
+        try:
+            job = JOB_ADAPTER.validate_python(kwargs)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise InvalidJob(f"invalid job field {where}: {first['msg']}") from None
+        if func_name != RQ_FUNC_PREFIX + job.kind:
+            raise InvalidJob(f"job kind {job.kind!r} does not match its function {func_name!r}")
+        if job.model != self.manifest.id:
+            raise InvalidJob(f"job for model {job.model!r} is on the queue of {self.manifest.id!r}")
+        return job
+
+    def _dispatch(self, job: Job, publisher: _Publisher) -> JobResult:
+        if isinstance(job, LoadJob):
+            return self._load(job.params)
+        if isinstance(job, UnloadJob):
+            was_loaded = self.engine is not None
+            self._unload()
+            return UnloadResult(model=self.manifest.id, was_loaded=was_loaded)
+        engine = self._engine()
+        if isinstance(job, TokenCountJob):
+            return TokenCountResult(model=self.manifest.id, count=engine.count_tokens(job.text))
+        return self._generate(engine, job, publisher)
+
+    def _generate(self, engine: Engine, job: CompletionJob | ChatJob, publisher: _Publisher) -> CompletionResult:
+        def should_stop() -> bool:
+            return self._hard.is_set() or (job.stream and publisher.abandoned())
+
+        if isinstance(job, CompletionJob):
+            generation = engine.complete(job.prompt, job.params, should_stop)
+        else:
+            generation = engine.chat(job.messages, job.params, should_stop)
+        for piece in generation:
+            if job.stream:
+                publisher.token(piece)
+        return CompletionResult(
+            model=self.manifest.id,
+            text=generation.text,
+            finish_reason=generation.finish_reason,
+            usage=Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens),
+        )
+
+    # -- the model ----------------------------------------------------------------
+
+    def _desired_params(self) -> LoadParams:
+        stored = self.connection.get(self.keys.load_params(self.manifest.id))
+        if stored:
+            try:
+                return LoadParams.model_validate_json(stored)
+            except ValidationError:
+                log.warning("ignoring invalid stored load params for %s", self.manifest.id)
+        return self.manifest.load
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            self._load(self._desired_params(), remember=False)
+        assert self.engine is not None
+        return self.engine
+
+    def _load(self, params: LoadParams, *, remember: bool = True) -> LoadResult:
+        if self.engine is not None and self.load_params == params:
+            return LoadResult(model=self.manifest.id, params=params, reloaded=False, seconds=0.0)
+        self._unload()
+        self.state = "loading"
+        started = time.monotonic()
+        self.engine = self.engine_factory(self.manifest.path, params, chat_template=self.manifest.chat_template)
+        self.load_params = params
+        if remember:
+            self.connection.set(self.keys.load_params(self.manifest.id), params.model_dump_json())
+        self._heartbeat()
+        return LoadResult(
+            model=self.manifest.id, params=params, reloaded=True, seconds=round(time.monotonic() - started, 4)
+        )
+
+    def _unload(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+            self.load_params = None
+        self.connection.delete(self.keys.load_params(self.manifest.id))
+
+    # -- heartbeats ---------------------------------------------------------------
+
+    def report(self) -> WorkerReport:
+        current = self.current
+        return WorkerReport(
+            name=self.name,
+            model=self.manifest.id,
+            host=self.host,
+            pid=os.getpid(),
+            state=self.state if self.state != "starting" or self.engine is None else "idle",
+            cpu_percent=self._process.cpu_percent(interval=None),
+            rss_bytes=self._process.memory_info().rss,
+            current_job=current.job.id if current is not None else None,
+            loaded=self.engine is not None,
+            load_params=self.load_params.model_dump() if self.load_params is not None else None,
+            jobs_done=self.jobs_done,
+            updated_at=time.time(),
+        )
+
+    def _heartbeat(self) -> None:
+        report = self.report()
+        current = self.current
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.worker(self.name), report.model_dump_json(), ex=REPORT_TTL_S)
+            pipe.sadd(self.keys.workers, self.name)
+            pipe.set(self.keys.alive(self.manifest.id), self.name, ex=REPORT_TTL_S)
+            self.rq_worker.heartbeat(timeout=REPORT_TTL_S * 6, pipeline=pipe)
+            if current is not None:
+                current.execution.heartbeat(current.job.started_job_registry, STARTED_TTL, pipeline=pipe)
+            pipe.execute()
+
+    def _heartbeat_loop(self) -> None:
+        while not self._graceful.wait(HEARTBEAT_S):
+            try:
+                self._heartbeat()
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:  # noqa: BLE001 - the heartbeat thread must outlive surprises
+                log.exception("heartbeat crashed")
+        # Keep the alive key while the last job is still finishing.
+
+
+def llama_factory() -> EngineFactory:
+    from .llama_engine import LlamaEngine
+
+    def factory(path: Any, params: LoadParams, *, chat_template: str | None) -> Engine:
+        return LlamaEngine(path, params, chat_template=chat_template)
+
+    return factory
