@@ -50,7 +50,9 @@ class LlamaEngine:
 
     @property
     def n_ctx(self) -> int:
-        return int(self._llm.n_ctx())
+        # llama.cpp may round the context up (64 becomes 256), but llama-cpp-python sizes
+        # its token buffer by the n_ctx it was given: the smaller one is the real limit.
+        return min(int(self._llm.n_ctx()), len(self._llm.input_ids))
 
     def count_tokens(self, text: str) -> int:
         return len(self._prompt_tokens(text))

