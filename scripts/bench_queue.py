@@ -124,7 +124,9 @@ class WorkerProcesses:
         with (self.logs_dir / f"{model}.log").open("wb") as log:
             # Own session: a terminal Ctrl-C reaches only this script, which then stops the
             # workers with SIGTERM (finish the job) instead of killing them mid-token.
-            self.procs[model] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[model] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_alive(self, connection: redis.Redis, keys: Keys, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -317,7 +319,9 @@ def _one_pair(
     def run_queued() -> tuple[Run, dict[str, float]]:
         before = meter.read()
         run = timed(
-            lambda: client.stream(model, prompt, max_tokens=max_tokens, temperature=0, seed=SEED, timeout=JOB_TIMEOUT_S)
+            lambda: client.stream(
+                model, prompt, max_tokens=max_tokens, temperature=0, seed=SEED, timeout=JOB_TIMEOUT_S
+            )
         )
         return run, CpuMeter.delta(before, meter.read())
 
@@ -575,8 +579,9 @@ def print_summary(
               "| added TTFT median ms | added TTFT p95 ms | temp-0 text equal |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for s in summaries:
-            print(f"| {s.model} | {s.inproc_tps:.1f} | {s.queued_tps:.1f} | {s.ratio:.3f} | {s.inproc_ttft_ms:.1f} "
-                  f"| {s.added_ttft_median_ms:+.1f} | {s.added_ttft_p95_ms:+.1f} | {s.matched}/{s.runs} |")
+            print(f"| {s.model} | {s.inproc_tps:.1f} | {s.queued_tps:.1f} | {s.ratio:.3f} "
+                  f"| {s.inproc_ttft_ms:.1f} | {s.added_ttft_median_ms:+.1f} | {s.added_ttft_p95_ms:+.1f} "
+                  f"| {s.matched}/{s.runs} |")
     if counts:
         print(f"\n| token-count jobs, one {args.count_model} worker | jobs | wall s | jobs/s "
               "| CPU ms/job worker | client | redis |")
@@ -594,7 +599,7 @@ def print_details(summaries: list[ModelSummary]) -> None:
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in s.cpu_ms_per_queued_job.items())
         print(
             f"  {s.model}: {s.tokens_per_run:.0f} tokens/run; TTFT in-process {s.inproc_ttft_ms:.1f} ms, "
-            f"queued {s.queued_ttft_ms:.1f} ms (of which client.stream() submit {s.submit_median_ms:.1f} ms); "
+            f"queued {s.queued_ttft_ms:.1f} ms (client.stream() returns after {s.submit_median_ms:.1f} ms); "
             f"per-run throughput ratio median {s.paired_ratio_median:.3f}; "
             f"in-process CPU {s.cpu_ms_per_inproc_job:.0f}, queued CPU {cpu}; "
             f"in-process stream text == queued text in {s.streams_matched}/{s.runs}"
@@ -602,8 +607,10 @@ def print_details(summaries: list[ModelSummary]) -> None:
 
 
 def _machine() -> str:
-    return (f"{platform.machine()} {psutil.cpu_count(logical=True)} CPUs, Python {platform.python_version()}, "
-            f"llama-cpp-python {llama_cpp.__version__}")
+    return (
+        f"{platform.machine()} {psutil.cpu_count(logical=True)} CPUs, Python {platform.python_version()}, "
+        f"llama-cpp-python {llama_cpp.__version__}"
+    )
 
 
 # -- main --------------------------------------------------------------------------
@@ -612,21 +619,24 @@ def _machine() -> str:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark hostler's Redis queue path against in-process llama-cpp-python.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="a fast run: 3 prompts, 1 round, fewer jobs")
     parser.add_argument("--models", default="smollm2-135m,gemma3-270m",
-                        help=f"comma-separated model ids, of: {', '.join(MODELS)}")
+                        help=f"comma-separated model ids, of: {', '.join(MODELS)} (default: both)")
     parser.add_argument("--prompts", type=int, default=None,
-                        help=f"prompts per round, from a built-in list of {len(PROMPTS)} (default 6, quick 3)")
-    parser.add_argument("--repeats", type=int, default=None, help="rounds over the prompts (default 3, quick 1)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="completion tokens per prompt")
+                        help=f"prompts per round, from a list of {len(PROMPTS)} (default 6, quick 3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="rounds over the prompts (default 3, quick 1)")
+    parser.add_argument("--max-tokens", type=int, default=64,
+                        help="completion tokens per prompt (default 64)")
     parser.add_argument("--threads", type=int, default=None,
                         help="n_threads for both paths (default: llama-cpp-python's, half the CPUs)")
-    parser.add_argument("--count-model", default=SMOLLM2.model_id, help="the model whose worker counts tokens")
+    parser.add_argument("--count-model", default=SMOLLM2.model_id,
+                        help="the model whose worker counts tokens (default smollm2-135m)")
     parser.add_argument("--count-jobs", type=int, default=None,
-                        help="token-count jobs for the threaded and batch runs, 0 skips (default 3000, quick 600)")
-    parser.add_argument("--count-threads", type=int, default=16, help="client threads for the threaded run")
+                        help="jobs in the threaded and the batch run; 0 skips both (default 3000, quick 600)")
+    parser.add_argument("--count-threads", type=int, default=16,
+                        help="client threads in the threaded run (default 16)")
     parser.add_argument("--seq-jobs", type=int, default=None,
                         help="token-count jobs for the sequential run (default 500, quick 100)")
     args = parser.parse_args(argv)
@@ -646,7 +656,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    needed = sorted(set(args.model_list) | ({args.count_model} if args.count_jobs or args.seq_jobs else set()))
+    counting = {args.count_model} if args.count_jobs or args.seq_jobs else set()
+    needed = sorted(set(args.model_list) | counting)
     paths = {m: fetch(MODELS[m], quiet=True) for m in needed}
     keys = Keys(PREFIX)
     with contextlib.ExitStack() as stack:
@@ -655,7 +666,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         models_dir, logs_dir = tmp / "models", tmp / "logs"
         models_dir.mkdir()
         logs_dir.mkdir()
-        for model, path in paths.items():
+        for path in paths.values():
             (models_dir / path.name).symlink_to(path)
         connection = redis.Redis.from_url(server.url, socket_timeout=30)
         stack.callback(connection.close)
@@ -680,7 +691,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         summaries: list[ModelSummary] = []
         for model in args.model_list:
-            meter = CpuMeter({"worker": workers.procs[model].pid, "bench": os.getpid(), "redis": server.process.pid})
+            pids = {"worker": workers.procs[model].pid, "bench": os.getpid(), "redis": server.process.pid}
+            meter = CpuMeter(pids)
             bench = bench_model(model, paths[model], client, meter, args)
             print(f"{model}: in-process n_threads={bench.n_threads} n_threads_batch={bench.n_threads_batch}; "
                   f"load in-process {bench.inproc_load_s:.2f}s", flush=True)

@@ -123,6 +123,10 @@ class LlamaEngine:
         generation: Generation,
     ) -> Iterator[str]:
         llm = self._llm
+        # Start every job from an empty context. llama-cpp-python would otherwise reuse a
+        # cached prompt prefix, and evaluating the rest in a different batch shape changes
+        # the logits slightly: a job's text would depend on the job before it.
+        llm.reset()
         llm.set_seed(params.seed if params.seed is not None else random.Random(self._seed).randint(0, 2**32))
         scanner = StopScanner(tuple(params.stop) + extra_stops)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")

@@ -1,0 +1,38 @@
+"""Models on disk: ids from file stems and model.yaml, bad entries reported, never paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hostler.worker.registry import ModelIdError, check_model_id, scan
+
+
+def test_ids_come_from_stems_and_manifests(tmp_path: Path, model_files: dict[str, Path]) -> None:
+    (tmp_path / "smollm2-135m.gguf").symlink_to(model_files["tiny"])
+    folder = tmp_path / "my-folder"
+    folder.mkdir()
+    (folder / "weights.gguf").symlink_to(model_files["tiny-base"])
+    (folder / "model.yaml").write_text("id: custom\nfiles: [weights.gguf]\nctx_len: 1024\nchat_template: '{{ x }}'\n")
+    catalog = scan(tmp_path)
+    assert set(catalog.models) == {"smollm2-135m", "custom"}
+    custom = catalog.models["custom"]
+    assert custom.load.n_ctx == 1024 and custom.has_chat_template and custom.chat_template == "{{ x }}"
+    assert catalog.models["smollm2-135m"].has_chat_template
+    assert not catalog.problems
+
+
+def test_manifest_cannot_point_outside_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "model.yaml").write_text("id: evil\nfiles: [../../etc/passwd]\n")
+    catalog = scan(tmp_path)
+    assert "evil" not in catalog.models
+    assert any("inside" in p for p in catalog.problems)
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/b", "", "a..b", ".hidden", "x" * 200])
+def test_model_ids_are_names_not_paths(bad: str) -> None:
+    with pytest.raises(ModelIdError):
+        check_model_id(bad)
