@@ -10,9 +10,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
 import redis
-from pydantic import ValidationError
-from rq.queue import Queue
-
 from hostler.schemas import (
     DEFAULT_PREFIX,
     ChatJob,
@@ -40,6 +37,8 @@ from hostler.schemas import (
     WorkerStatus,
     rq_func_name,
 )
+from pydantic import ValidationError
+from rq.queue import Queue
 
 from ._connection import PREFIX_ENV, connect
 from ._errors import ContextExceeded, HostlerError, InvalidRequest, JobFailed, ModelNotFound
@@ -201,7 +200,7 @@ class Client:
         return queue
 
     def _read_catalog(self) -> dict[str, list[ModelInfo]]:
-        host_ids = sorted(m.decode() for m in self.connection.smembers(self.keys.hosts))
+        host_ids = sorted(_text(m) for m in self.connection.smembers(self.keys.hosts))
         raw = self.connection.mget([self.keys.host(h) for h in host_ids]) if host_ids else []
         catalog: dict[str, list[ModelInfo]] = {}
         for blob in raw:
@@ -224,7 +223,7 @@ class Client:
             raise ModelNotFound(model, sorted(catalog))
 
     def _worker_reports(self) -> list[WorkerReport]:
-        names = sorted(m.decode() for m in self.connection.smembers(self.keys.workers))
+        names = sorted(_text(m) for m in self.connection.smembers(self.keys.workers))
         if not names:
             return []
         blobs = self.connection.mget([self.keys.worker(n) for n in names])
@@ -306,6 +305,10 @@ def _stream_pieces(connection: redis.Redis, subscription: Subscription, job_id: 
         subscription.close()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _job_error(job_id: str, event: ErrorEvent) -> JobFailed:
     if event.code == ErrorCode.CONTEXT_EXCEEDED:
         return ContextExceeded(job_id, event.code, event.message)
@@ -341,7 +344,7 @@ def _sampling(params: dict[str, Any]) -> SamplingParams:
     return result
 
 
-def _build(job_cls: type[Job], **fields: Any) -> Job:  # type: ignore[valid-type]
+def _build(job_cls: type[Job], **fields: Any) -> Job:
     try:
         built: Job = job_cls(**fields)
         return built

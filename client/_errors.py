@@ -1,12 +1,12 @@
 """The one exception tree of hostler.
 
-    HostlerError
-     ├── ModelNotFound        unknown model id (raised before anything is enqueued)
-     ├── InvalidRequest       a parameter failed validation (also a ValueError)
-     ├── Timeout              a wait ran past its timeout (also a TimeoutError)
-     ├── ConnectionFailed     Redis could not be reached
-     └── JobFailed            the worker ended the job with an error
-          └── ContextExceeded the prompt does not fit the model's context
+HostlerError
+ ├── ModelNotFound        unknown model id (raised before anything is enqueued)
+ ├── InvalidRequest       a parameter failed validation (also a ValueError)
+ ├── Timeout              a wait ran past its timeout (also a TimeoutError)
+ ├── ConnectionFailed     Redis could not be reached
+ └── JobFailed            the worker ended the job with an error
+      └── ContextExceeded the prompt does not fit the model's context
 """
 
 from __future__ import annotations

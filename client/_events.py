@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
-from redis.client import PubSub
-
 from hostler.schemas import EVENT_ADAPTER, DoneEvent, ErrorEvent, StreamEvent, TokenEvent
+from redis.client import PubSub
 
 from ._errors import ConnectionFailed, Timeout
 from ._rqstore import JobOutcome, read_outcome
@@ -37,7 +36,8 @@ class PubSubPool:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return self._connection.pubsub()
+        pubsub: PubSub = self._connection.pubsub()
+        return pubsub
 
     def release(self, pubsub: PubSub, channel: str, *, healthy: bool) -> None:
         try:
@@ -109,9 +109,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def follow(
-    connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float
-) -> Iterator[StreamEvent]:
+def follow(connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float) -> Iterator[StreamEvent]:
     """Yields a job's events in order and always ends with a done or error event.
 
     On a gap in sequence numbers, or silence, it reads the job record instead and ends

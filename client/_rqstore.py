@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from hostler.schemas import RESULT_ADAPTER, JobResult
 from rq.job import Job as RqJob
 from rq.job import JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
-
-from hostler.schemas import RESULT_ADAPTER, JobResult
 
 # A finished job's record and result stay this long for a late reader (seconds).
 RESULT_TTL = 3600

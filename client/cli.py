@@ -40,8 +40,14 @@ def _fail(exc: HostlerError) -> None:
 @redis_option
 @timeout_option
 def complete_command(
-    model: str, prompt: str, max_tokens: int, temperature: float, seed: int | None,
-    stop: tuple[str, ...], redis_url: str | None, timeout: float,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    stop: tuple[str, ...],
+    redis_url: str | None,
+    timeout: float,
 ) -> None:
     """Stream a completion of PROMPT by MODEL.
 
@@ -131,8 +137,10 @@ def models_ls_command(redis_url: str | None, as_json: bool) -> None:
     click.echo(f"{'MODEL':<32} {'ENGINE':<6} {'SIZE':>10} {'HOST':<20} {'CHAT':<5} LOADED")
     for m in models:
         size = f"{m.size_bytes / 2**20:.1f} MiB"
-        click.echo(f"{m.id:<32} {m.engine:<6} {size:>10} {m.host:<20} {'yes' if m.chat_template else 'no':<5} "
-                   f"{'yes' if m.loaded else 'no'}")
+        click.echo(
+            f"{m.id:<32} {m.engine:<6} {size:>10} {m.host:<20} {'yes' if m.chat_template else 'no':<5} "
+            f"{'yes' if m.loaded else 'no'}"
+        )
 
 
 @click.command("status", short_help="Show workers, their state and queues.")
@@ -154,8 +162,10 @@ def status_command(redis_url: str | None, as_json: bool) -> None:
     click.echo(f"{'MODEL':<24} {'PID':>7} {'STATE':<8} {'CPU%':>6} {'RSS':>10} {'QUEUE':>6} JOB")
     for r in rows:
         rss = f"{r.rss_bytes / 2**20:.0f} MiB"
-        click.echo(f"{r.model:<24} {r.pid:>7} {r.state:<8} {r.cpu_percent:>6.1f} {rss:>10} {r.queue_length:>6} "
-                   f"{r.current_job or '-'}")
+        click.echo(
+            f"{r.model:<24} {r.pid:>7} {r.state:<8} {r.cpu_percent:>6.1f} {rss:>10} {r.queue_length:>6} "
+            f"{r.current_job or '-'}"
+        )
 
 
 CLIENT_COMMANDS: list[Any] = [complete_command, chat_command, tokens_command, models_group, status_command]

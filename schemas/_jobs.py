@@ -41,13 +41,13 @@ class _JobBase(BaseModel):
 class CompletionJob(_JobBase):
     kind: Literal["completion"] = "completion"
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    params: SamplingParams = Field(default_factory=SamplingParams)  # type: ignore[arg-type]
+    params: SamplingParams = Field(default_factory=SamplingParams)
 
 
 class ChatJob(_JobBase):
     kind: Literal["chat"] = "chat"
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
-    params: SamplingParams = Field(default_factory=SamplingParams)  # type: ignore[arg-type]
+    params: SamplingParams = Field(default_factory=SamplingParams)
 
 
 class TokenCountJob(_JobBase):
@@ -57,7 +57,7 @@ class TokenCountJob(_JobBase):
 
 class LoadJob(_JobBase):
     kind: Literal["load"] = "load"
-    params: LoadParams = Field(default_factory=LoadParams)  # type: ignore[arg-type]
+    params: LoadParams = Field(default_factory=LoadParams)
 
 
 class UnloadJob(_JobBase):

@@ -114,19 +114,25 @@ class WorkerProcesses:
 
     def start(self, model: str) -> None:
         cmd = [
-            sys.executable, "-m", "hostler.worker", "worker",
-            "--model", model,
-            "--models", str(self.models_dir),
-            "--redis", self.redis_url,
-            "--prefix", PREFIX,
-            "--host-id", HOST_ID,
+            sys.executable,
+            "-m",
+            "hostler.worker",
+            "worker",
+            "--model",
+            model,
+            "--models",
+            str(self.models_dir),
+            "--redis",
+            self.redis_url,
+            "--prefix",
+            PREFIX,
+            "--host-id",
+            HOST_ID,
         ]
         with (self.logs_dir / f"{model}.log").open("wb") as log:
             # Own session: a terminal Ctrl-C reaches only this script, which then stops the
             # workers with SIGTERM (finish the job) instead of killing them mid-token.
-            self.procs[model] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            self.procs[model] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_alive(self, connection: redis.Redis, keys: Keys, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -275,9 +281,7 @@ def load_inproc(path: Path, n_threads: int | None) -> tuple[llama_cpp.Llama, flo
     return llm, time.perf_counter() - started
 
 
-def bench_model(
-    model: str, path: Path, client: Client, meter: CpuMeter, args: argparse.Namespace
-) -> ModelBench:
+def bench_model(model: str, path: Path, client: Client, meter: CpuMeter, args: argparse.Namespace) -> ModelBench:
     load = client.load(model, n_ctx=N_CTX, **_thread_params(args.threads))
     llm, inproc_load_s = load_inproc(path, args.threads)
     try:
@@ -319,9 +323,7 @@ def _one_pair(
     def run_queued() -> tuple[Run, dict[str, float]]:
         before = meter.read()
         run = timed(
-            lambda: client.stream(
-                model, prompt, max_tokens=max_tokens, temperature=0, seed=SEED, timeout=JOB_TIMEOUT_S
-            )
+            lambda: client.stream(model, prompt, max_tokens=max_tokens, temperature=0, seed=SEED, timeout=JOB_TIMEOUT_S)
         )
         return run, CpuMeter.delta(before, meter.read())
 
@@ -561,8 +563,10 @@ def print_match_table(bench: ModelBench, n_prompts: int) -> None:
         ok = sum(p.match_reference for p in runs)
         verdict = "MATCH" if ok == len(runs) else "MISMATCH"
         prompt = PROMPTS[index % len(PROMPTS)].replace("\n", " ")[:50]
-        print(f"  {bench.model} prompt {index + 1} {verdict} ({ok}/{len(runs)} runs, "
-              f"{bench.reference_tokens.get(index, 0)} generated tokens): {prompt!r}")
+        print(
+            f"  {bench.model} prompt {index + 1} {verdict} ({ok}/{len(runs)} runs, "
+            f"{bench.reference_tokens.get(index, 0)} generated tokens): {prompt!r}"
+        )
         for p in runs:
             if not p.match_reference:
                 print(f"    round {p.round} queued: {p.queued.text[:120]!r}")
@@ -572,24 +576,34 @@ def print_summary(
     summaries: list[ModelSummary], counts: list[CountBench], args: argparse.Namespace, argv: Sequence[str]
 ) -> None:
     print("\n## hostler queue vs in-process llama-cpp-python\n")
-    print(f"{_machine()}; max_tokens={args.max_tokens}, temperature 0, seed {SEED}, n_ctx {N_CTX}, "
-          f"{args.prompts} prompts x {args.repeats} rounds\n")
+    print(
+        f"{_machine()}; max_tokens={args.max_tokens}, temperature 0, seed {SEED}, n_ctx {N_CTX}, "
+        f"{args.prompts} prompts x {args.repeats} rounds\n"
+    )
     if summaries:
-        print("| model | in-process tok/s | queued tok/s | queued/in-process | TTFT in-process ms "
-              "| added TTFT median ms | added TTFT p95 ms | temp-0 text equal |")
+        print(
+            "| model | in-process tok/s | queued tok/s | queued/in-process | TTFT in-process ms "
+            "| added TTFT median ms | added TTFT p95 ms | temp-0 text equal |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for s in summaries:
-            print(f"| {s.model} | {s.inproc_tps:.1f} | {s.queued_tps:.1f} | {s.ratio:.3f} "
-                  f"| {s.inproc_ttft_ms:.1f} | {s.added_ttft_median_ms:+.1f} | {s.added_ttft_p95_ms:+.1f} "
-                  f"| {s.matched}/{s.runs} |")
+            print(
+                f"| {s.model} | {s.inproc_tps:.1f} | {s.queued_tps:.1f} | {s.ratio:.3f} "
+                f"| {s.inproc_ttft_ms:.1f} | {s.added_ttft_median_ms:+.1f} | {s.added_ttft_p95_ms:+.1f} "
+                f"| {s.matched}/{s.runs} |"
+            )
     if counts:
-        print(f"\n| token-count jobs, one {args.count_model} worker | jobs | wall s | jobs/s "
-              "| CPU ms/job worker | client | redis |")
+        print(
+            f"\n| token-count jobs, one {args.count_model} worker | jobs | wall s | jobs/s "
+            "| CPU ms/job worker | client | redis |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|")
         for c in counts:
             per = {k: 1e3 * v / c.jobs for k, v in c.cpu.items()}
-            print(f"| {c.label} | {c.jobs} | {c.wall_s:.2f} | {c.rate:.0f} | {per.get('worker', 0):.3f} "
-                  f"| {per.get('bench', 0):.3f} | {per.get('redis', 0):.3f} |")
+            print(
+                f"| {c.label} | {c.jobs} | {c.wall_s:.2f} | {c.rate:.0f} | {per.get('worker', 0):.3f} "
+                f"| {per.get('bench', 0):.3f} | {per.get('redis', 0):.3f} |"
+            )
     print(f"\nReproduce: {shlex.join([sys.executable.split('/')[-1], 'scripts/bench_queue.py', *argv])}")
 
 
@@ -621,24 +635,38 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Benchmark hostler's Redis queue path against in-process llama-cpp-python.",
     )
     parser.add_argument("--quick", action="store_true", help="a fast run: 3 prompts, 1 round, fewer jobs")
-    parser.add_argument("--models", default="smollm2-135m,gemma3-270m",
-                        help=f"comma-separated model ids, of: {', '.join(MODELS)} (default: both)")
-    parser.add_argument("--prompts", type=int, default=None,
-                        help=f"prompts per round, from a list of {len(PROMPTS)} (default 6, quick 3)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="rounds over the prompts (default 3, quick 1)")
-    parser.add_argument("--max-tokens", type=int, default=64,
-                        help="completion tokens per prompt (default 64)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="n_threads for both paths (default: llama-cpp-python's, half the CPUs)")
-    parser.add_argument("--count-model", default=SMOLLM2.model_id,
-                        help="the model whose worker counts tokens (default smollm2-135m)")
-    parser.add_argument("--count-jobs", type=int, default=None,
-                        help="jobs in the threaded and the batch run; 0 skips both (default 3000, quick 600)")
-    parser.add_argument("--count-threads", type=int, default=16,
-                        help="client threads in the threaded run (default 16)")
-    parser.add_argument("--seq-jobs", type=int, default=None,
-                        help="token-count jobs for the sequential run (default 500, quick 100)")
+    parser.add_argument(
+        "--models",
+        default="smollm2-135m,gemma3-270m",
+        help=f"comma-separated model ids, of: {', '.join(MODELS)} (default: both)",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=None,
+        help=f"prompts per round, from a list of {len(PROMPTS)} (default 6, quick 3)",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="rounds over the prompts (default 3, quick 1)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="completion tokens per prompt (default 64)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="n_threads for both paths (default: llama-cpp-python's, half the CPUs)",
+    )
+    parser.add_argument(
+        "--count-model", default=SMOLLM2.model_id, help="the model whose worker counts tokens (default smollm2-135m)"
+    )
+    parser.add_argument(
+        "--count-jobs",
+        type=int,
+        default=None,
+        help="jobs in the threaded and the batch run; 0 skips both (default 3000, quick 600)",
+    )
+    parser.add_argument("--count-threads", type=int, default=16, help="client threads in the threaded run (default 16)")
+    parser.add_argument(
+        "--seq-jobs", type=int, default=None, help="token-count jobs for the sequential run (default 500, quick 100)"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.prompts = args.prompts if args.prompts is not None else (3 if quick else 6)
@@ -670,8 +698,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             (models_dir / path.name).symlink_to(path)
         connection = redis.Redis.from_url(server.url, socket_timeout=30)
         stack.callback(connection.close)
-        supervisor = Supervisor(connection=connection, keys=keys, redis_url=server.url,
-                                models_dir=models_dir, host=HOST_ID)
+        supervisor = Supervisor(
+            connection=connection, keys=keys, redis_url=server.url, models_dir=models_dir, host=HOST_ID
+        )
         supervisor.rescan()
         stack.enter_context(HostReporter(supervisor))
         workers = WorkerProcesses(server.url, models_dir, logs_dir)
@@ -680,8 +709,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             workers.start(model)
         workers.wait_alive(connection, keys, WORKER_READY_S)
         assert server.process is not None
-        print(f"redis {server.binary.name} at {server.url}; workers: "
-              + ", ".join(f"{m} pid {p.pid}" for m, p in workers.procs.items()), flush=True)
+        print(
+            f"redis {server.binary.name} at {server.url}; workers: "
+            + ", ".join(f"{m} pid {p.pid}" for m, p in workers.procs.items()),
+            flush=True,
+        )
         client = stack.enter_context(Client(server.url, prefix=PREFIX, timeout=JOB_TIMEOUT_S))
         # Warm-up: each model loaded through the queue, then one short completion.
         for model in needed:
@@ -694,8 +726,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             pids = {"worker": workers.procs[model].pid, "bench": os.getpid(), "redis": server.process.pid}
             meter = CpuMeter(pids)
             bench = bench_model(model, paths[model], client, meter, args)
-            print(f"{model}: in-process n_threads={bench.n_threads} n_threads_batch={bench.n_threads_batch}; "
-                  f"load in-process {bench.inproc_load_s:.2f}s", flush=True)
+            print(
+                f"{model}: in-process n_threads={bench.n_threads} n_threads_batch={bench.n_threads_batch}; "
+                f"load in-process {bench.inproc_load_s:.2f}s",
+                flush=True,
+            )
             print_match_table(bench, args.prompts)
             summaries.append(summarize(bench))
 
@@ -707,7 +742,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _count_phases(
-    url: str, connection: redis.Redis, keys: Keys, workers: WorkerProcesses, redis_pid: int,
+    url: str,
+    connection: redis.Redis,
+    keys: Keys,
+    workers: WorkerProcesses,
+    redis_pid: int,
     args: argparse.Namespace,
 ) -> list[CountBench]:
     model: str = args.count_model

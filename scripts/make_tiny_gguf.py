@@ -168,9 +168,7 @@ def _token_embd(rng: np.random.Generator, n_vocab: int) -> Matrix:
     return weight
 
 
-def _tensors(
-    rng: np.random.Generator, tokens: Sequence[str], token_types: Sequence[int]
-) -> dict[str, Matrix]:
+def _tensors(rng: np.random.Generator, tokens: Sequence[str], token_types: Sequence[int]) -> dict[str, Matrix]:
     # gguf takes numpy arrays in row-major (rows, cols) order and stores the
     # dims reversed as ggml's ne[]. llama.cpp expects e.g. attn_q with
     # ne = {n_embd, n_head*head_dim}, i.e. numpy shape (out_features,

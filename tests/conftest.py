@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from hostler import Client
 from hostler.schemas import Keys
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.fetch import GEMMA3, SMOLLM2, fetch
+
+from hostler import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -109,9 +109,24 @@ def start_stack(url: str, models_dir: Path, log: Path) -> Stack:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     handle = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "hostler.worker", "-v", "up", "--redis", url, "--models", str(models_dir),
-         "--no-demo", "--host-id", "testhost"],
-        stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "hostler.worker",
+            "-v",
+            "up",
+            "--redis",
+            url,
+            "--models",
+            str(models_dir),
+            "--no-demo",
+            "--host-id",
+            "testhost",
+        ],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     handle.close()
     client = Client(url, timeout=120)

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import Stack
 from hostler.worker.cli import main
 
@@ -43,7 +42,10 @@ def test_client_commands_against_a_running_stack(stack: Stack) -> None:
 def test_interactive_chat_streams_replies(stack: Stack) -> None:
     process = subprocess.run(
         [sys.executable, "-m", "hostler.worker", "chat", "tiny", "--redis", stack.url, "--max-tokens", "6"],
-        input="hello\n\n", capture_output=True, text=True, timeout=120,
+        input="hello\n\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert process.returncode == 0, process.stderr
     assert process.stdout.startswith(">>> ") and len(process.stdout.strip()) > 4

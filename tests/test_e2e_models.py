@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Stack, start_stack, stop_stack
+
 from hostler import JobFailed
 
 pytestmark = pytest.mark.e2e
@@ -35,9 +35,7 @@ def in_process(path: Path) -> Any:
     return Llama(model_path=str(path), n_ctx=2048, verbose=False)
 
 
-def test_queued_text_equals_in_process_text_at_temperature_0(
-    real_stack: Stack, smollm2: Path, gemma3: Path
-) -> None:
+def test_queued_text_equals_in_process_text_at_temperature_0(real_stack: Stack, smollm2: Path, gemma3: Path) -> None:
     for model, path in (("smollm2-135m", smollm2), ("gemma3-270m", gemma3)):
         real_stack.client.load(model, n_ctx=2048)
         llm = in_process(path)

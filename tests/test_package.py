@@ -7,9 +7,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-import hostler
 import hostler.client
 import hostler.schemas
+
+import hostler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,8 @@ def test_client_never_imports_llama_cpp() -> None:
 def test_wheel_has_only_the_hostler_namespace(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, timeout=300,
+        check=True,
+        timeout=300,
     )
     [wheel] = tmp_path.glob("hostler-*.whl")
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}

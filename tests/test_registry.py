@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from hostler.worker.registry import ModelIdError, check_model_id, scan
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from hostler.worker.stops import StopScanner
 from hypothesis import given
 from hypothesis import strategies as st
-
-from hostler.worker.stops import StopScanner
 
 
 def run(pieces: list[str], stops: tuple[str, ...]) -> tuple[str, list[str], bool]:

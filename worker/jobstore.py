@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
+from hostler.client._rqstore import FAILURE_TTL, RESULT_TTL, encode_failure, make_queue
 from rq.executions import Execution
 from rq.job import Job as RqJob
 from rq.job import JobStatus
@@ -21,8 +22,6 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 from rq.worker import Worker as RqWorker
-
-from hostler.client._rqstore import FAILURE_TTL, RESULT_TTL, encode_failure, make_queue
 
 # How long a started job stays in the started registry without a heartbeat.
 STARTED_TTL = 60
@@ -55,7 +54,9 @@ class JobStore:
     def claim(self, timeout: float) -> Claimed | None:
         """Blocks up to timeout for the next job id (FIFO), then marks it started."""
         queue = self.queue
-        job_id_raw = self.connection.blmove(queue.key, queue.intermediate_queue_key, timeout, "LEFT", "RIGHT")
+        job_id_raw = self.connection.blmove(
+            queue.key, queue.intermediate_queue_key, timeout, "LEFT", "RIGHT"  # type: ignore[arg-type]
+        )
         if job_id_raw is None:
             return None
         job_id = job_id_raw.decode() if isinstance(job_id_raw, bytes) else str(job_id_raw)
@@ -139,10 +140,9 @@ def fail_orphans(connection: redis.Redis, queue_name: str, worker_prefix: str, c
     Also puts back on the queue, at the front, any job it had taken but not yet started,
     so a crash loses nothing. Returns the number of jobs failed.
     """
-    from rq.registry import StartedJobRegistry
-
     from hostler.client._rqstore import fetch_job
     from hostler.schemas import ErrorCode, ErrorEvent
+    from rq.registry import StartedJobRegistry
 
     queue = make_queue(connection, queue_name)
     registry = StartedJobRegistry(queue=queue)
@@ -162,13 +162,14 @@ def fail_orphans(connection: redis.Redis, queue_name: str, worker_prefix: str, c
             job.failed_job_registry.add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
             Result.create_failure(job, FAILURE_TTL, exc_string=reason, pipeline=pipe)
             # seq 0 reads as a gap to a client that saw tokens; it then reads the stored failure.
-            pipe.publish(channel_of(job_id), ErrorEvent(seq=0, code=ErrorCode.WORKER_DIED, message=message)
-                         .model_dump_json())
+            pipe.publish(
+                channel_of(job_id), ErrorEvent(seq=0, code=ErrorCode.WORKER_DIED, message=message).model_dump_json()
+            )
             pipe.execute()
         failed += 1
-    for job_id in connection.lrange(queue.intermediate_queue_key, 0, -1):
+    for taken in connection.lrange(queue.intermediate_queue_key, 0, -1):
         with connection.pipeline() as pipe:
-            pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-            pipe.lpush(queue.key, job_id)
+            pipe.lrem(queue.intermediate_queue_key, 1, str(taken, 'utf-8') if isinstance(taken, bytes) else taken)
+            pipe.lpush(queue.key, taken)
             pipe.execute()
     return failed

@@ -60,9 +60,7 @@ class LlamaEngine:
     def complete(self, prompt: str, params: SamplingParams, should_stop: ShouldStop) -> Generation:
         return self._generate(self._prompt_tokens(prompt), params, (), should_stop)
 
-    def chat(
-        self, messages: Sequence[ChatMessage], params: SamplingParams, should_stop: ShouldStop
-    ) -> Generation:
+    def chat(self, messages: Sequence[ChatMessage], params: SamplingParams, should_stop: ShouldStop) -> Generation:
         formatter = self._chat_formatter()
         rendered = formatter(messages=[m.model_dump() for m in messages])
         # The template writes BOS itself where the model wants it, as llama-cpp-python assumes.

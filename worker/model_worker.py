@@ -20,10 +20,6 @@ from typing import Any
 
 import psutil
 import redis
-from pydantic import ValidationError
-from rq.serializers import JSONSerializer
-from rq.worker import Worker as RqWorker
-
 from hostler.schemas import (
     JOB_ADAPTER,
     RQ_FUNC_PREFIX,
@@ -48,6 +44,9 @@ from hostler.schemas import (
     WorkerReport,
     WorkerState,
 )
+from pydantic import ValidationError
+from rq.serializers import JSONSerializer
+from rq.worker import Worker as RqWorker
 
 from .engine import Engine, EngineError, EngineFactory
 from .jobstore import STARTED_TTL, Claimed, JobStore, describe_payload
@@ -112,9 +111,7 @@ class ModelWorker:
         self.idle_exit_s = idle_exit_s
         self.name = f"hostler.{self.host}.{manifest.id}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         queue_name = keys.queue_name(manifest.id)
-        self.rq_worker = RqWorker(
-            [queue_name], connection=connection, name=self.name, serializer=JSONSerializer
-        )
+        self.rq_worker = RqWorker([queue_name], connection=connection, name=self.name, serializer=JSONSerializer)
         self.store = JobStore(connection, queue_name, self.rq_worker)
         self.engine: Engine | None = None
         self.load_params: LoadParams | None = None

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ValidationError
-
 from hostler.schemas import MODEL_ID_PATTERN, LoadParams, ModelInfo
+from pydantic import ValidationError
 
 Engine = Literal["llama", "mlx"]
 MANIFEST_NAMES = ("model.yaml", "model.yml")
@@ -30,7 +29,7 @@ class ModelManifest:
     size_bytes: int
     chat_template: str | None = None
     has_chat_template: bool = False
-    load: LoadParams = field(default_factory=LoadParams)  # type: ignore[arg-type]
+    load: LoadParams = field(default_factory=LoadParams)
 
     def info(self, host: str) -> ModelInfo:
         return ModelInfo(
@@ -55,9 +54,7 @@ class ModelIdError(ValueError):
 
 def check_model_id(model_id: str) -> str:
     if not _ID_RE.match(model_id):
-        raise ModelIdError(
-            f"invalid model id {model_id!r}: use letters, digits, '.', '_' and '-' (no paths, no '..')"
-        )
+        raise ModelIdError(f"invalid model id {model_id!r}: use letters, digits, '.', '_' and '-' (no paths, no '..')")
     if ".." in model_id:
         raise ModelIdError(f"invalid model id {model_id!r}: '..' is not allowed")
     return model_id

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import psutil
 import redis
-
 from hostler.client._rqstore import make_queue
 from hostler.schemas import HostReport, Keys
 
@@ -122,11 +121,13 @@ class Supervisor:
 
     def _wait_demand(self, wait: float) -> set[str]:
         popped = self.connection.blpop([self.keys.demand], timeout=wait)
-        demanded: set[str] = set()
-        while popped is not None:
-            demanded.add(popped[1].decode())
-            raw = self.connection.lpop(self.keys.demand)
-            popped = (b"", raw) if raw is not None else None
+        if popped is None:
+            return set()
+        raw: list[object] = [popped[1]]
+        # Drain what else is waiting: many clients may have asked for the same model.
+        while (more := self.connection.lpop(self.keys.demand)) is not None:
+            raw.append(more)
+        demanded = {r.decode() if isinstance(r, bytes) else str(r) for r in raw}
         return {m for m in demanded if m in self.catalog.models}
 
     def _models_waiting(self) -> set[str]:
@@ -152,12 +153,20 @@ class Supervisor:
 
     def _spawn(self, model: str) -> None:
         cmd = [
-            sys.executable, "-m", "hostler.worker", "worker",
-            "--model", model,
-            "--models", str(self.models_dir),
-            "--redis", self.redis_url,
-            "--prefix", self.keys.prefix,
-            "--host-id", self.host,
+            sys.executable,
+            "-m",
+            "hostler.worker",
+            "worker",
+            "--model",
+            model,
+            "--models",
+            str(self.models_dir),
+            "--redis",
+            self.redis_url,
+            "--prefix",
+            self.keys.prefix,
+            "--host-id",
+            self.host,
             *self.worker_args,
         ]
         # Own process group: a terminal's Ctrl-C reaches the supervisor, which then
@@ -184,7 +193,11 @@ class Supervisor:
             record.last_error = f"exit code {code}"
             log.warning(
                 "worker for %s exited with %s (%d job(s) failed); crash %d, next start in %.1fs",
-                model, code, orphans, record.count, backoff,
+                model,
+                code,
+                orphans,
+                record.count,
+                backoff,
             )
 
     def shutdown(self, timeout: float = 15.0) -> None:
