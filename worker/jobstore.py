@@ -55,7 +55,11 @@ class JobStore:
         """Blocks up to timeout for the next job id (FIFO), then marks it started."""
         queue = self.queue
         job_id_raw = self.connection.blmove(
-            queue.key, queue.intermediate_queue_key, timeout, "LEFT", "RIGHT"  # type: ignore[arg-type]
+            queue.key,
+            queue.intermediate_queue_key,
+            timeout,  # type: ignore[arg-type]  # redis accepts fractional seconds
+            "LEFT",
+            "RIGHT",
         )
         if job_id_raw is None:
             return None
@@ -169,7 +173,7 @@ def fail_orphans(connection: redis.Redis, queue_name: str, worker_prefix: str, c
         failed += 1
     for taken in connection.lrange(queue.intermediate_queue_key, 0, -1):
         with connection.pipeline() as pipe:
-            pipe.lrem(queue.intermediate_queue_key, 1, str(taken, 'utf-8') if isinstance(taken, bytes) else taken)
+            pipe.lrem(queue.intermediate_queue_key, 1, str(taken, "utf-8") if isinstance(taken, bytes) else taken)
             pipe.lpush(queue.key, taken)
             pipe.execute()
     return failed
