@@ -72,7 +72,6 @@ class JobStore:
             job.prepare_for_execution(self.worker_name, pipeline=pipe)
             execution = Execution.create(job, STARTED_TTL, pipeline=pipe, worker_name=self.worker_name)
             pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-            self.rq_worker.set_state("busy", pipeline=pipe)
             replies = pipe.execute()
         return Claimed(job=job, execution=execution, raw=replies[0], started_at=started_at)
 
@@ -123,7 +122,6 @@ class JobStore:
     def _end(self, claimed: Claimed, pipe: Any, ttl: int) -> None:
         claimed.execution.delete(claimed.job, pipeline=pipe)
         pipe.expire(claimed.job.key, ttl)
-        self.rq_worker.set_state("idle", pipeline=pipe)
 
 
 def _compress(text: str) -> bytes:

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -26,9 +25,7 @@ from hostler.schemas import (
     ChatJob,
     CompletionJob,
     CompletionResult,
-    DoneEvent,
     ErrorCode,
-    ErrorEvent,
     Job,
     JobResult,
     Keys,
@@ -37,7 +34,6 @@ from hostler.schemas import (
     LoadResult,
     TokenCountJob,
     TokenCountResult,
-    TokenEvent,
     UnloadJob,
     UnloadResult,
     Usage,
@@ -49,6 +45,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker as RqWorker
 
 from .engine import Engine, EngineError, EngineFactory
+from .events import EventSender, JobEvents
 from .jobstore import STARTED_TTL, Claimed, JobStore, describe_payload
 from .registry import ModelManifest
 
@@ -62,34 +59,6 @@ LISTENER_GRACE_S = 2.0
 
 class InvalidJob(Exception):
     """A queue entry that is not a hostler job; it fails, it is never executed."""
-
-
-@dataclass
-class _Publisher:
-    """Publishes one job's events in order and notices when nobody listens any more."""
-
-    connection: redis.Redis
-    channel: str
-    seq: int = 0
-    last_heard: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.last_heard = time.monotonic()
-
-    def token(self, text: str) -> None:
-        receivers = self.connection.publish(self.channel, TokenEvent(seq=self.seq, text=text).model_dump_json())
-        self.seq += 1
-        if receivers:
-            self.last_heard = time.monotonic()
-
-    def abandoned(self) -> bool:
-        return time.monotonic() - self.last_heard > LISTENER_GRACE_S
-
-    def done(self, result: JobResult) -> str:
-        return DoneEvent(seq=self.seq, result=result).model_dump_json()
-
-    def error(self, code: str, message: str) -> str:
-        return ErrorEvent(seq=self.seq, code=code, message=message).model_dump_json()
 
 
 class ModelWorker:
@@ -113,6 +82,7 @@ class ModelWorker:
         queue_name = keys.queue_name(manifest.id)
         self.rq_worker = RqWorker([queue_name], connection=connection, name=self.name, serializer=JSONSerializer)
         self.store = JobStore(connection, queue_name, self.rq_worker)
+        self.events = EventSender(connection)
         self.engine: Engine | None = None
         self.load_params: LoadParams | None = None
         self.state: WorkerState = "starting"
@@ -171,6 +141,7 @@ class ModelWorker:
     def _shutdown(self) -> None:
         self.state = "stopping"
         self._graceful.set()
+        self.events.close()
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -189,7 +160,7 @@ class ModelWorker:
         """Runs one claimed job to its end; True when the worker should exit afterwards."""
         self.current = claimed
         self.state = "busy"
-        publisher = _Publisher(self.connection, self.keys.channel(claimed.job.id))
+        publisher = JobEvents(self.events, self.keys.channel(claimed.job.id), LISTENER_GRACE_S)
         exit_after = False
         try:
             job = self._parse(claimed)
@@ -212,7 +183,7 @@ class ModelWorker:
             self.state = "idle"
         return exit_after
 
-    def _fail(self, claimed: Claimed, publisher: _Publisher, code: str, message: str) -> None:
+    def _fail(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
         self.store.fail(claimed, code, message, publisher.channel, publisher.error(code, message))
 
     def _parse(self, claimed: Claimed) -> Job:
@@ -243,7 +214,7 @@ class ModelWorker:
             raise InvalidJob(f"job for model {job.model!r} is on the queue of {self.manifest.id!r}")
         return job
 
-    def _dispatch(self, job: Job, publisher: _Publisher) -> JobResult:
+    def _dispatch(self, job: Job, publisher: JobEvents) -> JobResult:
         if isinstance(job, LoadJob):
             return self._load(job.params)
         if isinstance(job, UnloadJob):
@@ -255,7 +226,7 @@ class ModelWorker:
             return TokenCountResult(model=self.manifest.id, count=engine.count_tokens(job.text))
         return self._generate(engine, job, publisher)
 
-    def _generate(self, engine: Engine, job: CompletionJob | ChatJob, publisher: _Publisher) -> CompletionResult:
+    def _generate(self, engine: Engine, job: CompletionJob | ChatJob, publisher: JobEvents) -> CompletionResult:
         def should_stop() -> bool:
             return self._hard.is_set() or (job.stream and publisher.abandoned())
 
@@ -339,6 +310,8 @@ class ModelWorker:
             pipe.sadd(self.keys.workers, self.name)
             pipe.set(self.keys.alive(self.manifest.id), self.name, ex=REPORT_TTL_S)
             self.rq_worker.heartbeat(timeout=REPORT_TTL_S * 6, pipeline=pipe)
+            # rq's worker state follows the heartbeat, not every job: two commands saved per job.
+            self.rq_worker.set_state("busy" if current is not None else "idle", pipeline=pipe)
             if current is not None:
                 current.execution.heartbeat(current.job.started_job_registry, STARTED_TTL, pipeline=pipe)
             pipe.execute()
