@@ -46,6 +46,8 @@ class JobStore:
         self.connection = connection
         self.queue = make_queue(connection, queue_name)
         self.rq_worker = rq_worker
+        # The id taken with the previous job's end, so a busy worker skips one round trip.
+        self._prefetched: str | None = None
 
     @property
     def worker_name(self) -> str:
@@ -54,13 +56,16 @@ class JobStore:
     def claim(self, timeout: float) -> Claimed | None:
         """Blocks up to timeout for the next job id (FIFO), then marks it started."""
         queue = self.queue
-        job_id_raw = self.connection.blmove(
-            queue.key,
-            queue.intermediate_queue_key,
-            timeout,  # type: ignore[arg-type]  # redis accepts fractional seconds
-            "LEFT",
-            "RIGHT",
-        )
+        job_id_raw: object = self._prefetched
+        self._prefetched = None
+        if job_id_raw is None:
+            job_id_raw = self.connection.blmove(
+                queue.key,
+                queue.intermediate_queue_key,
+                timeout,  # type: ignore[arg-type]  # redis accepts fractional seconds
+                "LEFT",
+                "RIGHT",
+            )
         if job_id_raw is None:
             return None
         job_id = job_id_raw.decode() if isinstance(job_id_raw, bytes) else str(job_id_raw)
@@ -95,7 +100,7 @@ class JobStore:
             job.finished_job_registry.add(job, RESULT_TTL, pipe)
             self._end(claimed, pipe, RESULT_TTL)
             pipe.publish(channel, done_event)
-            pipe.execute()
+            self._prefetch(pipe)
 
     def fail(self, claimed: Claimed, code: str, message: str, channel: str, error_event: str) -> None:
         job = claimed.job
@@ -117,7 +122,22 @@ class JobStore:
             )
             self._end(claimed, pipe, FAILURE_TTL)
             pipe.publish(channel, error_event)
-            pipe.execute()
+            self._prefetch(pipe)
+
+    def _prefetch(self, pipe: Any) -> None:
+        queue = self.queue
+        pipe.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+        taken = pipe.execute()[-1]
+        self._prefetched = taken.decode() if isinstance(taken, bytes) else taken
+
+    def give_back(self) -> None:
+        """Returns a prefetched job to the head of the queue (the worker is exiting)."""
+        taken, self._prefetched = self._prefetched, None
+        if taken is not None:
+            with self.connection.pipeline() as pipe:
+                pipe.lrem(self.queue.intermediate_queue_key, 1, taken)
+                pipe.lpush(self.queue.key, taken)
+                pipe.execute()
 
     def _end(self, claimed: Claimed, pipe: Any, ttl: int) -> None:
         claimed.execution.delete(claimed.job, pipeline=pipe)

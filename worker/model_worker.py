@@ -142,6 +142,10 @@ class ModelWorker:
         self.state = "stopping"
         self._graceful.set()
         self.events.close()
+        try:
+            self.store.give_back()
+        except redis.RedisError:
+            log.warning("could not return a prefetched job; the supervisor requeues it")
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -149,6 +153,9 @@ class ModelWorker:
             with self.connection.pipeline() as pipe:
                 pipe.delete(self.keys.worker(self.name))
                 pipe.srem(self.keys.workers, self.name)
+                # Without this the supervisor would wait for the key to expire before it
+                # starts a new worker for jobs that arrive after this one exits.
+                pipe.delete(self.keys.alive(self.manifest.id))
                 pipe.execute()
             self.rq_worker.register_death()
         except redis.RedisError:
