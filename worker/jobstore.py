@@ -46,6 +46,9 @@ class JobStore:
         self.connection = connection
         self.queue = make_queue(connection, queue_name)
         self.rq_worker = rq_worker
+        # rq builds a new registry object (and re-resolves its serializer) on every access.
+        self.finished = self.queue.finished_job_registry
+        self.failed = self.queue.failed_job_registry
         # The id taken with the previous job's end, so a busy worker skips one round trip.
         self._prefetched: str | None = None
 
@@ -72,7 +75,9 @@ class JobStore:
         job = RqJob(id=job_id, connection=self.connection, serializer=JSONSerializer)
         job.origin = queue.name
         started_at = _now()
-        with self.connection.pipeline() as pipe:
+        # Plain pipelines, not MULTI/EXEC: only this worker writes a job it has claimed, and a
+        # transaction doubles the replies to parse (a QUEUED per command).
+        with self.connection.pipeline(transaction=False) as pipe:
             pipe.hgetall(job.key)
             job.prepare_for_execution(self.worker_name, pipeline=pipe)
             execution = Execution.create(job, STARTED_TTL, pipeline=pipe, worker_name=self.worker_name)
@@ -83,7 +88,7 @@ class JobStore:
     def succeed(self, claimed: Claimed, result: dict[str, Any], channel: str, done_event: str) -> None:
         job = claimed.job
         job.ended_at = _now()
-        with self.connection.pipeline() as pipe:
+        with self.connection.pipeline(transaction=False) as pipe:
             job.set_status(JobStatus.FINISHED, pipeline=pipe)
             pipe.hset(job.key, "ended_at", utcformat(job.ended_at))
             Result.create(
@@ -97,7 +102,7 @@ class JobStore:
                 execution_started_at=claimed.started_at,
                 execution_ended_at=job.ended_at,
             )
-            job.finished_job_registry.add(job, RESULT_TTL, pipe)
+            self.finished.add(job, RESULT_TTL, pipe)
             self._end(claimed, pipe, RESULT_TTL)
             pipe.publish(channel, done_event)
             self._prefetch(pipe)
@@ -106,10 +111,10 @@ class JobStore:
         job = claimed.job
         job.ended_at = _now()
         reason = encode_failure(code, message)
-        with self.connection.pipeline() as pipe:
+        with self.connection.pipeline(transaction=False) as pipe:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
             pipe.hset(job.key, mapping={"ended_at": utcformat(job.ended_at), "exc_info": _compress(reason)})
-            job.failed_job_registry.add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
+            self.failed.add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
             Result.create_failure(
                 job,
                 FAILURE_TTL,
