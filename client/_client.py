@@ -159,7 +159,7 @@ class Client:
         reports = self._worker_reports()
         with self.connection.pipeline(transaction=False) as pipe:
             for report in reports:
-                pipe.llen(make_queue(self.connection, self.keys.queue_name(report.model)).key)
+                pipe.llen(self._queue(report.model).key)
             lengths = pipe.execute()
         return [
             WorkerStatus(

@@ -113,7 +113,7 @@ def follow(connection: redis.Redis, subscription: Subscription, job_id: str, dea
     """Yields a job's events in order and always ends with a done or error event.
 
     On a gap in sequence numbers, or silence, it reads the job record instead and ends
-    with a done event rebuilt from the stored result (its seq is -1-free: the next one).
+    with a done or error event rebuilt from what the record stores.
     """
     expected = 0
     while True:

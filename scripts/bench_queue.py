@@ -33,201 +33,45 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
-import shlex
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import llama_cpp
-import psutil
 import redis
+from bench_report import (
+    CountBench,
+    ModelBench,
+    ModelSummary,
+    Pair,
+    Run,
+    print_details,
+    print_match_table,
+    print_summary,
+    summarize,
+)
+from bench_stack import HOST_ID, N_CTX, OTHER, PREFIX, PROMPTS, SEED, CpuMeter, HostReporter, WorkerProcesses
 from hostler.client import Client
 from hostler.client._rqstore import FAILURE_TTL, QUEUED_TTL, RESULT_TTL, make_queue
 from hostler.schemas import Keys, TokenCountJob, rq_func_name
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.fetch import GEMMA3, SMOLLM2, PackagedModel, fetch
-from hostler.worker.supervisor import REPORT_EVERY_S, Supervisor
+from hostler.worker.supervisor import Supervisor
 from rq.job import Job as RqJob
 from rq.utils import utcparse
 
 MODELS: dict[str, PackagedModel] = {m.model_id: m for m in (SMOLLM2, GEMMA3)}
-HOST_ID = "bench"
-# Explicit, so that a HOSTLER_PREFIX in the environment cannot split client and workers.
-PREFIX = "hostler-bench:"
-N_CTX = 2048
-SEED = 1234
 JOB_TIMEOUT_S = 120.0
 WORKER_READY_S = 90.0
-WORKER_STOP_S = 15.0
 WARMUP_PROMPT = "Hello, my name is"
 RETRY_PAUSE_S = 2.0
-
-PROMPTS = (
-    "The three most important ideas in the history of science are",
-    "Write a short note to a neighbour asking them to water the plants while you are away:\n",
-    "Q: Why is the sky blue?\nA:",
-    "Here is a simple recipe for pancakes. Ingredients:",
-    "Once upon a time, in a small village by the sea,",
-    "List five tips for writing clear documentation:\n1.",
-    "A message queue is useful in a web application because",
-    "The main differences between a cat and a dog are",
-)
-
-
-# -- processes ---------------------------------------------------------------------
-
-
-MACHINE = "machine"
-OTHER = "other"
-
-
-class CpuMeter:
-    """CPU seconds (user+system) of named processes and of the whole machine.
-
-    delta() adds OTHER: what the machine spent beyond this benchmark's own processes
-    (named or background), that is other programs and hypervisor steal. On a shared
-    2-core machine that is the noise that decides whether a timing means anything.
-    """
-
-    def __init__(self, named: dict[str, int], background: Sequence[int] = ()) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in named.items()}
-        self.background = [psutil.Process(pid) for pid in background]
-
-    def read(self) -> dict[str, float]:
-        out = {name: _process_cpu(proc) for name, proc in self.procs.items()}
-        out[OTHER] = sum(_process_cpu(proc) for proc in self.background)
-        t = psutil.cpu_times()
-        # guest time is already inside user; idle and iowait are not work.
-        out[MACHINE] = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-        out[MACHINE] += getattr(t, "steal", 0.0)
-        return out
-
-    @staticmethod
-    def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        diff = {name: after[name] - before[name] for name in before}
-        ours = sum(v for name, v in diff.items() if name != MACHINE)
-        diff[OTHER] = max(0.0, diff.pop(MACHINE) - ours)
-        return diff
-
-
-def _process_cpu(proc: psutil.Process) -> float:
-    try:
-        times = proc.cpu_times()
-        return float(times.user + times.system)
-    except psutil.Error:
-        return 0.0
-
-
-class WorkerProcesses:
-    """`hostler worker` subprocesses, one per model, stopped the way the supervisor stops them."""
-
-    def __init__(self, redis_url: str, models_dir: Path, logs_dir: Path) -> None:
-        self.redis_url = redis_url
-        self.models_dir = models_dir
-        self.logs_dir = logs_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, model: str) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "hostler.worker",
-            "worker",
-            "--model",
-            model,
-            "--models",
-            str(self.models_dir),
-            "--redis",
-            self.redis_url,
-            "--prefix",
-            PREFIX,
-            "--host-id",
-            HOST_ID,
-        ]
-        with (self.logs_dir / f"{model}.log").open("wb") as log:
-            # Own session: a terminal Ctrl-C reaches only this script, which then stops the
-            # workers with SIGTERM (finish the job) instead of killing them mid-token.
-            self.procs[model] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_alive(self, connection: redis.Redis, keys: Keys, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = set(self.procs)
-        while waiting:
-            for model in sorted(waiting):
-                code = self.procs[model].poll()
-                if code is not None:
-                    raise RuntimeError(f"worker for {model} exited with {code}:\n{self.log_tail(model)}")
-                if connection.exists(keys.alive(model)):
-                    waiting.discard(model)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers for {sorted(waiting)} not alive within {timeout:.0f}s")
-            time.sleep(0.05)
-
-    def meter(self, model: str, redis_pid: int) -> CpuMeter:
-        """Names this model's worker, this process and Redis; the other workers are background."""
-        named = {"worker": self.procs[model].pid, "bench": os.getpid(), "redis": redis_pid}
-        return CpuMeter(named, [p.pid for m, p in self.procs.items() if m != model])
-
-    def log_tail(self, model: str, chars: int = 2000) -> str:
-        path = self.logs_dir / f"{model}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + WORKER_STOP_S
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-class HostReporter:
-    """Keeps the host report fresh, which the client needs to accept a model.
-
-    Only Supervisor.report() runs here, not Supervisor.run(): run() rescans the models
-    directory every 5 s (reading 8 MB of each GGUF) inside the process being timed, and
-    spawns workers on demand, while this benchmark wants its workers started up front.
-    """
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="host-report", daemon=True)
-
-    def __enter__(self) -> HostReporter:
-        self.supervisor.report()
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(REPORT_EVERY_S):
-            try:
-                self.supervisor.report()
-            except redis.RedisError as exc:
-                print(f"host report failed: {exc}", file=sys.stderr)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.supervisor.stop()
-        # No children to stop; this removes the host report.
-        self.supervisor.shutdown(timeout=1.0)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -236,43 +80,6 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 # -- generation --------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    ttft_s: float
-    total_s: float
-    text: str
-    # Queued path only: until client.stream() returned, i.e. subscribed and enqueued.
-    submit_s: float = 0.0
-
-
-@dataclass
-class Pair:
-    prompt_index: int
-    round: int
-    inproc: Run
-    queued: Run
-    inproc_tokens: int
-    queued_tokens: int
-    match_reference: bool
-    match_streams: bool
-    queued_cpu: dict[str, float]
-    inproc_cpu_s: float
-    # CPU that programs other than this benchmark used during the pair, per second of it.
-    other_share: float
-
-
-@dataclass
-class ModelBench:
-    model: str
-    n_threads: int
-    n_threads_batch: int
-    queued_load_s: float
-    inproc_load_s: float
-    pairs: list[Pair] = field(default_factory=list)
-    reference_tokens: dict[int, int] = field(default_factory=dict)
-    retried: int = 0
 
 
 def timed(start: Callable[[], Iterator[str]]) -> Run:
@@ -435,19 +242,6 @@ def _print_pair(model: str, pair: Pair, n_prompts: int) -> None:
 # -- token counting ----------------------------------------------------------------
 
 
-@dataclass
-class CountBench:
-    label: str
-    jobs: int
-    wall_s: float
-    cpu: dict[str, float]
-    errors: int = 0
-
-    @property
-    def rate(self) -> float:
-        return self.jobs / self.wall_s if self.wall_s > 0 else float("nan")
-
-
 def count_texts(n: int) -> list[str]:
     return [f"{PROMPTS[i % len(PROMPTS)]} (#{i})" for i in range(n)]
 
@@ -572,156 +366,6 @@ def _count_done_events(pubsub: Any, jobs: int, deadline: float) -> tuple[int, in
         elif kind == "error":
             errors += 1
     return done, errors
-
-
-# -- reporting ---------------------------------------------------------------------
-
-
-def p95(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return values[0]
-    return statistics.quantiles(values, n=20, method="inclusive")[18]
-
-
-@dataclass
-class ModelSummary:
-    model: str
-    runs: int
-    inproc_tps: float
-    queued_tps: float
-    ratio: float
-    paired_ratio_median: float
-    inproc_ttft_ms: float
-    queued_ttft_ms: float
-    added_ttft_median_ms: float
-    added_ttft_p95_ms: float
-    submit_median_ms: float
-    matched: int
-    streams_matched: int
-    tokens_per_run: float
-    cpu_ms_per_queued_job: dict[str, float]
-    cpu_ms_per_inproc_job: float
-    threads: str
-    noisy: int
-    retried: int
-    other_share_mean: float
-
-
-def summarize(bench: ModelBench, noise_limit: float) -> ModelSummary:
-    pairs = bench.pairs
-    in_tok = sum(p.inproc_tokens for p in pairs)
-    q_tok = sum(p.queued_tokens for p in pairs)
-    inproc_tps = in_tok / sum(p.inproc.total_s for p in pairs)
-    queued_tps = q_tok / sum(p.queued.total_s for p in pairs)
-    paired = [
-        (p.queued_tokens / p.queued.total_s) / (p.inproc_tokens / p.inproc.total_s)
-        for p in pairs
-        if p.inproc_tokens and p.queued_tokens
-    ]
-    added = [(p.queued.ttft_s - p.inproc.ttft_s) * 1e3 for p in pairs]
-    cpu_names = sorted(pairs[0].queued_cpu)
-    return ModelSummary(
-        model=bench.model,
-        runs=len(pairs),
-        inproc_tps=inproc_tps,
-        queued_tps=queued_tps,
-        ratio=queued_tps / inproc_tps,
-        paired_ratio_median=statistics.median(paired) if paired else float("nan"),
-        inproc_ttft_ms=statistics.median(p.inproc.ttft_s for p in pairs) * 1e3,
-        queued_ttft_ms=statistics.median(p.queued.ttft_s for p in pairs) * 1e3,
-        added_ttft_median_ms=statistics.median(added),
-        added_ttft_p95_ms=p95(added),
-        submit_median_ms=statistics.median(p.queued.submit_s for p in pairs) * 1e3,
-        matched=sum(p.match_reference for p in pairs),
-        streams_matched=sum(p.match_streams for p in pairs),
-        tokens_per_run=q_tok / len(pairs),
-        cpu_ms_per_queued_job={n: 1e3 * statistics.fmean(p.queued_cpu[n] for p in pairs) for n in cpu_names},
-        cpu_ms_per_inproc_job=1e3 * statistics.fmean(p.inproc_cpu_s for p in pairs),
-        threads=f"{bench.n_threads}/{bench.n_threads_batch}",
-        noisy=sum(p.other_share > noise_limit for p in pairs),
-        retried=bench.retried,
-        other_share_mean=statistics.fmean(p.other_share for p in pairs),
-    )
-
-
-def print_match_table(bench: ModelBench, n_prompts: int) -> None:
-    for index in range(n_prompts):
-        runs = [p for p in bench.pairs if p.prompt_index == index]
-        ok = sum(p.match_reference for p in runs)
-        verdict = "MATCH" if ok == len(runs) else "MISMATCH"
-        prompt = PROMPTS[index % len(PROMPTS)].replace("\n", " ")[:50]
-        print(
-            f"  {bench.model} prompt {index + 1} {verdict} ({ok}/{len(runs)} runs, "
-            f"{bench.reference_tokens.get(index, 0)} generated tokens): {prompt!r}"
-        )
-        for p in runs:
-            if not p.match_reference:
-                print(f"    round {p.round} queued: {p.queued.text[:120]!r}")
-
-
-def print_summary(
-    summaries: list[ModelSummary], counts: list[CountBench], args: argparse.Namespace, argv: Sequence[str]
-) -> None:
-    print("\n## hostler queue vs in-process llama-cpp-python\n")
-    print(
-        f"{_machine()}; max_tokens={args.max_tokens}, temperature 0, seed {SEED}, n_ctx {N_CTX}, "
-        f"{args.prompts} prompts x {args.repeats} rounds\n"
-    )
-    if summaries:
-        print(
-            "| model | in-process tok/s | queued tok/s | queued/in-process | per-prompt ratio, median "
-            "| TTFT in-process ms | added TTFT median ms | added TTFT p95 ms | temp-0 text equal |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for s in summaries:
-            print(
-                f"| {s.model} | {s.inproc_tps:.1f} | {s.queued_tps:.1f} | {s.ratio:.3f} | {s.paired_ratio_median:.3f} "
-                f"| {s.inproc_ttft_ms:.1f} | {s.added_ttft_median_ms:+.1f} | {s.added_ttft_p95_ms:+.1f} "
-                f"| {s.matched}/{s.runs} |"
-            )
-        threads = sorted({s.threads for s in summaries})
-        print(f"\nThreads on both sides (n_threads/n_threads_batch): {', '.join(threads)}. Other programs:", end="")
-        print(
-            ";".join(
-                f" {s.model} {s.other_share_mean:.0%} of a core on average, {s.noisy}/{s.runs} pairs above "
-                f"{args.noise_limit:.0%} after {s.retried} re-run(s)"
-                for s in summaries
-            )
-            + "."
-        )
-    if counts:
-        print(
-            f"\n| token-count jobs, one {args.count_model} worker | jobs | wall s | jobs/s "
-            "| CPU ms/job worker | client | redis | other programs |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for c in counts:
-            per = {k: 1e3 * v / c.jobs for k, v in c.cpu.items()}
-            label = f"{c.label}, {c.errors} failed" if c.errors else c.label
-            print(
-                f"| {label} | {c.jobs} | {c.wall_s:.2f} | {c.rate:.0f} | {per.get('worker', 0):.3f} "
-                f"| {per.get('bench', 0):.3f} | {per.get('redis', 0):.3f} | {per.get(OTHER, 0):.3f} |"
-            )
-    print(f"\nReproduce: {shlex.join([sys.executable.split('/')[-1], 'scripts/bench_queue.py', *argv])}")
-
-
-def print_details(summaries: list[ModelSummary]) -> None:
-    print("\nwhere the time goes (times are medians over runs; CPU is the mean per job, in ms):")
-    for s in summaries:
-        cpu = ", ".join(f"{k} {v:.0f}" for k, v in s.cpu_ms_per_queued_job.items())
-        print(
-            f"  {s.model}: {s.tokens_per_run:.0f} tokens/run; TTFT in-process {s.inproc_ttft_ms:.1f} ms, "
-            f"queued {s.queued_ttft_ms:.1f} ms (client.stream() returns after {s.submit_median_ms:.1f} ms); "
-            f"in-process CPU {s.cpu_ms_per_inproc_job:.0f}, queued CPU {cpu}; "
-            f"in-process stream text == queued text in {s.streams_matched}/{s.runs}"
-        )
-
-
-def _machine() -> str:
-    return (
-        f"{platform.machine()} {psutil.cpu_count(logical=True)} CPUs, Python {platform.python_version()}, "
-        f"llama-cpp-python {llama_cpp.__version__}"
-    )
 
 
 # -- main --------------------------------------------------------------------------

@@ -123,11 +123,16 @@ def test_rq_info_shows_hostler_queues_and_workers(stack: Stack) -> None:
     assert "hostler.testhost.tiny." in out
 
 
+# A 16k context lets the tiny model generate for about 14 s, long enough that the
+# generation is certainly still running when the test acts on it.
+LONG_CTX = 16_384
+
+
 def test_a_killed_worker_fails_its_job_and_the_next_job_is_served(stack: Stack) -> None:
     client = stack.client
-    client.complete("tiny", "warm", max_tokens=2)
+    client.load("tiny", n_ctx=LONG_CTX)
     [pid] = stack.worker_pids("tiny")
-    pieces = client.stream("tiny", "Once upon a time", max_tokens=4000, temperature=0.5)
+    pieces = client.stream("tiny", "Once upon a time", max_tokens=LONG_CTX - 100, temperature=0.5)
     waiting = client.stream("tiny", "queued behind", max_tokens=5)
     first = next(pieces)
     assert first
@@ -145,10 +150,10 @@ def test_a_killed_worker_fails_its_job_and_the_next_job_is_served(stack: Stack) 
     assert caught.value.job_id in failed.get_job_ids()
 
 
-def test_a_stream_nobody_reads_is_stopped(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stream_nobody_reads_is_stopped(stack: Stack) -> None:
     client = stack.client
-    client.complete("tiny", "warm", max_tokens=2)
-    pieces = client.stream("tiny", "Once upon a time", max_tokens=100_000 // 10, temperature=0.7)
+    client.load("tiny", n_ctx=LONG_CTX)
+    pieces = client.stream("tiny", "Once upon a time", max_tokens=LONG_CTX - 100, temperature=0.7)
     next(pieces)
     pieces.close()  # unsubscribes: the worker now publishes to nobody
     started = time.monotonic()

@@ -9,15 +9,18 @@ into one pipeline.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
-from hostler.client._rqstore import FAILURE_TTL, RESULT_TTL, encode_failure, make_queue
+from hostler.client._rqstore import FAILURE_TTL, RESULT_TTL, encode_failure, fetch_job, make_queue
+from hostler.schemas import ErrorCode, ErrorEvent
 from rq.executions import Execution
 from rq.job import Job as RqJob
 from rq.job import JobStatus
+from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
@@ -150,8 +153,6 @@ class JobStore:
 
 
 def _compress(text: str) -> bytes:
-    import zlib
-
     return zlib.compress(text.encode("utf-8"))
 
 
@@ -167,10 +168,6 @@ def fail_orphans(connection: redis.Redis, queue_name: str, worker_prefix: str, c
     Also puts back on the queue, at the front, any job it had taken but not yet started,
     so a crash loses nothing. Returns the number of jobs failed.
     """
-    from hostler.client._rqstore import fetch_job
-    from hostler.schemas import ErrorCode, ErrorEvent
-    from rq.registry import StartedJobRegistry
-
     queue = make_queue(connection, queue_name)
     registry = StartedJobRegistry(queue=queue)
     failed = 0

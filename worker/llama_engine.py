@@ -65,8 +65,8 @@ class LlamaEngine:
         rendered = formatter(messages=[m.model_dump() for m in messages])
         # The template writes BOS itself where the model wants it, as llama-cpp-python assumes.
         tokens = self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
-        extra = tuple(s for s in (rendered.stop or []) if s) if isinstance(rendered.stop, list) else ()
-        return self._generate(tokens, params, extra, should_stop)
+        stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]
+        return self._generate(tokens, params, tuple(s for s in stops if s), should_stop)
 
     def close(self) -> None:
         self._llm.close()

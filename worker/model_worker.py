@@ -112,6 +112,7 @@ class ModelWorker:
 
     def run(self) -> None:
         self.rq_worker.register_birth()
+        self.state = "idle"
         self._heartbeat()
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()
@@ -276,6 +277,8 @@ class ModelWorker:
         started = time.monotonic()
         self.engine = self.engine_factory(self.manifest.path, params, chat_template=self.manifest.chat_template)
         self.load_params = params
+        # Loading happens inside a job (a load job, or the first job that needs the model).
+        self.state = "busy"
         if remember:
             self.connection.set(self.keys.load_params(self.manifest.id), params.model_dump_json())
         self._heartbeat()
@@ -299,7 +302,7 @@ class ModelWorker:
             model=self.manifest.id,
             host=self.host,
             pid=os.getpid(),
-            state=self.state if self.state != "starting" or self.engine is None else "idle",
+            state=self.state,
             cpu_percent=self._process.cpu_percent(interval=None),
             rss_bytes=self._process.memory_info().rss,
             current_job=current.job.id if current is not None else None,
@@ -331,7 +334,6 @@ class ModelWorker:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:  # noqa: BLE001 - the heartbeat thread must outlive surprises
                 log.exception("heartbeat crashed")
-        # Keep the alive key while the last job is still finishing.
 
 
 def llama_factory() -> EngineFactory:

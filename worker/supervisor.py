@@ -37,6 +37,19 @@ MAX_BACKOFF_S = 30.0
 MAX_CRASHES = 5
 
 
+def worker_command(model: str, models_dir: Path, redis_url: str, prefix: str, host: str, *extra: str) -> list[str]:
+    """The command line of one model's worker process."""
+    return [
+        sys.executable, "-m", "hostler.worker", "worker",
+        "--model", model,
+        "--models", str(models_dir),
+        "--redis", redis_url,
+        "--prefix", prefix,
+        "--host-id", host,
+        *extra,
+    ]  # fmt: skip
+
+
 @dataclass
 class _Child:
     model: str
@@ -152,23 +165,7 @@ class Supervisor:
     # -- processes ----------------------------------------------------------------
 
     def _spawn(self, model: str) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "hostler.worker",
-            "worker",
-            "--model",
-            model,
-            "--models",
-            str(self.models_dir),
-            "--redis",
-            self.redis_url,
-            "--prefix",
-            self.keys.prefix,
-            "--host-id",
-            self.host,
-            *self.worker_args,
-        ]
+        cmd = worker_command(model, self.models_dir, self.redis_url, self.keys.prefix, self.host, *self.worker_args)
         # Own process group: a terminal's Ctrl-C reaches the supervisor, which then
         # stops workers in two stages instead of killing them mid-token.
         process = subprocess.Popen(cmd, start_new_session=True)
