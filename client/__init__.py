@@ -8,6 +8,7 @@ from ._errors import (
     InvalidRequest,
     JobFailed,
     ModelNotFound,
+    NoCapacity,
     Timeout,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "InvalidRequest",
     "JobFailed",
     "ModelNotFound",
+    "NoCapacity",
     "Timeout",
 ]

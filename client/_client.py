@@ -11,15 +11,19 @@ from typing import Any, Literal, overload
 
 import redis
 from hostler.schemas import (
+    DEFAULT_KEEP_ALIVE_S,
     DEFAULT_PREFIX,
+    Assignment,
     ChatJob,
     ChatMessage,
+    ClusterView,
     CompletionJob,
     CompletionResult,
     DoneEvent,
     ErrorCode,
     ErrorEvent,
     HostReport,
+    HostStatus,
     Job,
     JobResult,
     Keys,
@@ -27,7 +31,9 @@ from hostler.schemas import (
     LoadParams,
     LoadResult,
     ModelInfo,
+    ModelSpec,
     SamplingParams,
+    Status,
     TokenCountJob,
     TokenCountResult,
     TokenEvent,
@@ -35,13 +41,14 @@ from hostler.schemas import (
     UnloadResult,
     WorkerReport,
     WorkerStatus,
+    parse_duration,
     rq_func_name,
 )
 from pydantic import ValidationError
 from rq.queue import Queue
 
 from ._connection import PREFIX_ENV, connect
-from ._errors import ContextExceeded, HostlerError, InvalidRequest, JobFailed, ModelNotFound
+from ._errors import ContextExceeded, HostlerError, InvalidRequest, JobFailed, ModelNotFound, NoCapacity
 from ._events import PubSubPool, Subscription, follow
 from ._rqstore import FAILURE_TTL, QUEUED_TTL, RESULT_TTL, make_queue
 
@@ -129,10 +136,38 @@ class Client:
 
     # -- model lifecycle ----------------------------------------------------------
 
-    def load(self, model: str, *, timeout: float | None = None, **params: Any) -> LoadResult:
-        """Load a model with params (n_ctx, n_batch, ...); later jobs use them until unload."""
+    def load(
+        self,
+        model: str,
+        *,
+        replicas: int = 1,
+        keep_alive: float | str = DEFAULT_KEEP_ALIVE_S,
+        pinned: bool = False,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> LoadResult:
+        """Load a model with params (n_ctx, n_batch, ...); later jobs use them until unload.
+
+        replicas: workers to keep, each on its own host. keep_alive: idle time before it is
+        unloaded (seconds or '5m', '1h'; -1 never). pinned: never evicted for another model.
+        Raises NoCapacity when no host has the memory.
+        """
         load_params = _validated(LoadParams, params)
-        result = self._run(_build(LoadJob, model=model, params=load_params), timeout)
+        job = _build(LoadJob, model=model, params=load_params)
+        try:
+            spec = ModelSpec(
+                model=model,
+                replicas=replicas,
+                keep_alive_s=parse_duration(keep_alive),
+                pinned=pinned,
+                params=load_params,
+            )
+        except (ValidationError, ValueError) as exc:
+            raise InvalidRequest(_describe(exc) if isinstance(exc, ValidationError) else str(exc)) from None
+        self._require_model(model)
+        # The spec first: the controller reads it when the load job makes it place the model.
+        self.connection.set(self.keys.spec(model), spec.model_dump_json())
+        result = self._run(job, timeout)
         assert isinstance(result, LoadResult)
         return result
 
@@ -145,17 +180,79 @@ class Client:
     # -- inspection ---------------------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
-        """Every model on the disk of a live host, with engine, size and loaded state."""
-        loaded = {report.model for report in self._worker_reports() if report.loaded}
+        """Every model on the disk of a live host: engine, size, memory estimate, loaded state,
+        and the hosts with room for it now (as the controller counts free memory)."""
+        loaded = {(report.host, report.model) for report in self._worker_reports() if report.loaded}
         catalog = self._read_catalog()
+        hosts = self._host_statuses()
         return [
-            info.model_copy(update={"loaded": info.id in loaded})
+            info.model_copy(
+                update={
+                    "loaded": (info.host, info.id) in loaded,
+                    "fits_on": [
+                        h.host
+                        for h in hosts
+                        if info.estimate_bytes is not None
+                        and info.id in h.models_on_disk
+                        and (info.id in h.placed or h.free_bytes >= info.estimate_bytes)
+                    ],
+                }
+            )
             for model_id in sorted(catalog)
             for info in catalog[model_id]
         ]
 
-    def status(self) -> list[WorkerStatus]:
-        """Each live worker: pid, state, cpu %, rss, queue length, current job."""
+    def status(self) -> Status:
+        """Hosts (RAM, VRAM, what is placed and free), placements, workers and queue lengths."""
+        view = self._view()
+        hosts = view.hosts if view is not None else self._host_statuses()
+        placements: list[Assignment] = []
+        for host in hosts:
+            for blob in self.connection.hgetall(self.keys.assignments(host.host)).values():
+                placements.append(Assignment.model_validate_json(blob))
+        workers = self._worker_statuses()
+        models = sorted({m for h in hosts for m in h.models_on_disk} | {w.model for w in workers})
+        with self.connection.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.llen(self._queue(model).key)
+            lengths = pipe.execute()
+        return Status(
+            controller=view.controller if view is not None else None,
+            hosts=hosts,
+            placements=sorted(placements, key=lambda a: (a.model, a.host)),
+            workers=workers,
+            queues={m: int(n) for m, n in zip(models, lengths, strict=True)},
+        )
+
+    def _view(self) -> ClusterView | None:
+        blob = self.connection.get(self.keys.view)
+        return ClusterView.model_validate_json(blob) if blob is not None else None
+
+    def _host_statuses(self) -> list[HostStatus]:
+        """The controller's view of the hosts, or, with no controller running, the raw reports."""
+        view = self._view()
+        if view is not None:
+            return view.hosts
+        host_ids = sorted(_text(m) for m in self.connection.smembers(self.keys.hosts))
+        blobs = self.connection.mget([self.keys.host(h) for h in host_ids]) if host_ids else []
+        reports = [HostReport.model_validate_json(b) for b in blobs if b is not None]
+        return [
+            HostStatus(
+                host=r.host,
+                ram_total_bytes=r.ram_total_bytes,
+                ram_available_bytes=r.ram_available_bytes,
+                memory_limit_bytes=r.memory_limit_bytes,
+                free_bytes=min(r.capacity_bytes - sum(w.rss_bytes for w in r.workers), r.ram_available_bytes),
+                gpus=r.gpus,
+                models_on_disk=sorted(m.id for m in r.models),
+                placed={w.model: w.rss_bytes for w in r.workers},
+                workers=r.workers,
+                crashing=r.crashing,
+            )
+            for r in reports
+        ]
+
+    def _worker_statuses(self) -> list[WorkerStatus]:
         reports = self._worker_reports()
         with self.connection.pipeline(transaction=False) as pipe:
             for report in reports:
@@ -249,7 +346,7 @@ class Client:
             pipe.exists(self.keys.alive(job.model))
             replies = pipe.execute()
         if not replies[-1]:
-            # No worker serves this model: ask the host supervisor to start one.
+            # No worker serves this model: ask the controller to place one.
             self.connection.rpush(self.keys.demand, job.model)
 
     def _start(self, job: Job) -> tuple[str, Subscription]:
@@ -312,6 +409,8 @@ def _text(value: bytes | str) -> str:
 def _job_error(job_id: str, event: ErrorEvent) -> JobFailed:
     if event.code == ErrorCode.CONTEXT_EXCEEDED:
         return ContextExceeded(job_id, event.code, event.message)
+    if event.code == ErrorCode.NO_CAPACITY:
+        return NoCapacity(job_id, event.code, event.message)
     return JobFailed(job_id, event.code, event.message)
 
 

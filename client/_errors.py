@@ -5,8 +5,9 @@ HostlerError
  ├── InvalidRequest       a parameter failed validation (also a ValueError)
  ├── Timeout              a wait ran past its timeout (also a TimeoutError)
  ├── ConnectionFailed     Redis could not be reached
- └── JobFailed            the worker ended the job with an error
-      └── ContextExceeded the prompt does not fit the model's context
+ └── JobFailed            the job ended with an error
+      ├── ContextExceeded the prompt does not fit the model's context
+      └── NoCapacity      no host has memory for the model (the message says what each has)
 """
 
 from __future__ import annotations
@@ -48,3 +49,8 @@ class JobFailed(HostlerError):
 
 class ContextExceeded(JobFailed):
     """The prompt (plus template) is longer than the model's context."""
+
+
+class NoCapacity(JobFailed):
+    """No host could load the model, even after unloading idle ones; the message says how much
+    the model needs and what each host has."""

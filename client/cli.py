@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+from hostler.schemas import format_bytes
 
 from ._client import Client
 from ._errors import HostlerError
@@ -121,11 +122,12 @@ def models_group() -> None:
     """Models known to the live hosts."""
 
 
-@models_group.command("ls", short_help="List every model with engine, size and state.")
+@models_group.command("ls", short_help="List every model with engine, size, estimate and state.")
 @redis_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models_ls_command(redis_url: str | None, as_json: bool) -> None:
-    """List every model on the disk of a live host.
+    """List every model on the disk of a live host, with the memory a load needs and the
+    hosts that have room for it now.
 
     Example: hostler models ls --json
     """
@@ -134,38 +136,109 @@ def models_ls_command(redis_url: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([m.model_dump() for m in models], indent=2))
         return
-    click.echo(f"{'MODEL':<32} {'ENGINE':<6} {'SIZE':>10} {'HOST':<20} {'CHAT':<5} LOADED")
+    click.echo(f"{'MODEL':<28} {'ENGINE':<6} {'SIZE':>9} {'NEEDS':>9} {'HOST':<16} {'CHAT':<5} {'LOADED':<7} FITS ON")
     for m in models:
-        size = f"{m.size_bytes / 2**20:.1f} MiB"
+        needs = format_bytes(m.estimate_bytes) if m.estimate_bytes is not None else "?"
         click.echo(
-            f"{m.id:<32} {m.engine:<6} {size:>10} {m.host:<20} {'yes' if m.chat_template else 'no':<5} "
-            f"{'yes' if m.loaded else 'no'}"
+            f"{m.id:<28} {m.engine:<6} {format_bytes(m.size_bytes):>9} {needs:>9} {m.host:<16} "
+            f"{'yes' if m.chat_template else 'no':<5} {'yes' if m.loaded else 'no':<7} {', '.join(m.fits_on) or '-'}"
         )
 
 
-@click.command("status", short_help="Show workers, their state and queues.")
+@click.command("load", short_help="Load a model (replicas, keep_alive, pinning).")
+@click.argument("model")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Workers to keep, each on its own host.")
+@click.option("--keep-alive", default="5m", show_default=True, help="Idle time before unload (300, 5m, 1h; -1 never).")
+@click.option("--pin", is_flag=True, help="Never evict it to make room for another model.")
+@click.option("--n-ctx", type=int, default=None, help="Context length in tokens.")
+@redis_option
+@timeout_option
+def load_command(
+    model: str,
+    replicas: int,
+    keep_alive: str,
+    pin: bool,
+    n_ctx: int | None,
+    redis_url: str | None,
+    timeout: float,
+) -> None:
+    """Place MODEL on a host with room for it and load it.
+
+    Example: hostler load gemma3-270m --replicas 2 --keep-alive -1 --n-ctx 8192
+    """
+    params: dict[str, Any] = {"n_ctx": n_ctx} if n_ctx is not None else {}
+    try:
+        with _client(redis_url, timeout) as client:
+            result = client.load(model, replicas=replicas, keep_alive=keep_alive, pinned=pin, **params)
+        click.echo(f"{model} loaded in {result.seconds:.1f}s" if result.reloaded else f"{model} was already loaded")
+    except HostlerError as exc:
+        _fail(exc)
+
+
+@click.command("unload", short_help="Unload a model once its queued jobs have run.")
+@click.argument("model")
+@redis_option
+@timeout_option
+def unload_command(model: str, redis_url: str | None, timeout: float) -> None:
+    """Unload MODEL after the jobs queued before this.
+
+    Example: hostler unload gemma3-270m
+    """
+    try:
+        with _client(redis_url, timeout) as client:
+            result = client.unload(model)
+        click.echo(f"{model} unloaded" if result.was_loaded else f"{model} was not loaded")
+    except HostlerError as exc:
+        _fail(exc)
+
+
+@click.command("status", short_help="Show hosts, placements, workers and queues.")
 @redis_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_command(redis_url: str | None, as_json: bool) -> None:
-    """Show each worker: model, pid, state, cpu %, rss, queue length, current job.
+    """Show each host (free/total RAM and VRAM, models placed there and their memory), each
+    worker (model, pid, state, cpu %, rss, current job) and each model's waiting jobs.
 
     Example: hostler status --json
     """
     with _client(redis_url) as client:
-        rows = client.status()
+        status = client.status()
     if as_json:
-        click.echo(json.dumps([r.model_dump() for r in rows], indent=2))
+        click.echo(status.model_dump_json(indent=2))
         return
-    if not rows:
-        click.echo("no live workers")
-        return
-    click.echo(f"{'MODEL':<24} {'PID':>7} {'STATE':<8} {'CPU%':>6} {'RSS':>10} {'QUEUE':>6} JOB")
-    for r in rows:
-        rss = f"{r.rss_bytes / 2**20:.0f} MiB"
+    click.echo(f"controller: {status.controller or 'none running'}")
+    click.echo(f"{'HOST':<20} {'FREE':>10} {'OFFERED':>10} {'RAM AVAIL':>10} {'RAM':>10}  PLACED")
+    for h in status.hosts:
+        offered = h.memory_limit_bytes if h.memory_limit_bytes is not None else h.ram_total_bytes
+        placed = ", ".join(f"{m} {format_bytes(b)}" for m, b in sorted(h.placed.items())) or "-"
         click.echo(
-            f"{r.model:<24} {r.pid:>7} {r.state:<8} {r.cpu_percent:>6.1f} {rss:>10} {r.queue_length:>6} "
-            f"{r.current_job or '-'}"
+            f"{h.host:<20} {format_bytes(h.free_bytes):>10} {format_bytes(offered):>10} "
+            f"{format_bytes(h.ram_available_bytes):>10} {format_bytes(h.ram_total_bytes):>10}  {placed}"
         )
+        for gpu in h.gpus:
+            click.echo(f"{'':<20} GPU {gpu.index} {gpu.name}: {format_bytes(gpu.free_bytes)} free of "
+                       f"{format_bytes(gpu.total_bytes)}")  # fmt: skip
+        for model, why in sorted(h.crashing.items()):
+            click.echo(f"{'':<20} crashing: {model}: {why}")
+    if not status.workers:
+        click.echo("no live workers")
+    else:
+        click.echo(f"\n{'MODEL':<24} {'HOST':<16} {'PID':>7} {'STATE':<8} {'CPU%':>6} {'RSS':>10} JOB")
+        for r in status.workers:
+            click.echo(
+                f"{r.model:<24} {r.host:<16} {r.pid:>7} {r.state:<8} {r.cpu_percent:>6.1f} "
+                f"{format_bytes(r.rss_bytes):>10} {r.current_job or '-'}"
+            )
+    waiting = {m: n for m, n in status.queues.items() if n}
+    click.echo("\nqueues: " + (", ".join(f"{m} {n} waiting" for m, n in sorted(waiting.items())) or "all empty"))
 
 
-CLIENT_COMMANDS: list[Any] = [complete_command, chat_command, tokens_command, models_group, status_command]
+CLIENT_COMMANDS: list[Any] = [
+    complete_command,
+    chat_command,
+    tokens_command,
+    models_group,
+    load_command,
+    unload_command,
+    status_command,
+]

@@ -12,6 +12,7 @@ from hostler.client import (
     InvalidRequest,
     JobFailed,
     ModelNotFound,
+    NoCapacity,
     Timeout,
 )
 from hostler.schemas import (
@@ -21,6 +22,7 @@ from hostler.schemas import (
     LoadResult,
     ModelInfo,
     SamplingParams,
+    Status,
     UnloadResult,
     Usage,
     WorkerStatus,
@@ -41,7 +43,9 @@ __all__ = [
     "LoadResult",
     "ModelInfo",
     "ModelNotFound",
+    "NoCapacity",
     "SamplingParams",
+    "Status",
     "Timeout",
     "UnloadResult",
     "Usage",

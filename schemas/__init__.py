@@ -27,10 +27,27 @@ from ._jobs import (
 )
 from ._keys import DEFAULT_PREFIX, Keys
 from ._params import LoadParams, SamplingParams
-from ._reports import HostReport, ModelInfo, WorkerReport, WorkerState, WorkerStatus
+from ._reports import (
+    DEFAULT_KEEP_ALIVE_S,
+    Assignment,
+    ClusterView,
+    GpuInfo,
+    HostReport,
+    HostStatus,
+    HostWorker,
+    ModelInfo,
+    ModelSpec,
+    PlacementPolicy,
+    Status,
+    WorkerReport,
+    WorkerState,
+    WorkerStatus,
+)
 from ._results import CompletionResult, FinishReason, LoadResult, TokenCountResult, UnloadResult, Usage
+from ._units import format_bytes, parse_duration, parse_size
 
 __all__ = [
+    "DEFAULT_KEEP_ALIVE_S",
     "DEFAULT_PREFIX",
     "EVENT_ADAPTER",
     "JOB_ADAPTER",
@@ -38,7 +55,9 @@ __all__ = [
     "MODEL_ID_PATTERN",
     "RESULT_ADAPTER",
     "RQ_FUNC_PREFIX",
+    "Assignment",
     "ChatJob",
+    "ClusterView",
     "ChatMessage",
     "CompletionJob",
     "CompletionResult",
@@ -46,7 +65,10 @@ __all__ = [
     "ErrorCode",
     "ErrorEvent",
     "FinishReason",
+    "GpuInfo",
     "HostReport",
+    "HostStatus",
+    "HostWorker",
     "Job",
     "JobKind",
     "JobResult",
@@ -55,7 +77,10 @@ __all__ = [
     "LoadParams",
     "LoadResult",
     "ModelInfo",
+    "ModelSpec",
+    "PlacementPolicy",
     "SamplingParams",
+    "Status",
     "StreamEvent",
     "TokenCountJob",
     "TokenCountResult",
@@ -66,5 +91,8 @@ __all__ = [
     "WorkerReport",
     "WorkerState",
     "WorkerStatus",
+    "format_bytes",
+    "parse_duration",
+    "parse_size",
     "rq_func_name",
 ]

@@ -59,4 +59,7 @@ class ErrorCode:
     CONTEXT_EXCEEDED = "context_exceeded"
     NO_CHAT_TEMPLATE = "no_chat_template"
     WORKER_DIED = "worker_died"
+    HOST_DIED = "host_died"
+    NO_CAPACITY = "no_capacity"
+    MODEL_CRASHING = "model_crashing"
     INTERNAL = "internal"

@@ -55,6 +55,32 @@ class Keys:
         """List of model ids that have waiting jobs and no live worker."""
         return f"{self.prefix}demand"
 
+    def assignments(self, host_id: str) -> str:
+        """Hash model -> Assignment JSON: the workers the controller wants on a host."""
+        return f"{self.prefix}assign:{host_id}"
+
+    def wake(self, host_id: str) -> str:
+        """List a host agent blocks on, so a new assignment starts its worker at once."""
+        return f"{self.prefix}wake:{host_id}"
+
+    def spec(self, model: str) -> str:
+        """A model's ModelSpec (replicas, keep_alive, pinned), written by client.load."""
+        return f"{self.prefix}spec:{model}"
+
+    @property
+    def controller(self) -> str:
+        """The controller leader lock: holds the leader's id, with an expiry."""
+        return f"{self.prefix}controller"
+
+    @property
+    def view(self) -> str:
+        """The controller's ClusterView (JSON, with a TTL): free memory per host as it counts it."""
+        return f"{self.prefix}view"
+
+    def taken(self, model: str, worker_name: str) -> str:
+        """Job ids a worker has taken off the queue but not yet started (requeued if it dies)."""
+        return f"{self.prefix}taken:{model}:{worker_name}"
+
     def load_params(self, model: str) -> str:
         """The params of the last successful load; a restarted worker loads with them."""
         return f"{self.prefix}load-params:{model}"

@@ -1,4 +1,5 @@
-"""What hosts and workers say about themselves: heartbeats stored in Redis with a TTL."""
+"""What hosts and workers say about themselves (heartbeats with a TTL), and the controller's
+desired state: which model is placed on which host, and what a model was asked for."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._params import LoadParams
+
 WorkerState = Literal["starting", "loading", "idle", "busy", "stopping"]
+PlacementPolicy = Literal["most-free", "best-fit"]
+# keep_alive of a model: seconds without jobs before it is unloaded; -1 keeps it loaded.
+DEFAULT_KEEP_ALIVE_S = 300.0
 
 
 class ModelInfo(BaseModel):
@@ -21,6 +27,31 @@ class ModelInfo(BaseModel):
     host: str = Field(description="The host that has it on disk.")
     chat_template: bool = Field(description="Whether chat() can be used with it.")
     loaded: bool = Field(False, description="A live worker has it in memory.")
+    estimate_bytes: int | None = Field(
+        None, description="Memory a load with the model's default params takes (None: the files could not be read)."
+    )
+    estimate: str | None = Field(None, description="The estimate's parts, for a person.")
+    fits_on: list[str] = Field(default_factory=list, description="Live hosts with enough free memory for it now.")
+
+
+class GpuInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+class HostWorker(BaseModel):
+    """A worker process as its host agent sees it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    pid: int
+    rss_bytes: int
+    stopping: bool = False
 
 
 class WorkerReport(BaseModel):
@@ -37,6 +68,9 @@ class WorkerReport(BaseModel):
     loaded: bool = False
     load_params: dict[str, object] | None = None
     jobs_done: int = 0
+    loads: int = Field(0, description="Times this process loaded the model.")
+    last_job_at: float | None = Field(None, description="Unix time the last job ended (None: none yet).")
+    started_at: float = 0.0
     updated_at: float = Field(description="Unix time of this heartbeat.")
 
 
@@ -49,7 +83,44 @@ class HostReport(BaseModel):
     models: list[ModelInfo]
     ram_total_bytes: int
     ram_available_bytes: int
+    memory_limit_bytes: int | None = Field(None, description="--max-memory: the most this host offers.")
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    workers: list[HostWorker] = Field(default_factory=list)
+    crashing: dict[str, str] = Field(
+        default_factory=dict, description="Models whose worker kept crashing here, with the last reason."
+    )
     updated_at: float
+
+    @property
+    def capacity_bytes(self) -> int:
+        """What this host offers to models in all."""
+        if self.memory_limit_bytes is None:
+            return self.ram_total_bytes
+        return min(self.memory_limit_bytes, self.ram_total_bytes)
+
+
+class Assignment(BaseModel):
+    """Desired state: one worker of `model` should run on `host`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    host: str
+    estimate_bytes: int = Field(ge=0, description="Reserved on the host until the worker reports loaded.")
+    placed_at: float
+    reason: str = Field(description="Why it was placed: jobs waiting, load, replicas, autoscale.")
+
+
+class ModelSpec(BaseModel):
+    """What `client.load` asked for a model; the controller keeps it true."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    replicas: int = Field(1, ge=1, le=64, description="Workers to keep, each on its own host.")
+    keep_alive_s: float = Field(DEFAULT_KEEP_ALIVE_S, ge=-1, description="Idle seconds before unload; -1 never.")
+    pinned: bool = Field(False, description="Never evicted to make room for another model.")
+    params: LoadParams = Field(default_factory=LoadParams)
 
 
 class WorkerStatus(BaseModel):
@@ -68,3 +139,42 @@ class WorkerStatus(BaseModel):
     current_job: str | None
     loaded: bool
     jobs_done: int
+
+
+class HostStatus(BaseModel):
+    """One host in client.status(): its memory and what is placed on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    ram_total_bytes: int
+    ram_available_bytes: int
+    memory_limit_bytes: int | None
+    free_bytes: int = Field(description="What the controller can still place here.")
+    gpus: list[GpuInfo]
+    models_on_disk: list[str]
+    placed: dict[str, int] = Field(description="Placed models and the memory each holds (RSS, or the reservation).")
+    workers: list[HostWorker]
+    crashing: dict[str, str]
+
+
+class Status(BaseModel):
+    """client.status(): hosts, placements, workers and queue lengths in one picture."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    controller: str | None = Field(description="The leading controller's id (None: no controller runs).")
+    hosts: list[HostStatus]
+    placements: list[Assignment]
+    workers: list[WorkerStatus]
+    queues: dict[str, int] = Field(description="Waiting jobs per model.")
+
+
+class ClusterView(BaseModel):
+    """The leading controller's picture of the hosts, refreshed each step (with a TTL)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    controller: str
+    hosts: list[HostStatus]
+    updated_at: float

@@ -63,7 +63,7 @@ from hostler.client._rqstore import FAILURE_TTL, QUEUED_TTL, RESULT_TTL, make_qu
 from hostler.schemas import Keys, TokenCountJob, rq_func_name
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.fetch import GEMMA3, SMOLLM2, PackagedModel, fetch
-from hostler.worker.supervisor import Supervisor
+from hostler.worker.host_agent import HostAgent
 from rq.job import Job as RqJob
 from rq.utils import utcparse
 
@@ -450,11 +450,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             (models_dir / path.name).symlink_to(path)
         connection = redis.Redis.from_url(server.url, socket_timeout=30)
         stack.callback(connection.close)
-        supervisor = Supervisor(
+        agent = HostAgent(
             connection=connection, keys=keys, redis_url=server.url, models_dir=models_dir, host=HOST_ID
         )
-        supervisor.rescan()
-        stack.enter_context(HostReporter(supervisor))
+        agent.rescan()
+        stack.enter_context(HostReporter(agent))
         workers = WorkerProcesses(server.url, models_dir, logs_dir)
         stack.callback(workers.stop)
         for model in needed:

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import redis
 from hostler.schemas import Keys
-from hostler.worker.supervisor import REPORT_EVERY_S, Supervisor, worker_command
+from hostler.worker.host_agent import REPORT_EVERY_S, HostAgent, worker_command
 
 HOST_ID = "bench"
 # Explicit, so that a HOSTLER_PREFIX in the environment cannot split client and workers.
@@ -79,7 +79,7 @@ def _process_cpu(proc: psutil.Process) -> float:
 
 
 class WorkerProcesses:
-    """`hostler worker` subprocesses, one per model, stopped the way the supervisor stops them."""
+    """`hostler worker` subprocesses, one per model, stopped the way the host agent stops them."""
 
     def __init__(self, redis_url: str, models_dir: Path, logs_dir: Path) -> None:
         self.redis_url = redis_url
@@ -133,31 +133,31 @@ class WorkerProcesses:
 class HostReporter:
     """Keeps the host report fresh, which the client needs to accept a model.
 
-    Only Supervisor.report() runs here, not Supervisor.run(): run() rescans the models
+    Only HostAgent.report() runs here, not HostAgent.run(): run() rescans the models
     directory every 5 s (reading 8 MB of each GGUF) inside the process being timed, and
     spawns workers on demand, while this benchmark wants its workers started up front.
     """
 
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
+    def __init__(self, agent: HostAgent) -> None:
+        self.agent = agent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="host-report", daemon=True)
 
     def __enter__(self) -> HostReporter:
-        self.supervisor.report()
+        self.agent.report()
         self._thread.start()
         return self
 
     def _loop(self) -> None:
         while not self._stop.wait(REPORT_EVERY_S):
             try:
-                self.supervisor.report()
+                self.agent.report()
             except redis.RedisError as exc:
                 print(f"host report failed: {exc}", file=sys.stderr)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.supervisor.stop()
+        self.agent.stop()
         # No children to stop; this removes the host report.
-        self.supervisor.shutdown(timeout=1.0)
+        self.agent.shutdown(timeout=1.0)

@@ -99,7 +99,7 @@ class Stack:
         return self.client.keys
 
     def worker_pids(self, model: str) -> list[int]:
-        return [w.pid for w in self.client.status() if w.model == model]
+        return [w.pid for w in self.client.status().workers if w.model == model]
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

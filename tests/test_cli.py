@@ -11,7 +11,20 @@ from click.testing import CliRunner
 from conftest import Stack
 from hostler.worker.cli import main
 
-COMMANDS = [["up"], ["worker"], ["complete"], ["chat"], ["tokens"], ["models"], ["models", "ls"], ["status"]]
+COMMANDS = [
+    ["up"],
+    ["worker"],
+    ["host"],
+    ["controller"],
+    ["complete"],
+    ["chat"],
+    ["tokens"],
+    ["models"],
+    ["models", "ls"],
+    ["load"],
+    ["unload"],
+    ["status"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -32,9 +45,20 @@ def test_client_commands_against_a_running_stack(stack: Stack) -> None:
     expected = stack.client.complete("tiny", "Once upon a time", max_tokens=8, temperature=0).text
     assert completed.output == expected + "\n"
     listed = runner.invoke(main, ["models", "ls", "--json"])
-    assert {m["id"] for m in json.loads(listed.output)} >= {"tiny", "tiny-base"}
+    rows = {m["id"]: m for m in json.loads(listed.output)}
+    assert set(rows) >= {"tiny", "tiny-base"}
+    assert rows["tiny"]["estimate_bytes"] > 0 and "KV cache" in rows["tiny"]["estimate"]
+    assert rows["tiny"]["fits_on"] == ["testhost"] and rows["broken"]["estimate_bytes"] is None
+    table = runner.invoke(main, ["models", "ls"])
+    assert "NEEDS" in table.output and "testhost" in table.output
     status = runner.invoke(main, ["status", "--json"])
-    assert [row["model"] for row in json.loads(status.output)] == ["tiny"]
+    parsed = json.loads(status.output)
+    assert [row["model"] for row in parsed["workers"]] == ["tiny"]
+    assert [(p["model"], p["host"]) for p in parsed["placements"]] == [("tiny", "testhost")]
+    assert parsed["hosts"][0]["host"] == "testhost" and "tiny" in parsed["hosts"][0]["placed"]
+    assert parsed["controller"]
+    text = runner.invoke(main, ["status"])
+    assert "testhost" in text.output and "FREE" in text.output and "queues:" in text.output
     missing = runner.invoke(main, ["tokens", "nope", "x"])
     assert missing.exit_code == 1 and "not found" in missing.output
 

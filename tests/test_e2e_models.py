@@ -77,4 +77,4 @@ def test_two_models_are_served_side_by_side(real_stack: Stack) -> None:
     a = real_stack.client.stream("smollm2-135m", "Hello", max_tokens=16, temperature=0)
     b = real_stack.client.stream("gemma3-270m", "Hello", max_tokens=16, temperature=0)
     assert "".join(a) and "".join(b)
-    assert {w.model for w in real_stack.client.status()} == {"smollm2-135m", "gemma3-270m"}
+    assert {w.model for w in real_stack.client.status().workers} == {"smollm2-135m", "gemma3-270m"}

@@ -77,7 +77,9 @@ def test_prompt_longer_than_the_context_names_both_numbers(stack: Stack) -> None
 
 def test_load_params_apply_until_unload(stack: Stack) -> None:
     loaded = stack.client.load("tiny", n_ctx=128)
-    assert loaded.reloaded and loaded.params.n_ctx == 128
+    # The worker placed for this load already loads with its params: one load, not two.
+    assert loaded.params.n_ctx == 128
+    assert [w.loads for w in stack.client._worker_reports() if w.model == "tiny"] == [1]
     # 120 prompt tokens leave room for at most 8 more in a 128-token context.
     prompt = " ".join(["farm"] * 118)
     n = stack.client.count_tokens("tiny", prompt)
@@ -99,7 +101,7 @@ def test_models_and_status(stack: Stack) -> None:
     assert {"tiny", "tiny-base", "broken"} <= set(ids)
     assert ids["tiny"].engine == "llama" and ids["tiny"].chat_template and not ids["tiny-base"].chat_template
     stack.client.complete("tiny", "hi", max_tokens=2)
-    rows = [r for r in stack.client.status() if r.model == "tiny"]
+    rows = [r for r in stack.client.status().workers if r.model == "tiny"]
     assert len(rows) == 1 and rows[0].pid > 0 and rows[0].rss_bytes > 0 and rows[0].queue_length == 0
 
 

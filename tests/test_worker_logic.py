@@ -18,7 +18,7 @@ from hostler.client._rqstore import make_queue, read_outcome
 from hostler.schemas import Keys
 from hostler.worker.model_worker import ModelWorker
 from hostler.worker.registry import scan
-from hostler.worker.supervisor import Supervisor
+from hostler.worker.host_agent import HostAgent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq.job import JobStatus
@@ -31,9 +31,9 @@ def served(redis_url: str, models_dir: Path) -> Iterator[tuple[Client, ModelWork
     """A fake-engine worker for model `tiny` in a thread, and a host report naming the models."""
     keys = Keys()
     conn = redis.Redis.from_url(redis_url)
-    supervisor = Supervisor(connection=conn, keys=keys, redis_url=redis_url, models_dir=models_dir, host="unit")
-    supervisor.rescan()
-    supervisor.report()
+    agent = HostAgent(connection=conn, keys=keys, redis_url=redis_url, models_dir=models_dir, host="unit")
+    agent.rescan()
+    agent.report()
     manifest = scan(models_dir).models["tiny"]
     worker = ModelWorker(connection=conn, keys=keys, manifest=manifest, engine_factory=FakeEngine, host="unit")
     thread = threading.Thread(target=worker.run, daemon=True)
@@ -114,7 +114,7 @@ def test_load_failure_is_a_job_error_and_the_worker_keeps_serving(
     redis_url: str, models_dir: Path, connection: redis.Redis
 ) -> None:
     keys = Keys()
-    sup = Supervisor(connection=connection, keys=keys, redis_url=redis_url, models_dir=models_dir, host="u")
+    sup = HostAgent(connection=connection, keys=keys, redis_url=redis_url, models_dir=models_dir, host="u")
     sup.rescan()
     sup.report()
     manifest = scan(models_dir).models["broken"]

@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -15,7 +16,7 @@ import click
 from hostler.client import Client, HostlerError
 from hostler.client._connection import PREFIX_ENV, connect, resolve_url
 from hostler.client.cli import CLIENT_COMMANDS, redis_option
-from hostler.schemas import DEFAULT_PREFIX, Keys
+from hostler.schemas import DEFAULT_PREFIX, Keys, PlacementPolicy, parse_size
 
 from .registry import ModelIdError, check_model_id, scan
 
@@ -35,6 +36,33 @@ prefix_option = click.option(
     "--prefix", envvar=PREFIX_ENV, default=DEFAULT_PREFIX, show_default=True, help="Redis key prefix."
 )
 host_option = click.option("--host-id", default=None, help="This host's name (default: the hostname).")
+
+
+class _Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+max_memory_option = click.option(
+    "--max-memory",
+    type=_Size(),
+    default=None,
+    help="The most memory this host offers to models, e.g. 6GiB (default: all its RAM).",
+)
+policy_option = click.option(
+    "--policy",
+    type=click.Choice(["most-free", "best-fit"]),
+    default="most-free",
+    show_default=True,
+    help="Where a model goes: the host with the most free memory, or the tightest fit.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,6 +85,8 @@ for _command in CLIENT_COMMANDS:
 @models_option
 @prefix_option
 @host_option
+@max_memory_option
+@policy_option
 @click.option("--demo/--no-demo", default=None, help="Stream a chat reply once ready (default: on a first run).")
 @click.option("--exit-after-demo", is_flag=True, help="Stop after the demo reply (for scripts and CI).")
 def up_command(
@@ -64,6 +94,8 @@ def up_command(
     models_dir: Path,
     prefix: str,
     host_id: str | None,
+    max_memory: int | None,
+    policy: PlacementPolicy,
     demo: bool | None,
     exit_after_demo: bool,
 ) -> None:
@@ -75,9 +107,10 @@ def up_command(
 
     Example: hostler up --models ~/models
     """
+    from .controller import Controller
     from .embedded_redis import EmbeddedRedis
     from .fetch import DEFAULT_MODEL, fetch
-    from .supervisor import Supervisor
+    from .host_agent import HostAgent
 
     models_dir.mkdir(parents=True, exist_ok=True)
     first_run = not scan(models_dir).models
@@ -89,17 +122,43 @@ def up_command(
         server = EmbeddedRedis(data_dir=models_dir.parent / "redis", persistent=True).start()
         redis_url = server.url
         click.echo(f"Started {server.binary.name} at {redis_url}")
-    supervisor = Supervisor(
+    keys = Keys(prefix)
+    agent = HostAgent(
         connection=connect(redis_url),
-        keys=Keys(prefix),
+        keys=keys,
         redis_url=redis_url,
         models_dir=models_dir,
         host=host_id or socket.gethostname(),
+        max_memory=max_memory,
     )
-    supervisor.rescan()
-    supervisor.report()
-    thread = threading.Thread(target=supervisor.run, name="supervisor", daemon=True)
-    thread.start()
+    agent.rescan()
+    agent.report()
+    controller = Controller(connection=connect(redis_url), keys=keys, policy=policy)
+    threads = [
+        threading.Thread(target=controller.run, name="controller", daemon=True),
+        threading.Thread(target=agent.run, name="host-agent", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    stop = _stop_on_signals()
+    click.echo(f"Serving {', '.join(sorted(agent.catalog.models))} from {models_dir}")
+    click.echo(f"Clients: HOSTLER_REDIS_URL={redis_url}")
+    try:
+        if demo or (demo is None and first_run) or exit_after_demo:
+            _demo(redis_url, prefix, DEFAULT_MODEL.model_id if first_run else sorted(agent.catalog.models)[0])
+        if not exit_after_demo:
+            click.echo("Ctrl-C stops.")
+            stop.wait()
+    finally:
+        controller.stop()
+        agent.stop()
+        for thread in threads:
+            thread.join(30)
+        if server is not None:
+            server.close()
+
+
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -107,19 +166,7 @@ def up_command(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    click.echo(f"Serving {', '.join(sorted(supervisor.catalog.models))} from {models_dir}")
-    click.echo(f"Clients: HOSTLER_REDIS_URL={redis_url}")
-    try:
-        if demo or (demo is None and first_run) or exit_after_demo:
-            _demo(redis_url, prefix, DEFAULT_MODEL.model_id if first_run else sorted(supervisor.catalog.models)[0])
-        if not exit_after_demo:
-            click.echo("Ctrl-C stops.")
-            stop.wait()
-    finally:
-        supervisor.stop()
-        thread.join(30)
-        if server is not None:
-            server.close()
+    return stop
 
 
 def _demo(redis_url: str, prefix: str, model: str) -> None:
@@ -143,6 +190,8 @@ def _demo(redis_url: str, prefix: str, model: str) -> None:
 @prefix_option
 @host_option
 @click.option("--idle-exit", type=float, default=None, help="Exit after this many idle seconds.")
+@click.option("--preload", is_flag=True, help="Load the model at start instead of on the first job.")
+@click.option("--exit-with-parent", is_flag=True, help="Finish the running job and exit when the parent process ends.")
 def worker_command(
     model_id: str,
     redis_url: str | None,
@@ -150,6 +199,8 @@ def worker_command(
     prefix: str,
     host_id: str | None,
     idle_exit: float | None,
+    preload: bool,
+    exit_with_parent: bool,
 ) -> None:
     """Load MODEL once and serve its queue in FIFO order until stopped.
 
@@ -178,6 +229,78 @@ def worker_command(
         engine_factory=llama_factory(),
         host=host_id,
         idle_exit_s=idle_exit,
+        preload=preload,
+        parent_pid=os.getppid() if exit_with_parent else None,
     )
     worker.install_signal_handlers()
     worker.run()
+
+
+@main.command("host", short_help="Run this machine's host agent (workers for assigned models).")
+@redis_option
+@models_option
+@prefix_option
+@host_option
+@max_memory_option
+def host_command(
+    redis_url: str | None, models_dir: Path, prefix: str, host_id: str | None, max_memory: int | None
+) -> None:
+    """Heartbeat this machine's memory, GPUs and models, and run the workers the controller
+    assigns to it. Start one per machine; `hostler controller` runs somewhere once.
+
+    Example: hostler host --redis redis://10.0.0.5:6379/0 --models ~/models --max-memory 12GiB
+    """
+    from .host_agent import HostAgent
+
+    url = resolve_url(redis_url)
+    agent = HostAgent(
+        connection=connect(url),
+        keys=Keys(prefix),
+        redis_url=url,
+        models_dir=models_dir,
+        host=host_id or socket.gethostname(),
+        max_memory=max_memory,
+    )
+    _run_until_signal(agent.run, agent.stop)
+
+
+@main.command("controller", short_help="Decide which host loads which model (run one or more).")
+@redis_option
+@prefix_option
+@policy_option
+@click.option("--autoscale", is_flag=True, help="Add a replica on another host while a queue stays long.")
+@click.option("--scale-up-queue", type=int, default=8, show_default=True, help="Queue length that counts as long.")
+@click.option("--scale-up-after", type=float, default=5.0, show_default=True, help="Seconds a queue stays long.")
+@click.option("--scale-down-after", type=float, default=30.0, show_default=True, help="Seconds empty before removal.")
+def controller_command(
+    redis_url: str | None,
+    prefix: str,
+    policy: PlacementPolicy,
+    autoscale: bool,
+    scale_up_queue: int,
+    scale_up_after: float,
+    scale_down_after: float,
+) -> None:
+    """Place models on hosts by free memory. Several may run: one leads, the others take
+    over within seconds when it dies.
+
+    Example: hostler controller --redis redis://10.0.0.5:6379/0 --policy best-fit --autoscale
+    """
+    from .controller import Autoscale, Controller
+
+    controller = Controller(
+        connection=connect(resolve_url(redis_url)),
+        keys=Keys(prefix),
+        policy=policy,
+        autoscale=Autoscale(scale_up_queue, scale_up_after, scale_down_after) if autoscale else None,
+    )
+    _run_until_signal(controller.run, controller.stop)
+
+
+def _run_until_signal(run: Callable[[], None], stop: Callable[[], None]) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    run()

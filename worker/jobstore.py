@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 from hostler.client._rqstore import FAILURE_TTL, RESULT_TTL, encode_failure, fetch_job, make_queue
-from hostler.schemas import ErrorCode, ErrorEvent
+from hostler.schemas import ErrorCode, ErrorEvent, Keys
 from rq.executions import Execution
 from rq.job import Job as RqJob
 from rq.job import JobStatus
@@ -45,9 +45,12 @@ class Claimed:
 
 
 class JobStore:
-    def __init__(self, connection: redis.Redis, queue_name: str, rq_worker: RqWorker) -> None:
+    def __init__(self, connection: redis.Redis, queue_name: str, rq_worker: RqWorker, taken_key: str) -> None:
         self.connection = connection
         self.queue = make_queue(connection, queue_name)
+        # Per worker, not rq's shared intermediate list: replicas on several hosts share a
+        # queue, and only a dead worker's own taken ids may go back on it.
+        self.taken_key = taken_key
         self.rq_worker = rq_worker
         # rq builds a new registry object (and re-resolves its serializer) on every access.
         self.finished = self.queue.finished_job_registry
@@ -67,7 +70,7 @@ class JobStore:
         if job_id_raw is None:
             job_id_raw = self.connection.blmove(
                 queue.key,
-                queue.intermediate_queue_key,
+                self.taken_key,
                 timeout,  # type: ignore[arg-type]  # redis accepts fractional seconds
                 "LEFT",
                 "RIGHT",
@@ -84,7 +87,7 @@ class JobStore:
             pipe.hgetall(job.key)
             job.prepare_for_execution(self.worker_name, pipeline=pipe)
             execution = Execution.create(job, STARTED_TTL, pipeline=pipe, worker_name=self.worker_name)
-            pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+            pipe.lrem(self.taken_key, 1, job_id)
             replies = pipe.execute()
         return Claimed(job=job, execution=execution, raw=replies[0], started_at=started_at)
 
@@ -133,8 +136,7 @@ class JobStore:
             self._prefetch(pipe)
 
     def _prefetch(self, pipe: Any) -> None:
-        queue = self.queue
-        pipe.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+        pipe.lmove(self.queue.key, self.taken_key, "LEFT", "RIGHT")
         taken = pipe.execute()[-1]
         self._prefetched = taken.decode() if isinstance(taken, bytes) else taken
 
@@ -143,7 +145,7 @@ class JobStore:
         taken, self._prefetched = self._prefetched, None
         if taken is not None:
             with self.connection.pipeline() as pipe:
-                pipe.lrem(self.queue.intermediate_queue_key, 1, taken)
+                pipe.lrem(self.taken_key, 1, taken)
                 pipe.lpush(self.queue.key, taken)
                 pipe.execute()
 
@@ -162,13 +164,22 @@ def describe_payload(raw: dict[bytes, bytes]) -> str:
     return json.dumps(keys)[:200]
 
 
-def fail_orphans(connection: redis.Redis, queue_name: str, worker_prefix: str, channel_of: Any) -> int:
-    """Ends as failed every started job of a worker that died (name starts with worker_prefix).
+def fail_orphans(
+    connection: redis.Redis,
+    keys: Keys,
+    model: str,
+    worker_prefix: str,
+    *,
+    reason: str = "",
+    skip_live: bool = False,
+) -> int:
+    """Ends as failed every started job of dead workers (names starting with worker_prefix).
 
-    Also puts back on the queue, at the front, any job it had taken but not yet started,
-    so a crash loses nothing. Returns the number of jobs failed.
+    Also puts back at the front of the queue, in order, the jobs they had taken but not
+    yet started, so a crash loses nothing. With skip_live, a worker whose heartbeat is
+    still alive is left alone. Returns the number of jobs failed.
     """
-    queue = make_queue(connection, queue_name)
+    queue = make_queue(connection, keys.queue_name(model))
     registry = StartedJobRegistry(queue=queue)
     failed = 0
     for job_id in registry.get_job_ids(cleanup=False):
@@ -177,23 +188,56 @@ def fail_orphans(connection: redis.Redis, queue_name: str, worker_prefix: str, c
             continue
         if job.get_status(refresh=False) != JobStatus.STARTED:
             continue
-        message = f"worker {job.worker_name} died while running this job"
-        reason = encode_failure(ErrorCode.WORKER_DIED, message)
-        with connection.pipeline() as pipe:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            pipe.hset(job.key, "ended_at", utcformat(_now()))
-            registry.remove_executions(job, pipeline=pipe)
-            job.failed_job_registry.add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
-            Result.create_failure(job, FAILURE_TTL, exc_string=reason, pipeline=pipe)
-            # seq 0 reads as a gap to a client that saw tokens; it then reads the stored failure.
-            pipe.publish(
-                channel_of(job_id), ErrorEvent(seq=0, code=ErrorCode.WORKER_DIED, message=message).model_dump_json()
-            )
-            pipe.execute()
+        if skip_live and connection.exists(keys.worker(job.worker_name or "")):
+            continue
+        message = f"worker {job.worker_name} died while running this job" + (f" ({reason})" if reason else "")
+        code = ErrorCode.HOST_DIED if reason else ErrorCode.WORKER_DIED
+        end_failed(connection, job, keys.channel(job_id), code, message, registry=registry)
         failed += 1
-    for taken in connection.lrange(queue.intermediate_queue_key, 0, -1):
-        with connection.pipeline() as pipe:
-            pipe.lrem(queue.intermediate_queue_key, 1, str(taken, "utf-8") if isinstance(taken, bytes) else taken)
-            pipe.lpush(queue.key, taken)
-            pipe.execute()
+    taken_prefix = keys.taken(model, "")
+    for taken_key in connection.scan_iter(match=taken_prefix + worker_prefix + "*", count=1000):
+        name = (taken_key.decode() if isinstance(taken_key, bytes) else taken_key)[len(taken_prefix) :]
+        if skip_live and connection.exists(keys.worker(name)):
+            continue
+        # LMOVE from the tail to the head keeps the taken jobs in their queue order.
+        while connection.lmove(taken_key, queue.key, "RIGHT", "LEFT") is not None:
+            pass
+    return failed
+
+
+def end_failed(
+    connection: redis.Redis,
+    job: RqJob,
+    channel: str,
+    code: str,
+    message: str,
+    *,
+    registry: StartedJobRegistry | None = None,
+) -> None:
+    """Ends a job that no live worker holds as failed, and tells its client."""
+    reason = encode_failure(code, message)
+    with connection.pipeline() as pipe:
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        pipe.hset(job.key, "ended_at", utcformat(_now()))
+        if registry is not None:
+            registry.remove_executions(job, pipeline=pipe)
+        job.failed_job_registry.add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
+        Result.create_failure(job, FAILURE_TTL, exc_string=reason, pipeline=pipe)
+        pipe.expire(job.key, FAILURE_TTL)
+        # seq 0 reads as a gap to a client that saw tokens; it then reads the stored failure.
+        pipe.publish(channel, ErrorEvent(seq=0, code=code, message=message).model_dump_json())
+        pipe.execute()
+
+
+def fail_queued(connection: redis.Redis, keys: Keys, model: str, code: str, message: str) -> int:
+    """Takes every waiting job off a model's queue and ends it as failed (e.g. no capacity)."""
+    queue = make_queue(connection, keys.queue_name(model))
+    failed = 0
+    while (raw := connection.lpop(queue.key)) is not None:
+        job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        job = fetch_job(connection, job_id)
+        if job is None:
+            continue
+        end_failed(connection, job, keys.channel(job_id), code, message)
+        failed += 1
     return failed

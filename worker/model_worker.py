@@ -32,6 +32,7 @@ from hostler.schemas import (
     LoadJob,
     LoadParams,
     LoadResult,
+    ModelSpec,
     TokenCountJob,
     TokenCountResult,
     UnloadJob,
@@ -71,6 +72,8 @@ class ModelWorker:
         engine_factory: EngineFactory,
         host: str | None = None,
         idle_exit_s: float | None = None,
+        preload: bool = False,
+        parent_pid: int | None = None,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -78,16 +81,22 @@ class ModelWorker:
         self.engine_factory = engine_factory
         self.host = host or socket.gethostname()
         self.idle_exit_s = idle_exit_s
+        self.preload = preload
+        # Started by a host agent: when it dies, this worker ends too, as on a dead machine.
+        self.parent_pid = parent_pid
         self.name = f"hostler.{self.host}.{manifest.id}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         queue_name = keys.queue_name(manifest.id)
         self.rq_worker = RqWorker([queue_name], connection=connection, name=self.name, serializer=JSONSerializer)
-        self.store = JobStore(connection, queue_name, self.rq_worker)
+        self.store = JobStore(connection, queue_name, self.rq_worker, keys.taken(manifest.id, self.name))
         self.events = EventSender(connection)
         self.engine: Engine | None = None
         self.load_params: LoadParams | None = None
         self.state: WorkerState = "starting"
         self.current: Claimed | None = None
         self.jobs_done = 0
+        self.loads = 0
+        self.last_job_at: float | None = None
+        self.started_at = time.time()
         self._graceful = threading.Event()
         self._hard = threading.Event()
         self._process = psutil.Process()
@@ -116,6 +125,8 @@ class ModelWorker:
         self._heartbeat()
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()
+        if self.preload:
+            self._preload()
         idle_since = time.monotonic()
         backoff = 0.1
         try:
@@ -139,6 +150,17 @@ class ModelWorker:
         finally:
             self._shutdown()
 
+    def _preload(self) -> None:
+        try:
+            self._load(self._desired_params(), remember=False)
+        except EngineError as exc:
+            # Jobs will try again and fail with this reason; the worker stays to answer them.
+            log.warning("preloading %s failed: %s", self.manifest.id, exc)
+            self.state = "idle"
+        else:
+            self.state = "idle"
+            self._heartbeat()
+
     def _shutdown(self) -> None:
         self.state = "stopping"
         self._graceful.set()
@@ -146,7 +168,7 @@ class ModelWorker:
         try:
             self.store.give_back()
         except redis.RedisError:
-            log.warning("could not return a prefetched job; the supervisor requeues it")
+            log.warning("could not return a prefetched job; the host agent requeues it")
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -154,7 +176,7 @@ class ModelWorker:
             with self.connection.pipeline() as pipe:
                 pipe.delete(self.keys.worker(self.name))
                 pipe.srem(self.keys.workers, self.name)
-                # Without this the supervisor would wait for the key to expire before it
+                # Without this the controller would wait for the key to expire before it
                 # starts a new worker for jobs that arrive after this one exits.
                 pipe.delete(self.keys.alive(self.manifest.id))
                 pipe.execute()
@@ -188,6 +210,7 @@ class ModelWorker:
         finally:
             self.current = None
             self.jobs_done += 1
+            self.last_job_at = time.time()
             self.state = "idle"
         return exit_after
 
@@ -228,6 +251,11 @@ class ModelWorker:
         if isinstance(job, UnloadJob):
             was_loaded = self.engine is not None
             self._unload()
+            # An unload asks for the memory back: the controller must not place it again.
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.delete(self.keys.spec(self.manifest.id))
+                pipe.hdel(self.keys.assignments(self.host), self.manifest.id)
+                pipe.execute()
             return UnloadResult(model=self.manifest.id, was_loaded=was_loaded)
         engine = self._engine()
         if isinstance(job, TokenCountJob):
@@ -255,12 +283,18 @@ class ModelWorker:
     # -- the model ----------------------------------------------------------------
 
     def _desired_params(self) -> LoadParams:
-        stored = self.connection.get(self.keys.load_params(self.manifest.id))
+        """The last successful load's params, else those of a pending `client.load`, else model.yaml's."""
+        stored, spec = self.connection.mget([self.keys.load_params(self.manifest.id), self.keys.spec(self.manifest.id)])
         if stored:
             try:
                 return LoadParams.model_validate_json(stored)
             except ValidationError:
                 log.warning("ignoring invalid stored load params for %s", self.manifest.id)
+        if spec:
+            try:
+                return ModelSpec.model_validate_json(spec).params
+            except ValidationError:
+                log.warning("ignoring an invalid spec for %s", self.manifest.id)
         return self.manifest.load
 
     def _engine(self) -> Engine:
@@ -277,6 +311,7 @@ class ModelWorker:
         started = time.monotonic()
         self.engine = self.engine_factory(self.manifest.path, params, chat_template=self.manifest.chat_template)
         self.load_params = params
+        self.loads += 1
         # Loading happens inside a job (a load job, or the first job that needs the model).
         self.state = "busy"
         if remember:
@@ -309,6 +344,9 @@ class ModelWorker:
             loaded=self.engine is not None,
             load_params=self.load_params.model_dump() if self.load_params is not None else None,
             jobs_done=self.jobs_done,
+            loads=self.loads,
+            last_job_at=self.last_job_at,
+            started_at=self.started_at,
             updated_at=time.time(),
         )
 
@@ -328,6 +366,10 @@ class ModelWorker:
 
     def _heartbeat_loop(self) -> None:
         while not self._graceful.wait(HEARTBEAT_S):
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                log.warning("host agent %d is gone; finishing the running job and exiting", self.parent_pid)
+                self._graceful.set()
+                break
             try:
                 self._heartbeat()
             except redis.RedisError as exc:

@@ -1,0 +1,264 @@
+"""The host agent: makes one machine's worker processes match what the controller assigned it.
+
+It heartbeats the host's report (RAM, GPUs, models on disk with memory estimates, its
+workers with pid and RSS) with a TTL, starts `hostler worker` for each model assigned to
+this host, stops workers no longer assigned (the running job finishes first), and
+restarts a crashed worker with backoff until it has crashed too often, after which the
+model is reported as crashing instead of restarted forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+from hostler.schemas import Assignment, HostReport, HostWorker, Keys, ModelInfo
+from pydantic import ValidationError
+
+from . import gpus
+from .jobstore import fail_orphans
+from .memory import EstimateError, estimate
+from .registry import Catalog, ModelManifest, scan
+
+log = logging.getLogger("hostler.host")
+
+REPORT_TTL_S = 8
+REPORT_EVERY_S = 2.0
+RESCAN_EVERY_S = 5.0
+MAX_BACKOFF_S = 30.0
+# A model whose worker crashed this many times in a row is reported, not restarted.
+MAX_CRASHES = 5
+
+
+def worker_command(model: str, models_dir: Path, redis_url: str, prefix: str, host: str, *extra: str) -> list[str]:
+    """The command line of one model's worker process."""
+    return [
+        sys.executable, "-m", "hostler.worker", "worker",
+        "--model", model,
+        "--models", str(models_dir),
+        "--redis", redis_url,
+        "--prefix", prefix,
+        "--host-id", host,
+        *extra,
+    ]  # fmt: skip
+
+
+@dataclass
+class _Child:
+    model: str
+    process: subprocess.Popen[bytes]
+    started: float
+    stopping: bool = False
+
+
+@dataclass
+class _CrashRecord:
+    count: int = 0
+    not_before: float = 0.0
+    last_error: str = ""
+
+
+@dataclass
+class HostAgent:
+    connection: redis.Redis
+    keys: Keys
+    redis_url: str
+    models_dir: Path
+    host: str = field(default_factory=socket.gethostname)
+    max_memory: int | None = None
+    worker_args: tuple[str, ...] = ()
+    children: dict[str, _Child] = field(default_factory=dict)
+    crashes: dict[str, _CrashRecord] = field(default_factory=dict)
+    catalog: Catalog = field(default_factory=lambda: Catalog({}, []))
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _estimates: dict[tuple[str, float], tuple[int | None, str | None]] = field(default_factory=dict)
+    _last_scan: float = 0.0
+    _last_report: float = 0.0
+
+    # -- loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self.step()
+                backoff = 0.1
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def step(self, wait: float = 0.5) -> None:
+        now = time.monotonic()
+        if now - self._last_scan > RESCAN_EVERY_S:
+            self.rescan()
+        self._reap()
+        self.reconcile()
+        if time.monotonic() - self._last_report > REPORT_EVERY_S:
+            self.report()
+        # A new assignment wakes this at once; otherwise it looks again after `wait`.
+        if self.connection.blpop([self.keys.wake(self.host)], timeout=wait) is not None:
+            self.connection.delete(self.keys.wake(self.host))
+
+    def rescan(self) -> None:
+        self.catalog = scan(self.models_dir)
+        for problem in self.catalog.problems:
+            log.warning("models: %s", problem)
+        self._last_scan = time.monotonic()
+
+    def report(self) -> None:
+        memory = psutil.virtual_memory()
+        report = HostReport(
+            host=self.host,
+            pid=os.getpid(),
+            models_dir=str(self.models_dir),
+            models=[self._info(m) for m in self.catalog.models.values()],
+            ram_total_bytes=memory.total,
+            ram_available_bytes=memory.available,
+            memory_limit_bytes=self.max_memory,
+            gpus=gpus.probe(),
+            workers=[w for c in self.children.values() if (w := _describe(c)) is not None],
+            crashing={m: c.last_error for m, c in self.crashes.items() if c.count >= MAX_CRASHES},
+            updated_at=time.time(),
+        )
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.host(self.host), report.model_dump_json(), ex=REPORT_TTL_S)
+            pipe.sadd(self.keys.hosts, self.host)
+            pipe.execute()
+        self._last_report = time.monotonic()
+
+    def _info(self, manifest: ModelManifest) -> ModelInfo:
+        info = manifest.info(self.host)
+        try:
+            stamp = manifest.path.stat().st_mtime
+        except OSError:
+            return info
+        cached = self._estimates.get((str(manifest.path), stamp))
+        if cached is None:
+            try:
+                found = estimate(manifest.path, manifest.engine, manifest.load)
+                cached = (found.total_bytes, found.describe())
+            except EstimateError as exc:
+                log.warning("no memory estimate for %s: %s", manifest.id, exc)
+                cached = (None, None)
+            self._estimates[(str(manifest.path), stamp)] = cached
+        return info.model_copy(update={"estimate_bytes": cached[0], "estimate": cached[1]})
+
+    # -- desired state ------------------------------------------------------------
+
+    def assigned(self) -> dict[str, Assignment]:
+        raw = self.connection.hgetall(self.keys.assignments(self.host))
+        wanted: dict[str, Assignment] = {}
+        for value in raw.values():
+            try:
+                assignment = Assignment.model_validate_json(value)
+            except ValidationError:
+                log.warning("ignoring an invalid assignment for %s: %.200r", self.host, value)
+                continue
+            wanted[assignment.model] = assignment
+        return wanted
+
+    def reconcile(self) -> None:
+        wanted = self.assigned()
+        for model, child in self.children.items():
+            if model not in wanted and not child.stopping:
+                # First SIGTERM: the worker finishes its running job, then exits.
+                child.process.send_signal(signal.SIGTERM)
+                child.stopping = True
+                log.info("stopping worker for %s (no longer assigned)", model)
+        for model in list(self.crashes):
+            if model not in wanted:
+                del self.crashes[model]  # a later assignment gets a fresh start
+        for model in sorted(wanted):
+            if model in self.children or model not in self.catalog.models:
+                continue
+            crash = self.crashes.get(model)
+            if crash is not None and (crash.count >= MAX_CRASHES or time.monotonic() < crash.not_before):
+                continue
+            self._spawn(model)
+
+    # -- processes ----------------------------------------------------------------
+
+    def _spawn(self, model: str) -> None:
+        cmd = worker_command(
+            model,
+            self.models_dir,
+            self.redis_url,
+            self.keys.prefix,
+            self.host,
+            "--preload",
+            "--exit-with-parent",
+            *self.worker_args,
+        )
+        # Own process group: a terminal's Ctrl-C reaches the agent, which then stops
+        # workers in two stages instead of killing them mid-token.
+        process = subprocess.Popen(cmd, start_new_session=True)
+        self.children[model] = _Child(model, process, time.monotonic())
+        log.info("started worker for %s (pid %d)", model, process.pid)
+
+    def _reap(self) -> None:
+        for model, child in list(self.children.items()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            del self.children[model]
+            prefix = f"hostler.{self.host}.{model}.{child.process.pid}."
+            orphans = fail_orphans(self.connection, self.keys, model, prefix)
+            if code == 0 or child.stopping:
+                self.crashes.pop(model, None)
+                continue
+            record = self.crashes.setdefault(model, _CrashRecord())
+            record.count += 1
+            backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (record.count - 1))
+            record.not_before = time.monotonic() + backoff
+            record.last_error = f"worker exited with code {code} ({record.count} times in a row)"
+            log.warning(
+                "worker for %s exited with %s (%d job(s) failed); crash %d, next start in %.1fs",
+                model,
+                code,
+                orphans,
+                record.count,
+                backoff,
+            )
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        for child in self.children.values():
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+                child.stopping = True
+        deadline = time.monotonic() + timeout
+        for child in self.children.values():
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        self._reap()
+        try:
+            # The report goes at once; the controller then drops this host's assignments as it
+            # does for a host that died, instead of waiting for the TTL.
+            self.connection.delete(self.keys.host(self.host))
+        except redis.RedisError:
+            pass
+
+
+def _describe(child: _Child) -> HostWorker | None:
+    try:
+        rss = psutil.Process(child.process.pid).memory_info().rss
+    except psutil.Error:
+        return None
+    return HostWorker(model=child.model, pid=child.process.pid, rss_bytes=rss, stopping=child.stopping)
