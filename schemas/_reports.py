@@ -31,6 +31,8 @@ class ModelInfo(BaseModel):
         None, description="Memory a load with the model's default params takes (None: the files could not be read)."
     )
     estimate: str | None = Field(None, description="The estimate's parts, for a person.")
+    estimate_n_ctx: int | None = Field(None, description="The context length the estimate is for.")
+    kv_bytes_per_cell: int | None = Field(None, description="KV cache per context cell, to rescale to another n_ctx.")
     fits_on: list[str] = Field(default_factory=list, description="Live hosts with enough free memory for it now.")
 
 

@@ -450,9 +450,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             (models_dir / path.name).symlink_to(path)
         connection = redis.Redis.from_url(server.url, socket_timeout=30)
         stack.callback(connection.close)
-        agent = HostAgent(
-            connection=connection, keys=keys, redis_url=server.url, models_dir=models_dir, host=HOST_ID
-        )
+        agent = HostAgent(connection=connection, keys=keys, redis_url=server.url, models_dir=models_dir, host=HOST_ID)
         agent.rescan()
         stack.enter_context(HostReporter(agent))
         workers = WorkerProcesses(server.url, models_dir, logs_dir)

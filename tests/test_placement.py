@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from hostler.worker.placement import HostView, NoFit, Placement, Resident, choose_host, keep_alive_expired
+from hostler.worker.placement import (
+    HostView,
+    NoFit,
+    Placement,
+    Resident,
+    choose_host,
+    fits_once_settled,
+    keep_alive_expired,
+)
 
 MIB = 1024**2
 
@@ -105,3 +113,12 @@ def test_keep_alive() -> None:
     assert not keep_alive_expired(resident, -1, now=10**9)
     assert not keep_alive_expired(idle("a", 100, last_used=0.0, pinned=True), 0, now=10.0)
     assert not keep_alive_expired(busy("a", 100), 0, now=10**9)
+
+
+def test_memory_of_stopping_workers_is_waited_for_not_refused() -> None:
+    leaving = Resident("b", 400 * MIB, rss=400 * MIB, busy=True, stopping=True)
+    one = host("one", 1000, idle("c", 400, last_used=1.0), leaving)
+    decision = choose_host("b", 700 * MIB, [one])
+    assert isinstance(decision, NoFit) and "b 400 MiB (stopping)" in decision.message
+    assert fits_once_settled("b", 700 * MIB, [one])
+    assert not fits_once_settled("b", 5000 * MIB, [one])

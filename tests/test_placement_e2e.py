@@ -7,19 +7,22 @@ other ids (symlinks) stand for different models of the same size.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
+from cluster import Cluster
 from hostler.schemas import LoadParams
 from hostler.worker.controller import WORKER_BASE_BYTES
 from hostler.worker.memory import estimate
 
-from hostler import Client, CompletionResult, NoCapacity
-
-from cluster import Cluster
+from hostler import Client, CompletionResult, JobFailed, NoCapacity
 
 pytestmark = pytest.mark.e2e
 
@@ -135,7 +138,7 @@ def test_a_killed_host_agents_models_are_placed_again_and_its_jobs_complete(
     client = cluster.client
     ask(client, "sm")
     assert cluster.hosts_of("sm") == ["first"]
-    with ThreadPoolExecutor(6) as pool:
+    with ThreadPoolExecutor(24) as pool:
         jobs = [pool.submit(ask, client, "sm", 32) for _ in range(24)]
         cluster.wait_for(lambda: client.queue_length("sm") > 6 or None, "a queue to build up")
         cluster.kill("first")
@@ -152,7 +155,9 @@ def test_a_killed_controller_is_replaced_by_the_standby(cluster: Cluster, tmp_pa
     cluster.controller("c2")
     connection = cluster.client.connection
     leader = cluster.wait_for(lambda: connection.get(cluster.keys.controller), "a leader")
-    first = next(name for name, p in cluster.processes.items() if name in ("c1", "c2") and str(p.pid) in leader.decode())
+    first = next(
+        name for name, p in cluster.processes.items() if name in ("c1", "c2") and str(p.pid) in leader.decode()
+    )
     cluster.kill(first)
     started = time.monotonic()
     cluster.wait_for(
@@ -188,7 +193,86 @@ def test_autoscale_adds_a_replica_while_the_queue_is_long_and_removes_it(
     )
     client = cluster.client
     with ThreadPoolExecutor(16) as pool:
-        jobs = [pool.submit(ask, client, "sm", 48) for _ in range(40)]
+        jobs = [pool.submit(ask, client, "sm", 32) for _ in range(32)]
         cluster.wait_for(lambda: len(cluster.hosts_of("sm")) == 2 or None, "a second replica")
         assert all(job.result(timeout=120).text for job in jobs)
     cluster.wait_for(lambda: len(cluster.hosts_of("sm")) == 1 or None, "the extra replica to go", timeout=30)
+
+
+def test_a_dead_machines_running_job_fails_with_a_reason_and_the_queue_moves_on(
+    cluster: Cluster, tmp_path: Path, smollm2: Path
+) -> None:
+    need = need_of(smollm2)
+    cluster.host("first", models(tmp_path, "first", {"sm": smollm2}), 4 * need)
+    cluster.host("second", models(tmp_path, "second", {"sm": smollm2}), 2 * need)
+    cluster.controller()
+    client = cluster.client
+    ask(client, "sm")
+    worker_pid = next(w.pid for w in client.status().workers if w.host == "first")
+    with ThreadPoolExecutor(12) as pool:
+        jobs = [pool.submit(ask, client, "sm", 32) for _ in range(12)]
+        cluster.wait_for(lambda: client.queue_length("sm") > 4 or None, "a queue to build up")
+        # The whole machine goes: agent and worker at once, mid-job.
+        cluster.kill("first")
+        os.kill(worker_pid, signal.SIGKILL)
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=120).finish_reason)
+            except JobFailed as exc:
+                outcomes.append(exc.code)
+    assert outcomes.count("host_died") + outcomes.count("worker_died") <= 1, outcomes
+    assert all(o in ("length", "stop", "host_died", "worker_died") for o in outcomes), outcomes
+    assert cluster.hosts_of("sm") == ["second"]
+
+
+def test_a_model_that_keeps_crashing_is_reported_not_restarted_forever(
+    redis_url: str, tmp_path: Path, smollm2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hostler.schemas import HostReport, Keys
+    from hostler.worker import host_agent
+    from hostler.worker.controller import Controller
+
+    monkeypatch.setattr(host_agent, "MAX_BACKOFF_S", 0.1)
+    connection = redis.Redis.from_url(redis_url)
+    keys = Keys()
+    # An option the worker command refuses: every start exits at once with code 2.
+    agent = host_agent.HostAgent(
+        connection=connection,
+        keys=keys,
+        redis_url=redis_url,
+        models_dir=models(tmp_path, "m", {"sm": smollm2}),
+        host="crashy",
+        worker_args=("--no-such-option",),
+    )
+    controller = Controller(connection=redis.Redis.from_url(redis_url), keys=keys)
+    stop = threading.Event()
+
+    def loop(step: Callable[[], None]) -> None:
+        while not stop.is_set():
+            step()
+
+    threads = [
+        threading.Thread(target=loop, args=(lambda: agent.step(0.1),), daemon=True),
+        threading.Thread(target=loop, args=(lambda: controller.lead() and controller.step(0.1),), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        with Client(redis_url, timeout=90) as client:
+            with pytest.raises(JobFailed) as caught:
+                client.complete("sm", "Hello", max_tokens=4)
+        assert caught.value.code == "model_crashing"
+        assert "crashy: worker exited with code 2 (5 times in a row)" in caught.value.message
+        report = HostReport.model_validate_json(connection.get(keys.host("crashy")) or b"")
+        assert "sm" in report.crashing
+        spawned = agent.crashes["sm"].count
+        time.sleep(1.0)
+        assert agent.crashes["sm"].count == spawned == host_agent.MAX_CRASHES and not agent.children
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        agent.shutdown()
+        controller.resign()
+        connection.close()

@@ -38,22 +38,19 @@ prefix_option = click.option(
 host_option = click.option("--host-id", default=None, help="This host's name (default: the hostname).")
 
 
-class _Size(click.ParamType):
-    name = "size"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 max_memory_option = click.option(
     "--max-memory",
-    type=_Size(),
     default=None,
+    callback=_size,
     help="The most memory this host offers to models, e.g. 6GiB (default: all its RAM).",
 )
 policy_option = click.option(

@@ -38,7 +38,16 @@ from hostler.schemas import (
 from pydantic import ValidationError
 
 from .jobstore import fail_orphans, fail_queued
-from .placement import HostView, NoFit, Placement, Resident, choose_host, keep_alive_expired
+from .memory import kv_cells
+from .placement import (
+    HostView,
+    NoFit,
+    Placement,
+    Resident,
+    choose_host,
+    fits_once_settled,
+    keep_alive_expired,
+)
 
 log = logging.getLogger("hostler.controller")
 
@@ -99,7 +108,8 @@ class Snapshot:
             for info in report.models:
                 if info.id == model and info.estimate_bytes is not None:
                     return info
-        return None
+        # A model whose files no host could estimate still has a size.
+        return next((i for r in self.reports.values() for i in r.models if i.id == model), None)
 
 
 @dataclass
@@ -260,17 +270,32 @@ class Controller:
     # -- unloading ----------------------------------------------------------------
 
     def _expire_keep_alive(self, snap: Snapshot) -> None:
-        for host, placed in snap.assignments.items():
-            for model in list(placed):
-                spec = snap.specs.get(model)
-                keep_alive = spec.keep_alive_s if spec is not None else DEFAULT_KEEP_ALIVE_S
-                if keep_alive_expired(self._resident(host, placed[model], snap), keep_alive, snap.now):
-                    log.info("unloading %s from %s: idle past its keep_alive of %ss", model, host, keep_alive)
-                    self._unassign(host, model, snap)
-                    if spec is not None:
-                        # Its spec asked for it to stay loaded; keep_alive ends that request too.
-                        self.connection.delete(self.keys.spec(model))
-                        snap.specs.pop(model, None)
+        """Unloads a model whose replicas have all been idle past its keep_alive.
+
+        keep_alive is the model's, not each replica's: a replica that got no work while its
+        sibling did stays, and surplus replicas are trimmed separately."""
+        for model in sorted(snap.models()):
+            placed = [(a.host, a) for host in sorted(snap.assignments) if (a := snap.assignments[host].get(model))]
+            if not placed:
+                continue
+            spec = snap.specs.get(model)
+            keep_alive = spec.keep_alive_s if spec is not None else DEFAULT_KEEP_ALIVE_S
+            residents = [self._resident(host, a, snap) for host, a in placed]
+            newest = max(residents, key=lambda r: r.last_used)
+            if not all(keep_alive_expired(r, keep_alive, snap.now) for r in residents):
+                continue
+            log.info(
+                "unloading %s: idle for %.0fs, past its keep_alive of %ss",
+                model,
+                snap.now - newest.last_used,
+                keep_alive,
+            )
+            for host, _ in placed:
+                self._unassign(host, model, snap)
+            if spec is not None:
+                # The spec asked for it to stay loaded; keep_alive ends that request too.
+                self.connection.delete(self.keys.spec(model))
+                snap.specs.pop(model, None)
 
     def _trim_replicas(self, model: str, snap: Snapshot, desired: int) -> None:
         placed = snap.placed(model)
@@ -298,10 +323,10 @@ class Controller:
             base = spec.replicas
         else:
             base = 1 if waiting or snap.placed(model) else 0
-        return base + self._scaled(model, waiting, snap.now) if base else 0
+        return base + self._scaled(model, waiting, snap.now, len(snap.placed(model)) - base) if base else 0
 
-    def _scaled(self, model: str, waiting: int, now: float) -> int:
-        """Replicas autoscale adds on top of what was asked for."""
+    def _scaled(self, model: str, waiting: int, now: float, running_extra: int) -> int:
+        """Replicas autoscale adds on top of what was asked for (running_extra of them run)."""
         scale = self.autoscale
         if scale is None:
             return 0
@@ -309,7 +334,8 @@ class Controller:
         if waiting > scale.queue_length:
             self._empty_since.pop(model, None)
             since = self._long_since.setdefault(model, now)
-            if now - since >= scale.up_after_s:
+            # One more only once the last one asked for runs: no host may have room for it.
+            if now - since >= scale.up_after_s and running_extra >= extra:
                 extra += 1
                 self._long_since[model] = now
                 log.info("autoscale: %s has %d waiting jobs; asking for replica %d", model, waiting, extra + 1)
@@ -328,13 +354,15 @@ class Controller:
         while len(placed) < wanted:
             decision = self._choose(model, snap)
             if isinstance(decision, NoFit):
-                if not decision.on_disk:
+                if self._settling(model, snap):
+                    log.debug("%s waits for stopping workers to free memory", model)
+                elif not decision.on_disk:
                     # Jobs wait for a host with the model to come (back); their own deadlines bound it.
                     log.debug("no live host has %s on disk; %d job(s) wait", model, snap.queues.get(model, 0))
                 elif not placed:
                     self._refuse(model, decision.message, snap)
                 else:
-                    log.info("no room for another replica of %s: %s", model, decision.message)
+                    log.debug("no room for another replica of %s: %s", model, decision.message)
                 return
             for victim in decision.evict:
                 log.info("evicting idle %s from %s to make room for %s", victim, decision.host, model)
@@ -342,16 +370,32 @@ class Controller:
             reason = "jobs waiting" if len(placed) == 0 else "replicas"
             placed.append(self._assign(decision.host, model, snap, reason))
 
-    def _choose(self, model: str, snap: Snapshot) -> Placement | NoFit:
+    def _need(self, model: str, snap: Snapshot) -> tuple[int, str]:
+        """Bytes a new worker of the model reserves, and how that adds up."""
         info = snap.info(model)
-        views = self._views(snap)
-        if info is None or info.estimate_bytes is None:
-            if any(model in v.models_on_disk for v in views):
-                return NoFit(f"model {model!r} has no memory estimate (its files could not be read)", on_disk=True)
-            return choose_host(model, 0, views, self.policy)
+        base = f"worker process {format_bytes(WORKER_BASE_BYTES)}"
+        if info is None:
+            return WORKER_BASE_BYTES, base
+        if info.estimate_bytes is None:
+            # Unreadable files: place it anyway so the worker fails its jobs with the reason.
+            need = info.size_bytes + WORKER_BASE_BYTES
+            return need, f"{format_bytes(need)} (file size {format_bytes(info.size_bytes)} + {base})"
         need = info.estimate_bytes + WORKER_BASE_BYTES
-        text = f"{format_bytes(need)} ({info.estimate} + worker process {format_bytes(WORKER_BASE_BYTES)})"
-        return choose_host(model, need, views, self.policy, need_text=text)
+        text = f"{info.estimate} + {base}"
+        spec = snap.specs.get(model)
+        if spec is not None and info.kv_bytes_per_cell and info.estimate_n_ctx is not None:
+            kv_delta = (kv_cells(spec.params.n_ctx) - kv_cells(info.estimate_n_ctx)) * info.kv_bytes_per_cell
+            if kv_delta:
+                need += kv_delta
+                text += f", KV cache resized to n_ctx {spec.params.n_ctx}: {kv_delta / 2**20:+.0f} MiB"
+        return need, f"{format_bytes(need)} ({text})"
+
+    def _settling(self, model: str, snap: Snapshot) -> bool:
+        return fits_once_settled(model, self._need(model, snap)[0], self._views(snap))
+
+    def _choose(self, model: str, snap: Snapshot) -> Placement | NoFit:
+        need, text = self._need(model, snap)
+        return choose_host(model, need, self._views(snap), self.policy, need_text=text)
 
     def _refuse(self, model: str, message: str, snap: Snapshot) -> None:
         crashing = {h: r.crashing[model] for h, r in snap.reports.items() if model in r.crashing}
@@ -368,8 +412,7 @@ class Controller:
             log.warning("failed %d waiting job(s) of %s: %s", count, model, message)
 
     def _assign(self, host: str, model: str, snap: Snapshot, reason: str) -> Assignment:
-        info = snap.info(model)
-        estimate = (info.estimate_bytes or 0) + WORKER_BASE_BYTES if info is not None else WORKER_BASE_BYTES
+        estimate = self._need(model, snap)[0]
         assignment = Assignment(model=model, host=host, estimate_bytes=estimate, placed_at=snap.now, reason=reason)
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.hset(self.keys.assignments(host), model, assignment.model_dump_json())
@@ -415,7 +458,9 @@ class Controller:
             # Workers still finishing after being unassigned hold memory the policy may not give away.
             for worker in report.workers:
                 if worker.model not in placed:
-                    residents.append(Resident(worker.model, worker.rss_bytes, rss=worker.rss_bytes, busy=True))
+                    residents.append(
+                        Resident(worker.model, worker.rss_bytes, rss=worker.rss_bytes, busy=True, stopping=True)
+                    )
             views.append(
                 HostView(
                     host=host,

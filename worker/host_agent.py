@@ -81,7 +81,7 @@ class HostAgent:
     crashes: dict[str, _CrashRecord] = field(default_factory=dict)
     catalog: Catalog = field(default_factory=lambda: Catalog({}, []))
     _stop: threading.Event = field(default_factory=threading.Event)
-    _estimates: dict[tuple[str, float], tuple[int | None, str | None]] = field(default_factory=dict)
+    _estimates: dict[tuple[str, float], dict[str, object]] = field(default_factory=dict)
     _last_scan: float = 0.0
     _last_report: float = 0.0
 
@@ -106,9 +106,10 @@ class HostAgent:
         now = time.monotonic()
         if now - self._last_scan > RESCAN_EVERY_S:
             self.rescan()
-        self._reap()
-        self.reconcile()
-        if time.monotonic() - self._last_report > REPORT_EVERY_S:
+        changed = self._reap()
+        changed = self.reconcile() or changed
+        # A worker started, stopped or gone changes what the controller may place here: say so now.
+        if changed or time.monotonic() - self._last_report > REPORT_EVERY_S:
             self.report()
         # A new assignment wakes this at once; otherwise it looks again after `wait`.
         if self.connection.blpop([self.keys.wake(self.host)], timeout=wait) is not None:
@@ -151,12 +152,17 @@ class HostAgent:
         if cached is None:
             try:
                 found = estimate(manifest.path, manifest.engine, manifest.load)
-                cached = (found.total_bytes, found.describe())
+                cached = {
+                    "estimate_bytes": found.total_bytes,
+                    "estimate": found.describe(),
+                    "estimate_n_ctx": manifest.load.n_ctx,
+                    "kv_bytes_per_cell": found.kv_bytes_per_cell,
+                }
             except EstimateError as exc:
                 log.warning("no memory estimate for %s: %s", manifest.id, exc)
-                cached = (None, None)
+                cached = {}
             self._estimates[(str(manifest.path), stamp)] = cached
-        return info.model_copy(update={"estimate_bytes": cached[0], "estimate": cached[1]})
+        return info.model_copy(update=cached)
 
     # -- desired state ------------------------------------------------------------
 
@@ -172,13 +178,16 @@ class HostAgent:
             wanted[assignment.model] = assignment
         return wanted
 
-    def reconcile(self) -> None:
+    def reconcile(self) -> bool:
+        """Starts and stops workers to match the assignments; True when anything changed."""
         wanted = self.assigned()
+        changed = False
         for model, child in self.children.items():
             if model not in wanted and not child.stopping:
                 # First SIGTERM: the worker finishes its running job, then exits.
                 child.process.send_signal(signal.SIGTERM)
                 child.stopping = True
+                changed = True
                 log.info("stopping worker for %s (no longer assigned)", model)
         for model in list(self.crashes):
             if model not in wanted:
@@ -190,6 +199,8 @@ class HostAgent:
             if crash is not None and (crash.count >= MAX_CRASHES or time.monotonic() < crash.not_before):
                 continue
             self._spawn(model)
+            changed = True
+        return changed
 
     # -- processes ----------------------------------------------------------------
 
@@ -210,11 +221,14 @@ class HostAgent:
         self.children[model] = _Child(model, process, time.monotonic())
         log.info("started worker for %s (pid %d)", model, process.pid)
 
-    def _reap(self) -> None:
+    def _reap(self) -> bool:
+        """Ends the bookkeeping of exited workers; True when any had exited."""
+        exited = False
         for model, child in list(self.children.items()):
             code = child.process.poll()
             if code is None:
                 continue
+            exited = True
             del self.children[model]
             prefix = f"hostler.{self.host}.{model}.{child.process.pid}."
             orphans = fail_orphans(self.connection, self.keys, model, prefix)
@@ -234,6 +248,7 @@ class HostAgent:
                 record.count,
                 backoff,
             )
+        return exited
 
     def shutdown(self, timeout: float = 15.0) -> None:
         for child in self.children.values():

@@ -21,6 +21,7 @@ class Resident:
     busy: bool  # running a job or jobs waiting in its queue
     pinned: bool = False
     last_used: float = 0.0  # unix time of its last job (or of its placement)
+    stopping: bool = False  # no longer placed; its worker is finishing and will free this
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,13 @@ class HostView:
         return max(0, min(self.capacity - self.committed, self.available - pending))
 
     def has(self, model: str) -> bool:
-        return any(r.model == model for r in self.residents)
+        return any(r.model == model and not r.stopping for r in self.residents)
+
+    def settled(self) -> HostView:
+        """This host once its stopping workers have exited."""
+        rest = tuple(r for r in self.residents if not r.stopping)
+        freed = sum(r.rss for r in self.residents if r.stopping)
+        return HostView(self.host, self.capacity, self.available + freed, self.models_on_disk, rest, self.crashing)
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,10 @@ def choose_host(
 
 
 def _evictions(host: HostView, need: int) -> _Option | None:
-    idle = sorted((r for r in host.residents if not r.busy and not r.pinned), key=lambda r: (r.last_used, r.model))
+    idle = sorted(
+        (r for r in host.residents if not r.busy and not r.pinned and not r.stopping),
+        key=lambda r: (r.last_used, r.model),
+    )
     option = _Option(host)
     for resident in idle:
         option.evict.append(resident)
@@ -125,13 +135,24 @@ def _host_line(model: str, host: HostView) -> str:
         return f"{host.host}: does not have it on disk"
     if model in host.crashing:
         return f"{host.host}: its worker keeps crashing there"
-    placed = ", ".join(
-        f"{r.model} {format_bytes(r.bytes)} ({'pinned' if r.pinned else 'busy' if r.busy else 'idle'})"
-        for r in host.residents
-    )
+    placed = ", ".join(f"{r.model} {format_bytes(r.bytes)} ({_state(r)})" for r in host.residents)
     return f"{host.host}: {format_bytes(host.free)} free of {format_bytes(host.capacity)}" + (
         f", holding {placed}" if placed else ""
     )
+
+
+def _state(resident: Resident) -> str:
+    if resident.stopping:
+        return "stopping"
+    return "pinned" if resident.pinned else "busy" if resident.busy else "idle"
+
+
+def fits_once_settled(model: str, need: int, hosts: Sequence[HostView]) -> bool:
+    """Whether the model would fit once stopping workers have exited; then its jobs wait a
+    moment instead of failing for lack of capacity."""
+    if not any(r.stopping for h in hosts for r in h.residents):
+        return False
+    return isinstance(choose_host(model, need, [h.settled() for h in hosts]), Placement)
 
 
 def idle_for(resident: Resident, now: float) -> float:
