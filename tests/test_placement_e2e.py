@@ -245,6 +245,8 @@ def test_a_model_that_keeps_crashing_is_reported_not_restarted_forever(
         host="crashy",
         worker_args=("--no-such-option",),
     )
+    agent.rescan()
+    agent.report()
     controller = Controller(connection=redis.Redis.from_url(redis_url), keys=keys)
     stop = threading.Event()
 
