@@ -184,7 +184,7 @@ class Client:
         and the hosts with room for it now (as the controller counts free memory)."""
         loaded = {(report.host, report.model) for report in self._worker_reports() if report.loaded}
         catalog = self._read_catalog()
-        hosts = self._host_statuses()
+        hosts = self._host_statuses(self._view())
         return [
             info.model_copy(
                 update={
@@ -205,49 +205,40 @@ class Client:
     def status(self) -> Status:
         """Hosts (RAM, VRAM, what is placed and free), placements, workers and queue lengths."""
         view = self._view()
-        hosts = view.hosts if view is not None else self._host_statuses()
-        placements: list[Assignment] = []
-        for host in hosts:
-            for blob in self.connection.hgetall(self.keys.assignments(host.host)).values():
-                placements.append(Assignment.model_validate_json(blob))
+        hosts = self._host_statuses(view)
         workers = self._worker_statuses()
         models = sorted({m for h in hosts for m in h.models_on_disk} | {w.model for w in workers})
         with self.connection.pipeline(transaction=False) as pipe:
+            for host in hosts:
+                pipe.hgetall(self.keys.assignments(host.host))
             for model in models:
                 pipe.llen(self._queue(model).key)
-            lengths = pipe.execute()
+            replies = pipe.execute()
+        placements = [Assignment.model_validate_json(blob) for r in replies[: len(hosts)] for blob in r.values()]
         return Status(
             controller=view.controller if view is not None else None,
             hosts=hosts,
             placements=sorted(placements, key=lambda a: (a.model, a.host)),
             workers=workers,
-            queues={m: int(n) for m, n in zip(models, lengths, strict=True)},
+            queues={m: int(n) for m, n in zip(models, replies[len(hosts) :], strict=True)},
         )
 
     def _view(self) -> ClusterView | None:
         blob = self.connection.get(self.keys.view)
         return ClusterView.model_validate_json(blob) if blob is not None else None
 
-    def _host_statuses(self) -> list[HostStatus]:
+    def _host_statuses(self, view: ClusterView | None) -> list[HostStatus]:
         """The controller's view of the hosts, or, with no controller running, the raw reports."""
-        view = self._view()
         if view is not None:
             return view.hosts
         host_ids = sorted(_text(m) for m in self.connection.smembers(self.keys.hosts))
         blobs = self.connection.mget([self.keys.host(h) for h in host_ids]) if host_ids else []
         reports = [HostReport.model_validate_json(b) for b in blobs if b is not None]
         return [
-            HostStatus(
-                host=r.host,
-                ram_total_bytes=r.ram_total_bytes,
-                ram_available_bytes=r.ram_available_bytes,
-                memory_limit_bytes=r.memory_limit_bytes,
+            HostStatus.of(
+                r,
                 free_bytes=min(r.capacity_bytes - sum(w.rss_bytes for w in r.workers), r.ram_available_bytes),
-                gpus=r.gpus,
-                models_on_disk=sorted(m.id for m in r.models),
                 placed={w.model: w.rss_bytes for w in r.workers},
-                workers=r.workers,
-                crashing=r.crashing,
             )
             for r in reports
         ]

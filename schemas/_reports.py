@@ -159,6 +159,22 @@ class HostStatus(BaseModel):
     workers: list[HostWorker]
     crashing: dict[str, str]
 
+    @classmethod
+    def of(cls, report: HostReport, *, free_bytes: int, placed: dict[str, int]) -> HostStatus:
+        """A host's report with what the controller (or, without one, the reader) counts as free."""
+        return cls(
+            host=report.host,
+            ram_total_bytes=report.ram_total_bytes,
+            ram_available_bytes=report.ram_available_bytes,
+            memory_limit_bytes=report.memory_limit_bytes,
+            free_bytes=free_bytes,
+            gpus=report.gpus,
+            models_on_disk=sorted(m.id for m in report.models),
+            placed=placed,
+            workers=report.workers,
+            crashing=report.crashing,
+        )
+
 
 class Status(BaseModel):
     """client.status(): hosts, placements, workers and queue lengths in one picture."""

@@ -474,23 +474,10 @@ class Controller:
         return views
 
     def _publish_view(self, snap: Snapshot) -> None:
-        hosts = []
-        for view in self._views(snap):
-            report = snap.reports[view.host]
-            hosts.append(
-                HostStatus(
-                    host=view.host,
-                    ram_total_bytes=report.ram_total_bytes,
-                    ram_available_bytes=report.ram_available_bytes,
-                    memory_limit_bytes=report.memory_limit_bytes,
-                    free_bytes=view.free,
-                    gpus=report.gpus,
-                    models_on_disk=sorted(view.models_on_disk),
-                    placed={r.model: r.bytes for r in view.residents},
-                    workers=report.workers,
-                    crashing=report.crashing,
-                )
-            )
+        hosts = [
+            HostStatus.of(snap.reports[v.host], free_bytes=v.free, placed={r.model: r.bytes for r in v.residents})
+            for v in self._views(snap)
+        ]
         cluster = ClusterView(controller=self.name, hosts=hosts, updated_at=snap.now)
         self.connection.set(self.keys.view, cluster.model_dump_json(), ex=VIEW_TTL_S)
 

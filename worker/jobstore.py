@@ -25,6 +25,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 from rq.worker import Worker as RqWorker
+from rq.worker_registration import clean_worker_registry, get_keys
 
 # How long a started job stays in the started registry without a heartbeat.
 STARTED_TTL = 60
@@ -194,14 +195,17 @@ def fail_orphans(
         code = ErrorCode.HOST_DIED if reason else ErrorCode.WORKER_DIED
         end_failed(connection, job, keys.channel(job_id), code, message, registry=registry)
         failed += 1
-    taken_prefix = keys.taken(model, "")
-    for taken_key in connection.scan_iter(match=taken_prefix + worker_prefix + "*", count=1000):
-        name = (taken_key.decode() if isinstance(taken_key, bytes) else taken_key)[len(taken_prefix) :]
-        if skip_live and connection.exists(keys.worker(name)):
+    # The workers rq registered on this queue, not a SCAN of the keyspace: this runs for every
+    # model on every sweep. A worker that exits cleanly deregisters with nothing taken.
+    for worker_key in sorted(get_keys(queue=queue)):
+        name = worker_key.removeprefix(RqWorker.redis_worker_namespace_prefix)
+        if not name.startswith(worker_prefix) or (skip_live and connection.exists(keys.worker(name))):
             continue
         # LMOVE from the tail to the head keeps the taken jobs in their queue order.
-        while connection.lmove(taken_key, queue.key, "RIGHT", "LEFT") is not None:
+        while connection.lmove(keys.taken(model, name), queue.key, "RIGHT", "LEFT") is not None:
             pass
+    # Drops registrations whose rq heartbeat key has expired, so the loop above stays short.
+    clean_worker_registry(queue)
     return failed
 
 
