@@ -9,8 +9,10 @@ from ._errors import (
     JobFailed,
     ModelNotFound,
     NoCapacity,
+    QueueFull,
     Timeout,
 )
+from ._handle import JobHandle
 
 __all__ = [
     "Client",
@@ -19,7 +21,9 @@ __all__ = [
     "HostlerError",
     "InvalidRequest",
     "JobFailed",
+    "JobHandle",
     "ModelNotFound",
     "NoCapacity",
+    "QueueFull",
     "Timeout",
 ]

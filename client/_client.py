@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import redis
 from hostler.schemas import (
     DEFAULT_KEEP_ALIVE_S,
     DEFAULT_PREFIX,
+    MAX_JOB_SECONDS,
+    MAX_REQUEST_BYTES,
+    PRIORITIES,
     Assignment,
     ChatJob,
     ChatMessage,
@@ -20,18 +25,19 @@ from hostler.schemas import (
     CompletionJob,
     CompletionResult,
     DoneEvent,
-    ErrorCode,
     ErrorEvent,
     HostReport,
     HostStatus,
     Job,
     JobResult,
     Keys,
+    Lease,
     LoadJob,
     LoadParams,
     LoadResult,
     ModelInfo,
     ModelSpec,
+    Priority,
     SamplingParams,
     Status,
     TokenCountJob,
@@ -45,12 +51,24 @@ from hostler.schemas import (
     rq_func_name,
 )
 from pydantic import ValidationError
+from rq.job import Retry
 from rq.queue import Queue
 
 from ._connection import PREFIX_ENV, connect
-from ._errors import ContextExceeded, HostlerError, InvalidRequest, JobFailed, ModelNotFound, NoCapacity
-from ._events import PubSubPool, Subscription, follow
-from ._rqstore import FAILURE_TTL, QUEUED_TTL, RESULT_TTL, make_queue
+from ._errors import HostlerError, InvalidRequest, ModelNotFound, QueueFull
+from ._events import PubSubPool, Subscription, Waiter, follow
+from ._handle import JobHandle, job_error
+from ._rqstore import (
+    DEFAULT_MAX_QUEUE,
+    ENQUEUE_SCRIPT,
+    FAILURE_TTL,
+    QUEUED_TTL,
+    RESULT_TTL,
+    fetch_job,
+    make_queue,
+    queue_keys,
+    waiting_jobs,
+)
 
 DEFAULT_TIMEOUT_S = 600.0
 # Host reports change slowly; re-reading them for every job would double its round trips.
@@ -80,16 +98,56 @@ class Client:
         self._catalog: dict[str, list[ModelInfo]] = {}
         self._catalog_at = 0.0
         self._lock = threading.Lock()
+        self._enqueue_script = self.connection.register_script(ENQUEUE_SCRIPT)
 
     # -- generation ---------------------------------------------------------------
 
-    def complete(self, model: str, prompt: str, *, timeout: float | None = None, **params: Any) -> CompletionResult:
-        job = _build(CompletionJob, model=model, prompt=prompt, params=_sampling(params))
-        return _completion(self._run(job, timeout))
+    def complete(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        timeout: float | None = None,
+        priority: Priority = "interactive",
+        start_within: float | str | None = None,
+        job_timeout: float | str | None = None,
+        retries: int = 0,
+        **params: Any,
+    ) -> CompletionResult:
+        """Generate a completion and wait for it.
 
-    def stream(self, model: str, prompt: str, *, timeout: float | None = None, **params: Any) -> Iterator[str]:
-        job = _build(CompletionJob, model=model, prompt=prompt, params=_sampling(params), stream=True)
-        return self._pieces(job, timeout)
+        priority: 'interactive' jobs are always taken before 'batch' ones. start_within: a
+        job not started by then expires. job_timeout: longest generation time. retries: times
+        the job is queued again if its worker dies while running it.
+        """
+        options = _Options.of(priority, start_within, retries)
+        job = _build(
+            CompletionJob, model=model, prompt=prompt, params=_sampling(params), timeout_s=_seconds(job_timeout)
+        )
+        return _completion(self._run(job, timeout, options))
+
+    def stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        timeout: float | None = None,
+        priority: Priority = "interactive",
+        start_within: float | str | None = None,
+        job_timeout: float | str | None = None,
+        **params: Any,
+    ) -> Iterator[str]:
+        """Generate a completion and yield its text as it is made; see complete() for the options."""
+        options = _Options.of(priority, start_within, 0)
+        job = _build(
+            CompletionJob,
+            model=model,
+            prompt=prompt,
+            params=_sampling(params),
+            stream=True,
+            timeout_s=_seconds(job_timeout),
+        )
+        return self._pieces(job, timeout, options)
 
     @overload
     def chat(
@@ -99,6 +157,9 @@ class Client:
         *,
         stream: Literal[False] = False,
         timeout: float | None = None,
+        priority: Priority = "interactive",
+        start_within: float | str | None = None,
+        job_timeout: float | str | None = None,
         **params: Any,
     ) -> CompletionResult: ...
 
@@ -110,6 +171,9 @@ class Client:
         *,
         stream: Literal[True],
         timeout: float | None = None,
+        priority: Priority = "interactive",
+        start_within: float | str | None = None,
+        job_timeout: float | str | None = None,
         **params: Any,
     ) -> Iterator[str]: ...
 
@@ -120,17 +184,79 @@ class Client:
         *,
         stream: bool = False,
         timeout: float | None = None,
+        priority: Priority = "interactive",
+        start_within: float | str | None = None,
+        job_timeout: float | str | None = None,
         **params: Any,
     ) -> CompletionResult | Iterator[str]:
-        """Chat through the model's own chat template; stream=True yields text pieces."""
-        job = _build(ChatJob, model=model, messages=list(messages), params=_sampling(params), stream=stream)
+        """Chat through the model's own chat template; stream=True yields text pieces.
+
+        The options are complete()'s.
+        """
+        options = _Options.of(priority, start_within, 0)
+        job = _build(
+            ChatJob,
+            model=model,
+            messages=list(messages),
+            params=_sampling(params),
+            stream=stream,
+            timeout_s=_seconds(job_timeout),
+        )
         if stream:
-            return self._pieces(job, timeout)
-        return _completion(self._run(job, timeout))
+            return self._pieces(job, timeout, options)
+        return _completion(self._run(job, timeout, options))
+
+    def submit(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Mapping[str, str] | ChatMessage] | None = None,
+        priority: Priority = "batch",
+        start_within: float | str | None = None,
+        job_timeout: float | str | None = None,
+        retries: int = 0,
+        **params: Any,
+    ) -> JobHandle:
+        """Enqueue a completion (prompt) or chat (messages) without waiting; returns its handle.
+
+        Nobody waits on a submitted job, so it runs even if this process exits; it is a
+        batch job unless priority says otherwise. Raises QueueFull when the queue is at its bound.
+        """
+        if (prompt is None) == (messages is None):
+            raise InvalidRequest("submit takes a prompt or messages, not both or neither")
+        options = _Options.of(priority, start_within, retries)
+        job: Job
+        if prompt is not None:
+            job = _build(
+                CompletionJob, model=model, prompt=prompt, params=_sampling(params), timeout_s=_seconds(job_timeout)
+            )
+        else:
+            job = _build(
+                ChatJob,
+                model=model,
+                messages=list(messages or []),
+                params=_sampling(params),
+                timeout_s=_seconds(job_timeout),
+            )
+        self._require_model(job.model)
+        job_id = uuid.uuid4().hex
+        self._enqueue(job, job_id, options, waiting_ms=0)
+        return JobHandle(self.connection, self.keys, job_id, job.model)
+
+    def job(self, job_id: str) -> JobHandle:
+        """The handle of a job submitted earlier (by any client)."""
+        rq_job = fetch_job(self.connection, job_id)
+        if rq_job is None:
+            raise HostlerError(f"job {job_id} does not exist (it ended more than its TTL ago, or never was)")
+        model = self.keys.model_of_queue(rq_job.origin or "")
+        if model is None:
+            raise HostlerError(f"job {job_id} is not on a hostler queue (origin {rq_job.origin!r})")
+        return JobHandle(self.connection, self.keys, job_id, model)
 
     def count_tokens(self, model: str, text: str, *, timeout: float | None = None) -> int:
         """Tokens the model makes of text, exactly as complete() counts usage.prompt_tokens."""
-        result = self._run(_build(TokenCountJob, model=model, text=text), timeout)
+        result = self._run(_build(TokenCountJob, model=model, text=text), timeout, _Options())
         assert isinstance(result, TokenCountResult)
         return result.count
 
@@ -167,13 +293,13 @@ class Client:
         self._require_model(model)
         # The spec first: the controller reads it when the load job makes it place the model.
         self.connection.set(self.keys.spec(model), spec.model_dump_json())
-        result = self._run(job, timeout)
+        result = self._run(job, timeout, _Options())
         assert isinstance(result, LoadResult)
         return result
 
     def unload(self, model: str, *, timeout: float | None = None) -> UnloadResult:
         """Free the model's memory once the jobs queued before this have run."""
-        result = self._run(_build(UnloadJob, model=model), timeout)
+        result = self._run(_build(UnloadJob, model=model), timeout, _Options())
         assert isinstance(result, UnloadResult)
         return result
 
@@ -212,15 +338,17 @@ class Client:
             for host in hosts:
                 pipe.hgetall(self.keys.assignments(host.host))
             for model in models:
-                pipe.llen(self._queue(model).key)
+                for key in queue_keys(self.keys, model):
+                    pipe.llen(key)
             replies = pipe.execute()
+        lengths = [int(n) for n in replies[len(hosts) :]]
         placements = [Assignment.model_validate_json(blob) for r in replies[: len(hosts)] for blob in r.values()]
         return Status(
             controller=view.controller if view is not None else None,
             hosts=hosts,
             placements=sorted(placements, key=lambda a: (a.model, a.host)),
             workers=workers,
-            queues={m: int(n) for m, n in zip(models, replies[len(hosts) :], strict=True)},
+            queues={m: lengths[2 * i] + lengths[2 * i + 1] for i, m in enumerate(models)},
         )
 
     def _view(self) -> ClusterView | None:
@@ -245,10 +373,7 @@ class Client:
 
     def _worker_statuses(self) -> list[WorkerStatus]:
         reports = self._worker_reports()
-        with self.connection.pipeline(transaction=False) as pipe:
-            for report in reports:
-                pipe.llen(self._queue(report.model).key)
-            lengths = pipe.execute()
+        waiting = {model: waiting_jobs(self.connection, self.keys, model) for model in {r.model for r in reports}}
         return [
             WorkerStatus(
                 model=r.model,
@@ -258,16 +383,17 @@ class Client:
                 state=r.state,
                 cpu_percent=r.cpu_percent,
                 rss_bytes=r.rss_bytes,
-                queue_length=int(length),
+                queue_length=waiting[r.model],
                 current_job=r.current_job,
                 loaded=r.loaded,
                 jobs_done=r.jobs_done,
             )
-            for r, length in zip(reports, lengths, strict=True)
+            for r in reports
         ]
 
     def queue_length(self, model: str) -> int:
-        return int(self.connection.llen(self._queue(model).key))
+        """Jobs waiting for the model, both priority classes together."""
+        return waiting_jobs(self.connection, self.keys, model)
 
     def close(self) -> None:
         self._pubsubs.close()
@@ -281,10 +407,11 @@ class Client:
 
     # -- internals ----------------------------------------------------------------
 
-    def _queue(self, model: str) -> Queue:
-        queue = self._queues.get(model)
+    def _queue(self, model: str, priority: Priority) -> Queue:
+        name = self.keys.queue_name(model, priority)
+        queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[model] = make_queue(self.connection, self.keys.queue_name(model))
+            queue = self._queues[name] = make_queue(self.connection, name)
         return queue
 
     def _read_catalog(self) -> dict[str, list[ModelInfo]]:
@@ -320,69 +447,139 @@ class Client:
             self.connection.srem(self.keys.workers, *gone)
         return [WorkerReport.model_validate_json(b) for b in blobs if b is not None]
 
-    def _enqueue(self, job: Job, job_id: str) -> None:
-        queue = self._queue(job.model)
+    def _enqueue(self, job: Job, job_id: str, options: _Options, *, waiting_ms: int) -> None:
+        """Writes the job and pushes it on its class's queue in one atomic step, or raises QueueFull."""
+        if options.start_within_s is not None or waiting_ms:
+            job = job.model_copy(update={"start_within_s": options.start_within_s, "watched": bool(waiting_ms)})
+        kwargs = job.model_dump(mode="json")
+        size = len(json.dumps(kwargs))
+        if size > MAX_REQUEST_BYTES:
+            raise InvalidRequest(f"request is {size} bytes; the limit is {MAX_REQUEST_BYTES} bytes")
+        queue = self._queue(job.model, options.priority)
         rq_job = queue.create_job(
             rq_func_name(job.kind),
-            kwargs=job.model_dump(mode="json"),
+            kwargs=kwargs,
             job_id=job_id,
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
             ttl=QUEUED_TTL,
             timeout=-1,
             description=f"{job.kind} on {job.model}",
+            retry=Retry(max=options.retries) if options.retries else None,
         )
-        with self.connection.pipeline() as pipe:
-            queue.enqueue_job(rq_job, pipeline=pipe)
-            pipe.exists(self.keys.alive(job.model))
-            replies = pipe.execute()
-        if not replies[-1]:
+        queue._prepare_for_queue(rq_job)
+        fields = [item for pair in rq_job.to_dict().items() for item in (pair[0], pair[1])]
+        start_ms = int(options.start_within_s * 1000) if options.start_within_s is not None else 0
+        lease = ""
+        if waiting_ms or start_ms:
+            lease = Lease(
+                model=job.model, queue_key=queue.key, waiting=bool(waiting_ms), start_by=bool(start_ms)
+            ).model_dump_json()
+        keys = self.keys
+        accepted, length, bound, alive = self._enqueue_script(
+            keys=[
+                *queue_keys(keys, job.model),
+                rq_job.key,
+                queue.redis_queues_keys,
+                queue.key,
+                keys.bell(job.model),
+                keys.alive(job.model),
+                keys.leases,
+                keys.waiting(job_id),
+                keys.start_by(job_id),
+                keys.max_queue,
+            ],
+            args=[job.model, DEFAULT_MAX_QUEUE, QUEUED_TTL, job_id, lease, waiting_ms, start_ms, *fields],
+        )
+        if not accepted:
+            raise QueueFull(job.model, int(bound), int(length), self._retry_after(job.model, int(length), int(bound)))
+        if not alive:
             # No worker serves this model: ask the controller to place one.
             self.connection.rpush(self.keys.demand, job.model)
 
-    def _start(self, job: Job) -> tuple[str, Subscription]:
+    def _retry_after(self, model: str, length: int, bound: int) -> float:
+        """About how long this model's workers take to run the jobs over the bound, plus one."""
+        reports = [r for r in self._worker_reports() if r.model == model]
+        times = [r.mean_job_s for r in reports if r.mean_job_s]
+        if not times:
+            return 1.0
+        return max(1.0, (length - bound + 1) * (sum(times) / len(times)) / len(reports))
+
+    def _start(self, job: Job, deadline: float, options: _Options) -> tuple[str, Subscription, Waiter]:
         self._require_model(job.model)
         job_id = uuid.uuid4().hex
         subscription = Subscription(self._pubsubs, self.keys.channel(job_id))
         try:
-            self._enqueue(job, job_id)
+            self._enqueue(job, job_id, options, waiting_ms=Waiter.ttl_ms(deadline))
         except BaseException:
             subscription.close()
             raise
-        return job_id, subscription
+        return job_id, subscription, Waiter(self.connection, self.keys.waiting(job_id), deadline)
 
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
 
-    def _run(self, job: Job, timeout: float | None) -> JobResult:
+    def _run(self, job: Job, timeout: float | None, options: _Options) -> JobResult:
         deadline = self._deadline(timeout)
-        job_id, subscription = self._start(job)
+        job_id, subscription, waiter = self._start(job, deadline, options)
         try:
-            for event in follow(self.connection, subscription, job_id, deadline):
+            for event in follow(self.connection, subscription, job_id, deadline, waiter):
                 if isinstance(event, DoneEvent):
                     return event.result
                 if isinstance(event, ErrorEvent):
-                    raise _job_error(job_id, event)
+                    raise job_error(job_id, event.code, event.message)
         finally:
+            waiter.release()
             subscription.close()
         raise HostlerError(f"job {job_id} ended without a result")  # pragma: no cover - follow always ends
 
-    def _pieces(self, job: Job, timeout: float | None) -> Iterator[str]:
+    def _pieces(self, job: Job, timeout: float | None, options: _Options) -> Iterator[str]:
         # Submitted eagerly, so that the job is queued even before the first next().
         deadline = self._deadline(timeout)
-        job_id, subscription = self._start(job)
-        return _stream_pieces(self.connection, subscription, job_id, deadline)
+        job_id, subscription, waiter = self._start(job, deadline, options)
+        return _stream_pieces(self.connection, subscription, job_id, deadline, waiter)
 
 
-def _stream_pieces(connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float) -> Iterator[str]:
+@dataclass(frozen=True)
+class _Options:
+    """How a job is queued, as opposed to what it asks the model."""
+
+    priority: Priority = "interactive"
+    start_within_s: float | None = None
+    retries: int = 0
+
+    @classmethod
+    def of(cls, priority: str, start_within: float | str | None, retries: int) -> _Options:
+        if priority not in PRIORITIES:
+            raise InvalidRequest(f"invalid priority {priority!r}: use one of {', '.join(PRIORITIES)}")
+        if not 0 <= retries <= 100:
+            raise InvalidRequest(f"invalid retries {retries}: use 0 to 100")
+        return cls(priority, _seconds(start_within), retries)
+
+
+def _seconds(value: float | str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if not 0 < seconds <= MAX_JOB_SECONDS:
+        raise InvalidRequest(f"invalid duration {value!r}: use more than 0 and at most {MAX_JOB_SECONDS:.0f} s")
+    return seconds
+
+
+def _stream_pieces(
+    connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float, waiter: Waiter
+) -> Iterator[str]:
     emitted: list[str] = []
     try:
-        for event in follow(connection, subscription, job_id, deadline):
+        for event in follow(connection, subscription, job_id, deadline, waiter):
             if isinstance(event, TokenEvent):
                 emitted.append(event.text)
                 yield event.text
             elif isinstance(event, ErrorEvent):
-                raise _job_error(job_id, event)
+                raise job_error(job_id, event.code, event.message)
             else:
                 # After a gap the done event comes from the stored result: send what was missed.
                 result = _completion(event.result)
@@ -390,19 +587,12 @@ def _stream_pieces(connection: redis.Redis, subscription: Subscription, job_id: 
                 if len(result.text) > len(sent):
                     yield result.text[len(sent) :]
     finally:
+        waiter.release()
         subscription.close()
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _job_error(job_id: str, event: ErrorEvent) -> JobFailed:
-    if event.code == ErrorCode.CONTEXT_EXCEEDED:
-        return ContextExceeded(job_id, event.code, event.message)
-    if event.code == ErrorCode.NO_CAPACITY:
-        return NoCapacity(job_id, event.code, event.message)
-    return JobFailed(job_id, event.code, event.message)
 
 
 def _completion(result: JobResult) -> CompletionResult:

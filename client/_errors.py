@@ -5,6 +5,7 @@ HostlerError
  ├── InvalidRequest       a parameter failed validation (also a ValueError)
  ├── Timeout              a wait ran past its timeout (also a TimeoutError)
  ├── ConnectionFailed     Redis could not be reached
+ ├── QueueFull            the model's queue is at its bound (nothing was enqueued)
  └── JobFailed            the job ended with an error
       ├── ContextExceeded the prompt does not fit the model's context
       └── NoCapacity      no host has memory for the model (the message says what each has)
@@ -35,6 +36,23 @@ class Timeout(HostlerError, TimeoutError):
 
 class ConnectionFailed(HostlerError, ConnectionError):
     """Redis could not be reached."""
+
+
+class QueueFull(HostlerError):
+    """The model's queue holds as many waiting jobs as its bound allows; nothing was enqueued.
+
+    `retry_after` is a hint in seconds: about how long the workers need to make room.
+    """
+
+    def __init__(self, model: str, bound: int, length: int, retry_after: float) -> None:
+        self.model = model
+        self.bound = bound
+        self.length = length
+        self.retry_after = retry_after
+        super().__init__(
+            f"queue of model {model!r} is full: {length} jobs waiting, bound {bound}; "
+            f"nothing was enqueued, retry after about {retry_after:.0f} s"
+        )
 
 
 class JobFailed(HostlerError):

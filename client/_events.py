@@ -22,6 +22,41 @@ from ._rqstore import JobOutcome, read_outcome
 # After this long without an event the reader checks the job record; a prompt being
 # evaluated is silent, so this is a poll interval, not a failure.
 SILENCE_POLL_S = 1.0
+# A waiting client renews its job's waiting key this often, with this TTL: a client that
+# dies or stops reading lets it lapse, and its job is canceled before a worker runs it.
+WAITING_TTL_S = 6.0
+RENEW_EVERY_S = 2.0
+
+
+@dataclass
+class Waiter:
+    """The waiting key of one job, renewed while its client follows the job."""
+
+    connection: redis.Redis
+    key: str
+    deadline: float
+    _renewed_at: float = field(default_factory=time.monotonic, init=False)
+
+    @staticmethod
+    def ttl_ms(deadline: float) -> int:
+        return max(1, int(min(WAITING_TTL_S, deadline - time.monotonic()) * 1000))
+
+    def renew(self) -> None:
+        now = time.monotonic()
+        if now - self._renewed_at < RENEW_EVERY_S or now >= self.deadline:
+            return
+        try:
+            self.connection.set(self.key, "1", px=self.ttl_ms(self.deadline))
+            self._renewed_at = now
+        except redis.RedisError:
+            pass  # Redis is away; the next renewal tries again.
+
+    def release(self) -> None:
+        """The client stopped waiting: a job still queued is canceled at once, not at expiry."""
+        try:
+            self.connection.delete(self.key)
+        except redis.RedisError:
+            pass
 
 
 class PubSubPool:
@@ -109,7 +144,13 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def follow(connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float) -> Iterator[StreamEvent]:
+def follow(
+    connection: redis.Redis,
+    subscription: Subscription,
+    job_id: str,
+    deadline: float,
+    waiter: Waiter | None = None,
+) -> Iterator[StreamEvent]:
     """Yields a job's events in order and always ends with a done or error event.
 
     On a gap in sequence numbers, or silence, it reads the job record instead and ends
@@ -117,6 +158,8 @@ def follow(connection: redis.Redis, subscription: Subscription, job_id: str, dea
     """
     expected = 0
     while True:
+        if waiter is not None:
+            waiter.renew()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Timeout(f"job {job_id} did not finish within its timeout")

@@ -11,21 +11,68 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from hostler.schemas import RESULT_ADAPTER, JobResult
+from hostler.schemas import PRIORITIES, RESULT_ADAPTER, ErrorEvent, JobResult, Keys
 from rq.job import Job as RqJob
 from rq.job import JobStatus
 from rq.queue import Queue
+from rq.registry import CanceledJobRegistry
+from rq.results import Result
 from rq.serializers import JSONSerializer
+from rq.utils import now, utcformat
 
 # A finished job's record and result stay this long for a late reader (seconds).
 RESULT_TTL = 3600
 FAILURE_TTL = 24 * 3600
-# A queued job nobody took expires after this; the janitor issue tightens it per job.
+# A queued job nobody took expires after this; start deadlines and waiting keys end it sooner.
 QUEUED_TTL = 24 * 3600
+# Waiting jobs a model's queues (both classes together) take unless the operator set otherwise.
+DEFAULT_MAX_QUEUE = 1000
+
+# The bound check and every write of an enqueue in one step, so that a full queue refuses
+# a job before anything of it is written, and concurrent clients cannot overshoot the bound.
+# KEYS: interactive queue, batch queue, job hash, rq's queue set, target queue, bell, alive,
+#       leases, waiting key, start-by key, max-queue hash
+# ARGV: model, default bound, job ttl, job id, lease JSON or '', waiting ms, start ms, hash fields...
+ENQUEUE_SCRIPT = """
+local bound = tonumber(redis.call('HGET', KEYS[11], ARGV[1]) or redis.call('HGET', KEYS[11], '*') or ARGV[2])
+local waiting = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2])
+if bound > 0 and waiting >= bound then
+  return {0, waiting, bound, 1}
+end
+local fields = {}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[3], unpack(fields))
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]))
+redis.call('SADD', KEYS[4], KEYS[5])
+redis.call('RPUSH', KEYS[5], ARGV[4])
+redis.call('RPUSH', KEYS[6], '1')
+redis.call('EXPIRE', KEYS[6], 60)
+if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[9], '1', 'PX', ARGV[6]) end
+if tonumber(ARGV[7]) > 0 then redis.call('SET', KEYS[10], '1', 'PX', ARGV[7]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[8], ARGV[4], ARGV[5]) end
+return {1, waiting + 1, bound, redis.call('EXISTS', KEYS[7])}
+"""
 
 
 def make_queue(connection: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=connection, serializer=JSONSerializer, default_timeout=-1)
+
+
+def queue_key(name: str) -> str:
+    """The Redis list rq keeps a queue's waiting job ids in."""
+    return f"{Queue.redis_queue_namespace_prefix}{name}"
+
+
+def queue_keys(keys: Keys, model: str) -> list[str]:
+    """A model's queue lists in the order a worker takes from them: interactive, then batch."""
+    return [queue_key(keys.queue_name(model, priority)) for priority in PRIORITIES]
+
+
+def waiting_jobs(connection: redis.Redis, keys: Keys, model: str) -> int:
+    with connection.pipeline(transaction=False) as pipe:
+        for key in queue_keys(keys, model):
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
 
 
 def fetch_job(connection: redis.Redis, job_id: str) -> RqJob | None:
@@ -74,8 +121,43 @@ def read_outcome(connection: redis.Redis, job_id: str) -> JobOutcome | None:
         return JobOutcome(status=str(status), result=RESULT_ADAPTER.validate_python(latest.return_value))
     if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
         latest = job.latest_result()
+        if latest is None and status == JobStatus.CANCELED:
+            # Canceled by something other than hostler (rq's own cancel).
+            return JobOutcome(status=str(status), code="canceled", message="the job was canceled")
         code, message = decode_failure(latest.exc_string if latest is not None else None)
-        if status == JobStatus.CANCELED:
-            code, message = "canceled", "the job was canceled"
         return JobOutcome(status=str(status), code=code, message=message)
     return None
+
+
+def end_canceled(job: RqJob, pipe: Any, keys: Keys, code: str, message: str, seq: int = 0) -> None:
+    """Queues the writes that end a job as canceled with a reason, on a pipeline."""
+    reason = encode_failure(code, message)
+    job.set_status(JobStatus.CANCELED, pipeline=pipe)
+    pipe.hset(job.key, "ended_at", utcformat(now()))
+    CanceledJobRegistry(job.origin, connection=job.connection, serializer=JSONSerializer).add(
+        job, ttl=FAILURE_TTL, pipeline=pipe
+    )
+    Result.create_failure(job, FAILURE_TTL, exc_string=reason, pipeline=pipe)
+    pipe.expire(job.key, FAILURE_TTL)
+    pipe.hdel(keys.leases, job.id)
+    pipe.delete(keys.waiting(job.id), keys.start_by(job.id))
+    pipe.publish(keys.channel(job.id), ErrorEvent(seq=seq, code=code, message=message).model_dump_json())
+
+
+def cancel_queued(connection: redis.Redis, keys: Keys, job_id: str, queue: str, code: str, message: str) -> bool:
+    """Takes a job that is still waiting off its queue and ends it as canceled.
+
+    False when it is no longer waiting (a worker took it): whoever took it ends it. The LREM
+    decides, so a job is never both canceled here and run by a worker.
+    """
+    if not connection.lrem(queue, 1, job_id):
+        return False
+    job = fetch_job(connection, job_id)
+    with connection.pipeline(transaction=False) as pipe:
+        if job is None:
+            pipe.hdel(keys.leases, job_id)
+            pipe.delete(keys.waiting(job_id), keys.start_by(job_id))
+        else:
+            end_canceled(job, pipe, keys, code, message)
+        pipe.execute()
+    return True

@@ -14,6 +14,13 @@ from ._params import LoadParams, SamplingParams
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 MAX_PROMPT_CHARS = 4_000_000
+# The largest job payload (its JSON) a client may send or a worker will decode.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# Longest per-job generation time and start deadline a job may ask for (a day).
+MAX_JOB_SECONDS = 86_400.0
+
+Priority = Literal["interactive", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 
 ModelId = Annotated[
     str,
@@ -36,18 +43,32 @@ class _JobBase(BaseModel):
 
     model: ModelId
     stream: bool = Field(False, description="Publish each generated piece as a token event.")
+    watched: bool = Field(
+        False,
+        description="A client waits for this job and keeps its waiting key alive; once the key "
+        "expires the job is canceled instead of run.",
+    )
+    start_within_s: float | None = Field(
+        None, gt=0, le=MAX_JOB_SECONDS, description="A job not started this long after enqueue expires."
+    )
 
 
 class CompletionJob(_JobBase):
     kind: Literal["completion"] = "completion"
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     params: SamplingParams = Field(default_factory=SamplingParams)
+    timeout_s: float | None = Field(
+        None, gt=0, le=MAX_JOB_SECONDS, description="Longest generation time; past it the job fails."
+    )
 
 
 class ChatJob(_JobBase):
     kind: Literal["chat"] = "chat"
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     params: SamplingParams = Field(default_factory=SamplingParams)
+    timeout_s: float | None = Field(
+        None, gt=0, le=MAX_JOB_SECONDS, description="Longest generation time; past it the job fails."
+    )
 
 
 class TokenCountJob(_JobBase):
@@ -71,6 +92,18 @@ Job = Annotated[
 JOB_ADAPTER: TypeAdapter[Job] = TypeAdapter(Job)
 
 JobKind = Literal["completion", "chat", "token_count", "load", "unload"]
+
+
+class Lease(BaseModel):
+    """What the janitor watches for a queued job: its waiting key, its start deadline, or both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelId
+    queue_key: str
+    waiting: bool = False
+    start_by: bool = False
+
 
 # rq shows this as the job's function; no worker ever imports it, so a plain rq
 # worker pointed at a hostler queue fails these jobs instead of running anything.

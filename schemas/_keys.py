@@ -15,14 +15,44 @@ DEFAULT_PREFIX = "hostler:"
 class Keys:
     prefix: str = DEFAULT_PREFIX
 
-    def queue_name(self, model: str) -> str:
-        """The rq queue name of a model (rq stores it at rq:queue:<name>)."""
-        return f"{self.prefix}{model}"
+    def queue_name(self, model: str, priority: str = "interactive") -> str:
+        """The rq queue name of a model's priority class (rq stores it at rq:queue:<name>).
+
+        Interactive jobs keep the plain name; batch jobs get a suffix no model id can contain.
+        """
+        base = f"{self.prefix}{model}"
+        return base if priority == "interactive" else f"{base}:{priority}"
 
     def model_of_queue(self, queue_name: str) -> str | None:
         if queue_name.startswith(self.prefix):
-            return queue_name[len(self.prefix) :]
+            return queue_name[len(self.prefix) :].split(":", 1)[0]
         return None
+
+    def bell(self, model: str) -> str:
+        """List an idle worker blocks on; every enqueue pushes to it (a worker takes from either class)."""
+        return f"{self.prefix}bell:{model}"
+
+    def waiting(self, job_id: str) -> str:
+        """Exists (with a short TTL the client renews) while a client waits for the job."""
+        return f"{self.prefix}waiting:{job_id}"
+
+    def start_by(self, job_id: str) -> str:
+        """Expires at the job's start deadline; a job started after that is expired instead."""
+        return f"{self.prefix}start-by:{job_id}"
+
+    @property
+    def leases(self) -> str:
+        """Hash job id -> Lease JSON: queued jobs with a waiting key or start deadline to watch."""
+        return f"{self.prefix}leases"
+
+    @property
+    def max_queue(self) -> str:
+        """Hash model id (or '*') -> most waiting jobs its queue takes."""
+        return f"{self.prefix}max-queue"
+
+    def reaped(self, job_id: str) -> str:
+        """Held briefly by whoever ends a job it does not own, so it is ended once."""
+        return f"{self.prefix}reaped:{job_id}"
 
     def channel(self, job_id: str) -> str:
         """Pub/sub channel of a job's stream events."""

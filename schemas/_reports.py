@@ -73,6 +73,7 @@ class WorkerReport(BaseModel):
     loads: int = Field(0, description="Times this process loaded the model.")
     last_job_at: float | None = Field(None, description="Unix time the last job ended (None: none yet).")
     started_at: float = 0.0
+    mean_job_s: float | None = Field(None, description="Moving average of job run time (for retry-after hints).")
     updated_at: float = Field(description="Unix time of this heartbeat.")
 
 

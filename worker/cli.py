@@ -15,6 +15,7 @@ from types import FrameType
 import click
 from hostler.client import Client, HostlerError
 from hostler.client._connection import PREFIX_ENV, connect, resolve_url
+from hostler.client._rqstore import DEFAULT_MAX_QUEUE
 from hostler.client.cli import CLIENT_COMMANDS, redis_option
 from hostler.schemas import DEFAULT_PREFIX, Keys, PlacementPolicy, parse_size
 
@@ -62,6 +63,14 @@ policy_option = click.option(
 )
 
 
+max_queue_option = click.option(
+    "--max-queue",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"Most jobs waiting per model before enqueue raises QueueFull (0: no bound) [default: {DEFAULT_MAX_QUEUE}].",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def main(verbose: int) -> None:
@@ -84,6 +93,7 @@ for _command in CLIENT_COMMANDS:
 @host_option
 @max_memory_option
 @policy_option
+@max_queue_option
 @click.option("--demo/--no-demo", default=None, help="Stream a chat reply once ready (default: on a first run).")
 @click.option("--exit-after-demo", is_flag=True, help="Stop after the demo reply (for scripts and CI).")
 def up_command(
@@ -93,6 +103,7 @@ def up_command(
     host_id: str | None,
     max_memory: int | None,
     policy: PlacementPolicy,
+    max_queue: int | None,
     demo: bool | None,
     exit_after_demo: bool,
 ) -> None:
@@ -108,6 +119,7 @@ def up_command(
     from .embedded_redis import EmbeddedRedis
     from .fetch import DEFAULT_MODEL, fetch
     from .host_agent import HostAgent
+    from .janitor import Janitor
 
     models_dir.mkdir(parents=True, exist_ok=True)
     first_run = not scan(models_dir).models
@@ -131,9 +143,11 @@ def up_command(
     agent.rescan()
     agent.report()
     controller = Controller(connection=connect(redis_url), keys=keys, policy=policy)
+    janitor = Janitor(connection=connect(redis_url), keys=keys, max_queue=max_queue)
     threads = [
         threading.Thread(target=controller.run, name="controller", daemon=True),
         threading.Thread(target=agent.run, name="host-agent", daemon=True),
+        threading.Thread(target=janitor.run, name="janitor", daemon=True),
     ]
     for thread in threads:
         thread.start()
@@ -148,6 +162,7 @@ def up_command(
             stop.wait()
     finally:
         controller.stop()
+        janitor.stop()
         agent.stop()
         for thread in threads:
             thread.join(30)
@@ -292,6 +307,43 @@ def controller_command(
         autoscale=Autoscale(scale_up_queue, scale_up_after, scale_down_after) if autoscale else None,
     )
     _run_until_signal(controller.run, controller.stop)
+
+
+@main.command("janitor", short_help="End jobs nobody waits for, and jobs of dead workers.")
+@redis_option
+@prefix_option
+@max_queue_option
+def janitor_command(redis_url: str | None, prefix: str, max_queue: int | None) -> None:
+    """Cancel queued jobs whose client stopped waiting or whose start deadline passed, and
+    fail (or retry) the jobs of workers whose heartbeat expired. Several may run.
+
+    Example: hostler janitor --redis redis://10.0.0.5:6379/0 --max-queue 500
+    """
+    from .janitor import Janitor
+
+    janitor = Janitor(connection=connect(resolve_url(redis_url)), keys=Keys(prefix), max_queue=max_queue)
+    _run_until_signal(janitor.run, janitor.stop)
+
+
+@main.command("clean-up", short_help="Cancel a model's jobs that have waited too long.")
+@redis_option
+@prefix_option
+@click.option("--model", "model", required=True, help="The model whose queue to clean.")
+@click.option("--older-than", type=click.FloatRange(min=0), required=True, help="Seconds a job has waited.")
+def clean_up_command(redis_url: str | None, prefix: str, model: str, older_than: float) -> None:
+    """Cancel the jobs of --model that have waited longer than --older-than seconds; their
+    clients get a canceled error.
+
+    Example: hostler clean-up --model smollm2-135m --older-than 3600
+    """
+    from .janitor import clean_up
+
+    try:
+        check_model_id(model)
+    except ModelIdError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+    removed = clean_up(connect(resolve_url(redis_url)), Keys(prefix), model, older_than)
+    click.echo(f"removed {removed} queued job(s) of {model} older than {older_than:g} s")
 
 
 def _run_until_signal(run: Callable[[], None], stop: Callable[[], None]) -> None:

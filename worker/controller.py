@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis
-from hostler.client._rqstore import make_queue
+from hostler.client._rqstore import queue_keys
 from hostler.schemas import (
     DEFAULT_KEEP_ALIVE_S,
     Assignment,
@@ -52,7 +52,6 @@ from .placement import (
 log = logging.getLogger("hostler.controller")
 
 LOCK_TTL_S = 5.0
-SWEEP_EVERY_S = 3.0
 VIEW_TTL_S = 10
 # A worker process before it loads anything (Python, llama.cpp, redis client), measured on
 # Linux x86-64 (66 MiB after importing llama_cpp); the memory estimate covers what loading adds.
@@ -121,7 +120,6 @@ class Controller:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
     leading: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
-    _last_sweep: float = 0.0
     _long_since: dict[str, float] = field(default_factory=dict)
     _empty_since: dict[str, float] = field(default_factory=dict)
     _extra: dict[str, int] = field(default_factory=dict)
@@ -179,8 +177,6 @@ class Controller:
         snap = self.read()
         for host in snap.dead:
             self._bury(host, snap)
-        if snap.now - self._last_sweep > SWEEP_EVERY_S:
-            self._sweep(snap)
         self._expire_keep_alive(snap)
         models = sorted(snap.models())
         desired = {m: self._desired(m, snap) for m in models}
@@ -230,11 +226,12 @@ class Controller:
         )
         with self.connection.pipeline(transaction=False) as pipe:
             for model in models:
-                pipe.llen(make_queue(self.connection, keys.queue_name(model)).key)
+                for key in queue_keys(keys, model):
+                    pipe.llen(key)
                 pipe.get(keys.spec(model))
             lengths = pipe.execute()
-        queues = {m: int(lengths[2 * i]) for i, m in enumerate(models)}
-        specs = {m: spec for i, m in enumerate(models) if (spec := _spec(lengths[2 * i + 1])) is not None}
+        queues = {m: int(lengths[3 * i]) + int(lengths[3 * i + 1]) for i, m in enumerate(models)}
+        specs = {m: spec for i, m in enumerate(models) if (spec := _spec(lengths[3 * i + 2])) is not None}
         return Snapshot(time.time(), reports, dead, assignments, workers, specs, queues)
 
     # -- hosts and workers that died ----------------------------------------------
@@ -256,16 +253,6 @@ class Controller:
                 skip_live=True,
             )
         log.warning("host %s is gone: %d assignment(s) dropped, %d running job(s) failed", host, len(assigned), failed)
-
-    def _sweep(self, snap: Snapshot) -> None:
-        """Fails the started jobs of any worker whose heartbeat expired, wherever it ran."""
-        self._last_sweep = snap.now
-        for model in sorted(snap.models()):
-            count = fail_orphans(
-                self.connection, self.keys, model, "hostler.", reason="its heartbeat expired", skip_live=True
-            )
-            if count:
-                log.warning("%d job(s) of %s failed: their worker stopped heartbeating", count, model)
 
     # -- unloading ----------------------------------------------------------------
 

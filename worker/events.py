@@ -21,6 +21,7 @@ from hostler.schemas import DoneEvent, ErrorEvent, JobResult, TokenEvent
 log = logging.getLogger("hostler.worker")
 
 MAX_BATCH = 256
+PROBE_EVERY_S = 0.5
 
 
 @dataclass
@@ -32,14 +33,28 @@ class JobEvents:
     grace_s: float
     seq: int = 0
     last_heard: float = field(default_factory=time.monotonic)
+    _probed: float = 0.0
 
     def token(self, text: str) -> None:
         self.sender.send(self, TokenEvent(seq=self.seq, text=text).model_dump_json())
         self.seq += 1
 
     def abandoned(self) -> bool:
-        """True when no subscriber received this job's events for the grace period."""
-        return time.monotonic() - self.last_heard > self.grace_s
+        """True when nobody has listened on this job's channel for the grace period.
+
+        Receiver counts of published tokens say so for free; while nothing is published
+        (a long prompt, a job that does not stream) the channel's subscribers are counted,
+        at most every PROBE_EVERY_S.
+        """
+        now = time.monotonic()
+        if now - self.last_heard <= self.grace_s:
+            return False
+        if now - self._probed >= PROBE_EVERY_S:
+            self._probed = now
+            if self.sender.listeners(self.channel):
+                self.last_heard = now
+                return False
+        return now - self.last_heard > self.grace_s
 
     def done(self, result: JobResult) -> str:
         self.sender.flush()
@@ -63,6 +78,13 @@ class EventSender:
         with self._idle:
             self._pending += 1
         self._queue.put((job, payload))
+
+    def listeners(self, channel: str) -> int:
+        try:
+            reply = self._connection.pubsub_numsub(channel)
+        except redis.RedisError:
+            return 1  # cannot tell: keep generating rather than drop a listener's job
+        return int(reply[0][1]) if reply else 0
 
     def flush(self, timeout: float = 10.0) -> None:
         with self._idle:

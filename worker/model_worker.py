@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from types import FrameType
 from typing import Any
 
@@ -21,6 +22,8 @@ import psutil
 import redis
 from hostler.schemas import (
     JOB_ADAPTER,
+    MAX_REQUEST_BYTES,
+    PRIORITIES,
     RQ_FUNC_PREFIX,
     ChatJob,
     CompletionJob,
@@ -62,6 +65,23 @@ class InvalidJob(Exception):
     """A queue entry that is not a hostler job; it fails, it is never executed."""
 
 
+class JobTimeout(Exception):
+    """A generation ran past its job's timeout_s."""
+
+
+def _check_size(raw: dict[bytes, bytes]) -> None:
+    """Refuses a payload over MAX_REQUEST_BYTES before anything decodes it (zip bombs included)."""
+    data = raw.get(b"data", b"")
+    if len(data) > MAX_REQUEST_BYTES:
+        raise InvalidJob(f"request is {len(data)} bytes; the limit is {MAX_REQUEST_BYTES} bytes")
+    try:
+        inflated = zlib.decompressobj().decompress(data, MAX_REQUEST_BYTES + 1)
+    except zlib.error:
+        return  # stored uncompressed (rq accepts both); its length was checked above
+    if len(inflated) > MAX_REQUEST_BYTES:
+        raise InvalidJob(f"request is over {MAX_REQUEST_BYTES} bytes once decompressed; that is the limit")
+
+
 class ModelWorker:
     def __init__(
         self,
@@ -85,9 +105,9 @@ class ModelWorker:
         # Started by a host agent: when it dies, this worker ends too, as on a dead machine.
         self.parent_pid = parent_pid
         self.name = f"hostler.{self.host}.{manifest.id}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-        queue_name = keys.queue_name(manifest.id)
-        self.rq_worker = RqWorker([queue_name], connection=connection, name=self.name, serializer=JSONSerializer)
-        self.store = JobStore(connection, queue_name, self.rq_worker, keys.taken(manifest.id, self.name))
+        queue_names = [keys.queue_name(manifest.id, p) for p in PRIORITIES]
+        self.rq_worker = RqWorker(queue_names, connection=connection, name=self.name, serializer=JSONSerializer)
+        self.store = JobStore(connection, keys, manifest.id, self.rq_worker, keys.taken(manifest.id, self.name))
         self.events = EventSender(connection)
         self.engine: Engine | None = None
         self.load_params: LoadParams | None = None
@@ -96,6 +116,7 @@ class ModelWorker:
         self.jobs_done = 0
         self.loads = 0
         self.last_job_at: float | None = None
+        self.mean_job_s: float | None = None
         self.started_at = time.time()
         self._graceful = threading.Event()
         self._hard = threading.Event()
@@ -192,16 +213,27 @@ class ModelWorker:
         self.state = "busy"
         publisher = JobEvents(self.events, self.keys.channel(claimed.job.id), LISTENER_GRACE_S)
         exit_after = False
+        started = time.monotonic()
         try:
             job = self._parse(claimed)
+            if job.watched and not claimed.waited_for:
+                message = "its client stopped waiting before a worker took it"
+                self.store.cancel(claimed, ErrorCode.CLIENT_GONE, message, publisher.channel)
+                return False
+            if job.start_within_s is not None and not claimed.in_time:
+                message = f"not started within its start deadline of {job.start_within_s:g} s"
+                self.store.cancel(claimed, ErrorCode.EXPIRED, message, publisher.channel)
+                return False
             result = self._dispatch(job, publisher)
             if isinstance(job, UnloadJob):
-                exit_after = self.connection.llen(self.store.queue.key) == 0
+                exit_after = self.store.waiting() == 0
             self.store.succeed(claimed, result.model_dump(mode="json"), publisher.channel, publisher.done(result))
         except InvalidJob as exc:
             self._fail(claimed, publisher, ErrorCode.INVALID_JOB, str(exc))
         except EngineError as exc:
             self._fail(claimed, publisher, exc.code, str(exc))
+        except JobTimeout as exc:
+            self._fail(claimed, publisher, ErrorCode.TIMEOUT, str(exc))
         except redis.RedisError:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
@@ -211,6 +243,8 @@ class ModelWorker:
             self.current = None
             self.jobs_done += 1
             self.last_job_at = time.time()
+            took = time.monotonic() - started
+            self.mean_job_s = took if self.mean_job_s is None else 0.8 * self.mean_job_s + 0.2 * took
             self.state = "idle"
         return exit_after
 
@@ -220,6 +254,7 @@ class ModelWorker:
     def _parse(self, claimed: Claimed) -> Job:
         if not claimed.raw:
             raise InvalidJob(f"job {claimed.job.id} has no record (it expired or was deleted)")
+        _check_size(claimed.raw)
         try:
             claimed.job.restore(claimed.raw)
             func_name = claimed.job.func_name
@@ -263,8 +298,16 @@ class ModelWorker:
         return self._generate(engine, job, publisher)
 
     def _generate(self, engine: Engine, job: CompletionJob | ChatJob, publisher: JobEvents) -> CompletionResult:
+        stop_at = time.monotonic() + job.timeout_s if job.timeout_s is not None else None
+        timed_out = False
+
         def should_stop() -> bool:
-            return self._hard.is_set() or (job.stream and publisher.abandoned())
+            nonlocal timed_out
+            if stop_at is not None and time.monotonic() > stop_at:
+                timed_out = True
+                return True
+            # A job with a waiting client that stopped listening; a submitted job nobody streams runs on.
+            return self._hard.is_set() or ((job.stream or job.watched) and publisher.abandoned())
 
         if isinstance(job, CompletionJob):
             generation = engine.complete(job.prompt, job.params, should_stop)
@@ -273,6 +316,11 @@ class ModelWorker:
         for piece in generation:
             if job.stream:
                 publisher.token(piece)
+        if timed_out:
+            raise JobTimeout(
+                f"generation ran past the job's timeout of {job.timeout_s:g} s "
+                f"({generation.completion_tokens} tokens generated)"
+            )
         return CompletionResult(
             model=self.manifest.id,
             text=generation.text,
@@ -347,6 +395,7 @@ class ModelWorker:
             loads=self.loads,
             last_job_at=self.last_job_at,
             started_at=self.started_at,
+            mean_job_s=self.mean_job_s,
             updated_at=time.time(),
         )
 
