@@ -537,7 +537,29 @@ class Client:
         # Submitted eagerly, so that the job is queued even before the first next().
         deadline = self._deadline(timeout)
         job_id, subscription, waiter = self._start(job, deadline, options)
-        return _stream_pieces(self.connection, subscription, job_id, deadline, waiter)
+        return _Stream(_stream_pieces(self.connection, subscription, job_id, deadline, waiter), subscription, waiter)
+
+
+class _Stream(Iterator[str]):
+    """A job's text pieces; close() stops waiting even before the first piece was read.
+
+    (A generator closed before it started never runs its finally block.)
+    """
+
+    def __init__(self, pieces: Iterator[str], subscription: Subscription, waiter: Waiter) -> None:
+        self._pieces = pieces
+        self._subscription = subscription
+        self._waiter = waiter
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+        self._waiter.release()
+        self._subscription.close()
 
 
 @dataclass(frozen=True)

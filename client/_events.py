@@ -101,6 +101,7 @@ class Subscription:
     channel: str
     pubsub: PubSub = field(init=False)
     _healthy: bool = field(default=True, init=False)
+    _closed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.pubsub = self.pool.acquire()
@@ -137,7 +138,9 @@ class Subscription:
                 return data if isinstance(data, bytes) else str(data).encode()
 
     def close(self) -> None:
-        self.pool.release(self.pubsub, self.channel, healthy=self._healthy)
+        if not self._closed:
+            self._closed = True
+            self.pool.release(self.pubsub, self.channel, healthy=self._healthy)
 
 
 def _text(value: bytes | str) -> str:

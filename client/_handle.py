@@ -35,7 +35,8 @@ class JobHandle:
     def status(self) -> str:
         """queued, started, finished, failed or canceled ('missing' once its record expired)."""
         job = fetch_job(self.connection, self.id)
-        return "missing" if job is None else str(job.get_status(refresh=False) or "missing")
+        status = job.get_status(refresh=False) if job is not None else None
+        return status.value if status is not None else "missing"
 
     def result(self, timeout: float = 600.0) -> JobResult:
         """Waits for the job's end; returns its result or raises JobFailed (or Timeout)."""

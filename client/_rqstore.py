@@ -117,15 +117,15 @@ def read_outcome(connection: redis.Redis, job_id: str) -> JobOutcome | None:
     if status == JobStatus.FINISHED:
         latest = job.latest_result()
         if latest is None or latest.return_value is None:
-            return JobOutcome(status=str(status), code="internal", message="finished without a stored result")
-        return JobOutcome(status=str(status), result=RESULT_ADAPTER.validate_python(latest.return_value))
+            return JobOutcome(status=status.value, code="internal", message="finished without a stored result")
+        return JobOutcome(status=status.value, result=RESULT_ADAPTER.validate_python(latest.return_value))
     if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
         latest = job.latest_result()
         if latest is None and status == JobStatus.CANCELED:
             # Canceled by something other than hostler (rq's own cancel).
-            return JobOutcome(status=str(status), code="canceled", message="the job was canceled")
+            return JobOutcome(status=status.value, code="canceled", message="the job was canceled")
         code, message = decode_failure(latest.exc_string if latest is not None else None)
-        return JobOutcome(status=str(status), code=code, message=message)
+        return JobOutcome(status=status.value, code=code, message=message)
     return None
 
 

@@ -19,7 +19,7 @@ from hostler.client._rqstore import DEFAULT_MAX_QUEUE
 from hostler.client.cli import CLIENT_COMMANDS, redis_option
 from hostler.schemas import DEFAULT_PREFIX, Keys, PlacementPolicy, parse_size
 
-from .registry import ModelIdError, check_model_id, scan
+from .registry import ALLOW_DIRS_ENV, ModelIdError, check_model_id, scan
 
 DEFAULT_MODELS_DIR = Path(os.path.expanduser("~/.hostler/models"))
 DEMO_PROMPT = "In two sentences, what is a message queue good for?"
@@ -63,6 +63,23 @@ policy_option = click.option(
 )
 
 
+def _allow(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
+    # Through the environment, so the workers a host agent starts see the same list.
+    if value:
+        os.environ[ALLOW_DIRS_ENV] = os.pathsep.join(str(p.resolve()) for p in value)
+    return value
+
+
+allow_dir_option = click.option(
+    "--allow-dir",
+    "allow_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    callback=_allow,
+    expose_value=False,
+    help="A directory model.yaml files may name files in by absolute path (repeatable).",
+)
+
 max_queue_option = click.option(
     "--max-queue",
     type=click.IntRange(min=0),
@@ -89,6 +106,7 @@ for _command in CLIENT_COMMANDS:
 @main.command("up", short_help="Serve the models of this machine (starts Redis if needed).")
 @redis_option
 @models_option
+@allow_dir_option
 @prefix_option
 @host_option
 @max_memory_option
@@ -199,6 +217,7 @@ def _demo(redis_url: str, prefix: str, model: str) -> None:
 @click.option("--model", "model_id", required=True, help="The model id to serve.")
 @redis_option
 @models_option
+@allow_dir_option
 @prefix_option
 @host_option
 @click.option("--idle-exit", type=float, default=None, help="Exit after this many idle seconds.")
@@ -251,6 +270,7 @@ def worker_command(
 @main.command("host", short_help="Run this machine's host agent (workers for assigned models).")
 @redis_option
 @models_option
+@allow_dir_option
 @prefix_option
 @host_option
 @max_memory_option

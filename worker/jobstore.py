@@ -33,7 +33,7 @@ from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import utcformat
+from rq.utils import current_timestamp, utcformat
 from rq.worker import Worker as RqWorker
 from rq.worker_registration import clean_worker_registry, get_keys
 
@@ -213,7 +213,9 @@ class JobStore:
         with self.connection.pipeline(transaction=False) as pipe:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
             pipe.hset(job.key, mapping={"ended_at": utcformat(job.ended_at), "exc_info": _compress(reason)})
-            self._registries[claimed.queue.name][1].add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
+            # rq's FailedJobRegistry.add would re-save the whole record, which a payload that
+            # was refused unread (too large, not JSON) cannot be rebuilt into.
+            pipe.zadd(self._registries[claimed.queue.name][1].key, {job.id: current_timestamp() + FAILURE_TTL})
             Result.create_failure(
                 job,
                 FAILURE_TTL,

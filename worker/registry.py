@@ -7,7 +7,9 @@ A model is a `.gguf` file (id: the file's stem), a folder with a `model.yaml`
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 
 Engine = Literal["llama", "mlx"]
 MANIFEST_NAMES = ("model.yaml", "model.yml")
+ALLOW_DIRS_ENV = "HOSTLER_ALLOW_DIRS"
 _ID_RE = re.compile(MODEL_ID_PATTERN)
 
 
@@ -60,8 +63,19 @@ def check_model_id(model_id: str) -> str:
     return model_id
 
 
-def scan(models_dir: Path) -> Catalog:
-    """Reads a models directory; a bad entry becomes a problem line, never an exception."""
+def allowed_dirs(value: str | None = None) -> tuple[Path, ...]:
+    """The directories an operator allow-listed (os.pathsep-separated, from $HOSTLER_ALLOW_DIRS)."""
+    raw = os.environ.get(ALLOW_DIRS_ENV, "") if value is None else value
+    return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p)
+
+
+def scan(models_dir: Path, allow_dirs: Sequence[Path] | None = None) -> Catalog:
+    """Reads a models directory; a bad entry becomes a problem line, never an exception.
+
+    A model.yaml names files inside its own folder, or, by absolute path, files under a
+    directory the operator allow-listed (allow_dirs, default $HOSTLER_ALLOW_DIRS).
+    """
+    allow = tuple(allow_dirs) if allow_dirs is not None else allowed_dirs()
     models: dict[str, ModelManifest] = {}
     problems: list[str] = []
     if not models_dir.is_dir():
@@ -70,7 +84,7 @@ def scan(models_dir: Path) -> Catalog:
         if entry.name.startswith("."):
             continue
         try:
-            manifest = _read_entry(entry)
+            manifest = _read_entry(entry, allow)
         except (ModelIdError, ValueError, OSError, yaml.YAMLError) as exc:
             problems.append(f"{entry.name}: {exc}")
             continue
@@ -83,13 +97,13 @@ def scan(models_dir: Path) -> Catalog:
     return Catalog(models, problems)
 
 
-def _read_entry(entry: Path) -> ModelManifest | None:
+def _read_entry(entry: Path, allow: tuple[Path, ...]) -> ModelManifest | None:
     if entry.is_file() and entry.suffix.lower() == ".gguf":
         return _gguf_manifest(check_model_id(entry.stem), entry, None, LoadParams())
     if entry.is_dir():
         for name in MANIFEST_NAMES:
             if (entry / name).is_file():
-                return _from_model_yaml(entry, entry / name)
+                return _from_model_yaml(entry, entry / name, allow)
         if (entry / "config.json").is_file() and any(entry.glob("*.safetensors")):
             return ModelManifest(
                 id=check_model_id(entry.name),
@@ -104,7 +118,7 @@ def _read_entry(entry: Path) -> ModelManifest | None:
     return None
 
 
-def _from_model_yaml(folder: Path, manifest_path: Path) -> ModelManifest:
+def _from_model_yaml(folder: Path, manifest_path: Path, allow: tuple[Path, ...]) -> ModelManifest:
     data: Any = yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{manifest_path.name} must be a mapping")
@@ -113,7 +127,7 @@ def _from_model_yaml(folder: Path, manifest_path: Path) -> ModelManifest:
     files = data.get("files") or data.get("files_path") or data.get("file")
     if isinstance(files, list):
         files = files[0] if files else None
-    weights = _inside(folder, str(files)) if files else None
+    weights = _inside(folder, str(files), allow) if files else None
     if weights is None:
         ggufs = sorted(folder.glob("*.gguf"))
         weights = ggufs[0] if ggufs else folder
@@ -145,15 +159,21 @@ def _load_fields(data: dict[str, Any]) -> dict[str, Any]:
     return load
 
 
-def _inside(folder: Path, relative: str) -> Path:
-    candidate = (folder / relative).resolve() if not Path(relative).is_absolute() else Path(relative)
-    # Files listed in a model.yaml stay inside the model's folder: a manifest must not
-    # be able to point a worker at an arbitrary path on the host.
-    if Path(relative).is_absolute() or ".." in Path(relative).parts:
-        raise ValueError(f"file {relative!r} must be a relative path inside {folder.name}/")
+def _inside(folder: Path, name: str, allow: tuple[Path, ...]) -> Path:
+    # A manifest must not be able to point a worker at an arbitrary file on the host: files
+    # stay inside the model's folder unless they resolve under an allow-listed directory.
+    path = Path(name)
+    candidate = (path if path.is_absolute() else folder / path).resolve()
+    within = candidate.is_relative_to(folder.resolve()) and not path.is_absolute() and ".." not in path.parts
+    if not within and not any(candidate.is_relative_to(d) for d in allow):
+        where = f" or under an allowed directory ({', '.join(map(str, allow))})" if allow else ""
+        raise ValueError(
+            f"file {name!r} must be a relative path inside {folder.name}/{where}; "
+            f"an operator allows other directories with --allow-dir"
+        )
     if not candidate.exists():
-        raise ValueError(f"file {relative!r} listed in the manifest does not exist")
-    return folder / relative
+        raise ValueError(f"file {name!r} listed in the manifest does not exist")
+    return candidate
 
 
 def _gguf_manifest(model_id: str, path: Path, template: str | None, load: LoadParams) -> ModelManifest:
