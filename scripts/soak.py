@@ -51,9 +51,7 @@ from hostler.client._rqstore import read_outcome
 from hostler.schemas import DEFAULT_PREFIX, PRIORITIES, CompletionResult, Keys
 from hostler.worker.embedded_redis import EmbeddedRedis
 from rq.job import Job as RqJob
-from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
-from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 from rq.worker import Worker as RqWorker
@@ -188,22 +186,23 @@ def _stream_one(client: _RecordingClient, settings: _Settings, prompt: str, seed
 def _stream_loop(settings: _Settings, index: int, deadline: float, load: _Load) -> None:
     calls = 0
     rng = random.Random(index)
+    client = _RecordingClient(settings.url, prefix=settings.prefix, timeout=settings.call_timeout)
     try:
-        with _RecordingClient(settings.url, prefix=settings.prefix, timeout=settings.call_timeout) as client:
-            while time.monotonic() < deadline:
-                try:
-                    call = _stream_one(client, settings, _prompt("stream", index, calls), rng.randrange(2**32))
-                except QueueFull as exc:
-                    load.refused(exc)
-                    continue
-                calls += 1
-                with load.lock:
-                    load.calls.append(call)
-                if call.error is not None:
-                    load.error(f"stream: {call.error}")
+        while time.monotonic() < deadline:
+            try:
+                call = _stream_one(client, settings, _prompt("stream", index, calls), rng.randrange(2**32))
+            except QueueFull as exc:
+                load.refused(exc)
+                continue
+            calls += 1
+            with load.lock:
+                load.calls.append(call)
+            if call.error is not None:
+                load.error(f"stream: {call.error}")
     except Exception as exc:  # noqa: BLE001 - a thread must report, not die silently
         load.error(f"stream thread: {type(exc).__name__}: {exc}")
     finally:
+        client.close()
         with load.lock:
             load.calls_per_stream.append(calls)
 
@@ -307,7 +306,7 @@ def _exactly_once(connection: redis.Redis, registries: list[str], statuses: dict
             for job_id in chunk:
                 for registry in registries:
                     pipe.zscore(registry, job_id)
-                pipe.xlen(Result.get_key(job_id))
+                pipe.xlen(f"rq:results:{job_id}")  # rq's Result.get_key, which is untyped
             replies = pipe.execute()
         width = len(registries) + 1
         for n, job_id in enumerate(chunk):
@@ -524,6 +523,7 @@ class SoakReport:
             and not self.leftover_keys
             and not self.client_errors
             and not self.not_submitted
+            and not self.after_shutdown
         )
 
     def summary(self) -> str:

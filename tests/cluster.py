@@ -51,6 +51,10 @@ class Cluster:
         return process
 
     def controller(self, name: str = "controller", *args: str) -> subprocess.Popen[bytes]:
+        # A deployment runs a janitor beside its controllers (compose.yaml): it ends the jobs
+        # of workers that died with their machine.
+        if "janitor" not in self.processes:
+            self._start("janitor", "janitor")
         return self._start(name, "controller", *args)
 
     def wait_for(self, probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:

@@ -21,7 +21,7 @@ def _compose() -> dict[str, Any]:
 
 def test_compose_names_redis_a_controller_and_two_hosts() -> None:
     services = _compose()["services"]
-    assert {"redis", "controller", "host-a", "host-b"} <= set(services)
+    assert {"redis", "controller", "janitor", "host-a", "host-b"} <= set(services)
     assert services["controller"]["command"][0] == "controller"
     volumes = []
     for name in ("host-a", "host-b"):
@@ -33,7 +33,7 @@ def test_compose_names_redis_a_controller_and_two_hosts() -> None:
 
 def test_compose_commands_are_real_hostler_commands() -> None:
     services = _compose()["services"]
-    for name in ("controller", "host-a", "host-b"):
+    for name in ("controller", "janitor", "host-a", "host-b"):
         command = services[name]["command"]
         sub = main.commands[command[0]]
         options = {opt for param in sub.params for opt in getattr(param, "opts", [])}
