@@ -35,3 +35,29 @@ def test_manifest_cannot_point_outside_its_folder(tmp_path: Path) -> None:
 def test_model_ids_are_names_not_paths(bad: str) -> None:
     with pytest.raises(ModelIdError):
         check_model_id(bad)
+
+
+def test_a_file_outside_the_folder_loads_only_from_an_allow_listed_directory(
+    tmp_path: Path, model_files: dict[str, Path]
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    weights = shared / "weights.gguf"
+    weights.write_bytes(model_files["tiny"].read_bytes())
+    models = tmp_path / "models"
+    (models / "linked").mkdir(parents=True)
+    (models / "linked" / "model.yaml").write_text(f"id: linked\nfiles: [{weights}]\n")
+    refused = scan(models, allow_dirs=[])
+    assert "linked" not in refused.models
+    assert any("--allow-dir" in p for p in refused.problems)
+    allowed = scan(models, allow_dirs=[shared.resolve()])
+    assert allowed.models["linked"].path == weights.resolve()
+    # The allow-list is a directory, not a prefix of names: a sibling stays refused.
+    (tmp_path / "shared-evil").mkdir()
+    (tmp_path / "shared-evil" / "w.gguf").write_bytes(b"GGUF")
+    (models / "linked" / "model.yaml").write_text(f"id: linked\nfiles: [{tmp_path / 'shared-evil' / 'w.gguf'}]\n")
+    assert "linked" not in scan(models, allow_dirs=[shared.resolve()]).models
+    # A relative path out of the folder counts the same: refused unless it lands in an allowed directory.
+    (models / "linked" / "model.yaml").write_text("id: linked\nfiles: [../../shared/weights.gguf]\n")
+    assert "linked" not in scan(models, allow_dirs=[]).models
+    assert "linked" in scan(models, allow_dirs=[shared.resolve()]).models

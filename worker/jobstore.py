@@ -169,6 +169,8 @@ class JobStore:
             pipe.hgetall(job.key)
             pipe.exists(keys.waiting(job_id))
             pipe.exists(keys.start_by(job_id))
+            # Read above, then dropped: once started, the deadline has done its work.
+            pipe.delete(keys.start_by(job_id))
             job.prepare_for_execution(self.worker_name, pipeline=pipe)
             execution = Execution.create(job, STARTED_TTL, pipeline=pipe, worker_name=self.worker_name)
             pipe.lrem(self.taken_key, 1, job_id)

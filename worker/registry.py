@@ -162,15 +162,19 @@ def _load_fields(data: dict[str, Any]) -> dict[str, Any]:
 def _inside(folder: Path, name: str, allow: tuple[Path, ...]) -> Path:
     # A manifest must not be able to point a worker at an arbitrary file on the host: files
     # stay inside the model's folder unless they resolve under an allow-listed directory.
+    # Inside is judged by the name, not by resolving links: a link placed in the folder by
+    # the operator (an import) is theirs to make.
     path = Path(name)
-    candidate = (path if path.is_absolute() else folder / path).resolve()
-    within = candidate.is_relative_to(folder.resolve()) and not path.is_absolute() and ".." not in path.parts
-    if not within and not any(candidate.is_relative_to(d) for d in allow):
-        where = f" or under an allowed directory ({', '.join(map(str, allow))})" if allow else ""
-        raise ValueError(
-            f"file {name!r} must be a relative path inside {folder.name}/{where}; "
-            f"an operator allows other directories with --allow-dir"
-        )
+    if not path.is_absolute() and ".." not in path.parts:
+        candidate = folder / path
+    else:
+        candidate = (folder / path).resolve()
+        if not any(candidate.is_relative_to(d) for d in allow):
+            where = f" or under an allowed directory ({', '.join(map(str, allow))})" if allow else ""
+            raise ValueError(
+                f"file {name!r} must be a relative path inside {folder.name}/{where}; "
+                f"an operator allows other directories with --allow-dir"
+            )
     if not candidate.exists():
         raise ValueError(f"file {name!r} listed in the manifest does not exist")
     return candidate
