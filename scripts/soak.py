@@ -244,10 +244,8 @@ def _run_load(
     ]
     # The feeder may keep retrying a full queue past the duration, but not past the settle time.
     feeder_deadline = deadline + settle_timeout
-    threads.append(
-        threading.Thread(target=_feed, args=(feeder, settings, batch, feeder_deadline, load), name="soak-feeder")
-    )
-    threads[-1].daemon = True
+    feed_args = (feeder, settings, batch, feeder_deadline, load)
+    threads.append(threading.Thread(target=_feed, args=feed_args, name="soak-feeder", daemon=True))
     for thread in threads:
         thread.start()
     join_by = feeder_deadline + settings.call_timeout + 10
@@ -587,12 +585,14 @@ def run_soak(
         client.complete(model, "warm up", max_tokens=1)
         load = _run_load(client, settings, duration, streams, batch, settle_timeout)
         connection, keys = client.connection, client.keys
-        calls = load.calls
-        ids = [c.job_id for c in calls] + [h.id for h in load.handles]
+        with load.lock:
+            # A copy: a stream thread that outlived its join deadline may still append.
+            calls, handles = list(load.calls), list(load.handles)
+        ids = [c.job_id for c in calls] + [h.id for h in handles]
         statuses = _wait_ended(connection, ids, settle_timeout)
         load_s = time.time() - load.started_wall
         counts = Counter(s if s in ENDED else "lost" for s in statuses.values())
-        batch_ids = [h.id for h in load.handles if statuses[h.id] in ENDED]
+        batch_ids = [h.id for h in handles if statuses[h.id] in ENDED]
         report = SoakReport(
             url=url,
             model=model,
@@ -601,7 +601,7 @@ def run_soak(
             batch=batch,
             load_s=load_s,
             stream_jobs=len(calls),
-            batch_jobs=len(load.handles),
+            batch_jobs=len(handles),
             finished=counts["finished"],
             failed=counts["failed"],
             canceled=counts["canceled"],
@@ -612,7 +612,7 @@ def run_soak(
             stream_first_piece_s=[c.first_piece_s for c in calls if c.first_piece_s is not None],
             batch_latency_s=_latencies(connection, batch_ids),
             mismatches=_stream_mismatches(connection, calls, statuses)
-            + _batch_mismatches(connection, load.handles, statuses, call_timeout),
+            + _batch_mismatches(connection, handles, statuses, call_timeout),
             exactly_once_violations=_exactly_once(connection, _end_registries(connection, keys, model), statuses),
             leftover_keys=leftover_keys(connection, keys, live=True),
             client_errors=dict(load.client_errors),

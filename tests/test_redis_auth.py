@@ -14,9 +14,13 @@ import redis
 from conftest import start_stack, stop_stack
 from hostler.client._connection import connect
 from hostler.worker.embedded_redis import find_server_binary, free_port
+from redis.backoff import NoBackoff
 from redis.connection import SSLConnection
+from redis.retry import Retry
 
 from hostler import Client, ConnectionFailed
+
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 def _answers(port: int) -> bool:
@@ -70,7 +74,7 @@ def test_password_protected_redis_serves_and_rejects_a_wrong_password(tmp_path: 
     with redis_server(tmp_path / "redis", "--requirepass", "secret") as port:
         # Without the password the server refuses: otherwise this test would prove nothing.
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=port, protocol=2, retry=None).ping()
+            redis.Redis(port=port, protocol=2, retry=NO_RETRY).ping()
         _assert_serves(f"redis://:secret@127.0.0.1:{port}/0", models_dir, tmp_path / "up.log")
 
         started = time.monotonic()
@@ -93,7 +97,7 @@ def test_acl_user_serves_with_the_default_user_disabled(tmp_path: Path, models_d
         finally:
             admin.close()
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=port, protocol=2, retry=None).ping()
+            redis.Redis(port=port, protocol=2, retry=NO_RETRY).ping()
         _assert_serves(f"redis://hostler:pw@127.0.0.1:{port}/0", models_dir, tmp_path / "up.log")
 
 

@@ -264,9 +264,12 @@ class HostAgent:
                 child.process.wait()
         self._reap()
         try:
-            # The report goes at once; the controller then drops this host's assignments as it
-            # does for a host that died, instead of waiting for the TTL.
-            self.connection.delete(self.keys.host(self.host))
+            # The host leaves at once, with its assignments, instead of waiting for its report's
+            # TTL and a controller to bury it (on one machine no controller may be left to).
+            with self.connection.pipeline() as pipe:
+                pipe.delete(self.keys.host(self.host), self.keys.assignments(self.host), self.keys.wake(self.host))
+                pipe.srem(self.keys.hosts, self.host)
+                pipe.execute()
         except redis.RedisError:
             pass
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import redis
-from hostler.client._rqstore import cancel_queued, queue_keys
-from hostler.schemas import ErrorCode, Keys, Lease
+from hostler.client._rqstore import cancel_queued, make_queue, queue_keys
+from hostler.schemas import PRIORITIES, ErrorCode, Keys, Lease
 from pydantic import ValidationError
 from rq.job import Job as RqJob
 from rq.queue import Queue
@@ -32,6 +32,9 @@ log = logging.getLogger("hostler.janitor")
 
 LEASE_EVERY_S = 0.5
 SWEEP_EVERY_S = 3.0
+# rq's own worker trims its registries of ended jobs; hostler's worker is not rq's, so the
+# janitor does it, or those sets would outgrow the records they point to.
+TRIM_EVERY_S = 60.0
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Janitor:
     max_queue: int | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _last_sweep: float = 0.0
+    _last_trim: float = 0.0
 
     def run(self) -> None:
         backoff = 0.1
@@ -70,6 +74,8 @@ class Janitor:
         self.expire_leases()
         if time.monotonic() - self._last_sweep > SWEEP_EVERY_S:
             self.sweep()
+        if time.monotonic() - self._last_trim > TRIM_EVERY_S:
+            self.trim()
 
     def expire_leases(self) -> int:
         """Cancels queued jobs whose client left or whose start deadline passed; returns how many."""
@@ -118,6 +124,19 @@ class Janitor:
                 log.warning("%d job(s) of %s ended: their worker stopped heartbeating", count, model)
             ended += count
         return ended
+
+    def trim(self) -> None:
+        """Drops ended jobs from rq's finished, failed and canceled registries once their TTL passed."""
+        self._last_trim = time.monotonic()
+        for model in self.models():
+            for priority in PRIORITIES:
+                queue = make_queue(self.connection, self.keys.queue_name(model, priority))
+                for registry in (
+                    queue.finished_job_registry,
+                    queue.failed_job_registry,
+                    queue.canceled_job_registry,
+                ):
+                    registry.cleanup()
 
     def models(self) -> list[str]:
         """Every model with an rq queue under this prefix."""

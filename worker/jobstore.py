@@ -123,6 +123,7 @@ class JobStore:
         self._take_keys = [*(q.key for q in self.queues), taken_key, self.bell]
         # The job taken with the previous job's end, so a busy worker skips one round trip.
         self._prefetched: tuple[int, str] | None = None
+        self._empty = False
 
     @property
     def worker_name(self) -> str:
@@ -135,12 +136,14 @@ class JobStore:
             return sum(int(n) for n in pipe.execute())
 
     def _taken(self, timeout: float) -> tuple[int, str] | None:
-        taken = self._decode(self._take(keys=self._take_keys))
+        # After a look that found nothing (and cleared the bell), any new job rings the bell:
+        # an idle worker goes straight to waiting for it.
+        taken = None if self._empty else self._decode(self._take(keys=self._take_keys))
         if taken is None:
-            # An enqueue rings the bell after pushing its job; rq's own enqueue does not, so
-            # a job pushed that way waits at most `timeout` for the next look.
+            # rq's own enqueue does not ring: a job pushed that way waits at most `timeout`.
             self.connection.blpop([self.bell], timeout=timeout)
             taken = self._decode(self._take(keys=self._take_keys))
+        self._empty = taken is None
         return taken
 
     @staticmethod
@@ -242,6 +245,7 @@ class JobStore:
     def _prefetch(self, pipe: Any) -> None:
         self._take(keys=self._take_keys, client=pipe)
         self._prefetched = self._decode(pipe.execute()[-1])
+        self._empty = self._prefetched is None
 
     def give_back(self) -> None:
         """Returns a prefetched job to the head of its queue (the worker is exiting)."""

@@ -44,7 +44,8 @@ class LlamaEngine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise LoadFailed(f"llama.cpp could not load {path.name}: {exc}") from None
         self._path = path
-        self._seed = self._llm._seed
+        # The model's default seed (LoadParams.seed); without one every job draws its own.
+        self._seed = params.seed
         self._template_source = chat_template or self._llm.metadata.get("tokenizer.chat_template")
         self._formatter: Any = None
 
@@ -125,7 +126,8 @@ class LlamaEngine:
         # cached prompt prefix, and evaluating the rest in a different batch shape changes
         # the logits slightly: a job's text would depend on the job before it.
         llm.reset()
-        llm.set_seed(params.seed if params.seed is not None else random.Random(self._seed).randint(0, 2**32))
+        seed = params.seed if params.seed is not None else self._seed
+        llm.set_seed(seed if seed is not None else random.randrange(2**32))
         scanner = StopScanner(tuple(params.stop) + extra_stops)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         vocab = llm._model.vocab

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -218,16 +219,19 @@ class ModelWorker:
             job = self._parse(claimed)
             if job.watched and not claimed.waited_for:
                 message = "its client stopped waiting before a worker took it"
-                self.store.cancel(claimed, ErrorCode.CLIENT_GONE, message, publisher.channel)
+                self._cancel(claimed, publisher, ErrorCode.CLIENT_GONE, message)
                 return False
             if job.start_within_s is not None and not claimed.in_time:
                 message = f"not started within its start deadline of {job.start_within_s:g} s"
-                self.store.cancel(claimed, ErrorCode.EXPIRED, message, publisher.channel)
+                self._cancel(claimed, publisher, ErrorCode.EXPIRED, message)
                 return False
             result = self._dispatch(job, publisher)
             if isinstance(job, UnloadJob):
                 exit_after = self.store.waiting() == 0
-            self.store.succeed(claimed, result.model_dump(mode="json"), publisher.channel, publisher.done(result))
+            done = publisher.done(result)
+            self._end(
+                claimed, lambda: self.store.succeed(claimed, result.model_dump(mode="json"), publisher.channel, done)
+            )
         except InvalidJob as exc:
             self._fail(claimed, publisher, ErrorCode.INVALID_JOB, str(exc))
         except EngineError as exc:
@@ -249,7 +253,36 @@ class ModelWorker:
         return exit_after
 
     def _fail(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
-        self.store.fail(claimed, code, message, publisher.channel, publisher.error(code, message))
+        event = publisher.error(code, message)
+        self._end(claimed, lambda: self.store.fail(claimed, code, message, publisher.channel, event))
+
+    def _cancel(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
+        self._end(claimed, lambda: self.store.cancel(claimed, code, message, publisher.channel))
+
+    def _end(self, claimed: Claimed, write: Callable[[], None]) -> None:
+        """Stores a job's end, waiting out a Redis restart instead of exiting.
+
+        The outcome exists only in this process: exiting would turn a finished generation into
+        worker_died. Only a second SIGTERM gives up.
+        """
+        backoff = 0.1
+        while True:
+            try:
+                write()
+                return
+            except redis.exceptions.NoScriptError as exc:
+                # The end pipeline's last command takes the next job with a script. redis-py loads
+                # scripts once, then replays the pipeline after a reconnect; a Redis that restarted
+                # in between has none. Every command before it was applied: the job has ended, and
+                # the next claim takes the next job.
+                log.warning("job %s ended; taking the next job with it failed: %s", claimed.job.id, exc)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if self._hard.is_set():
+                    raise
+                log.warning("could not store the end of job %s (%s); retrying in %.1fs", claimed.job.id, exc, backoff)
+                self._hard.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _parse(self, claimed: Claimed) -> Job:
         if not claimed.raw:
