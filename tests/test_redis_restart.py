@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -10,9 +11,11 @@ from conftest import start_stack, stop_stack
 from hostler.client._rqstore import fetch_job
 from hostler.worker.embedded_redis import EmbeddedRedis, free_port
 
-from hostler import CompletionResult
+from hostler import CompletionResult, HostlerError, JobHandle
 
 JOBS = 20
+# Within redis-py's own retries (client/_connection.py, about 5 s): longer outages outlive the
+# TTLs of host and worker heartbeats, which is a different failure than a restart.
 DOWN_S = 2.0
 
 
@@ -23,30 +26,44 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
+def _outcome(handle: JobHandle, deadline: float) -> str:
+    try:
+        result = handle.result(timeout=max(1.0, deadline - time.monotonic()))
+    except HostlerError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(result, CompletionResult) and result.usage.completion_tokens > 0:
+        return "finished"
+    return repr(result)
+
+
 def test_jobs_queued_before_a_redis_restart_finish_and_no_process_dies(tmp_path: Path, models_dir: Path) -> None:
     data_dir = tmp_path / "redis"
     port = free_port()
     # appendfsync always: every acknowledged enqueue is on disk when the server stops.
-    server = EmbeddedRedis(port=port, data_dir=data_dir, persistent=True).start()
+    server = EmbeddedRedis(port=port, data_dir=data_dir, persistent=True)
     stack = None
+    processes: dict[psutil.Process, str] = {}
     try:
+        server.start()
         stack = start_stack(server.url, models_dir, tmp_path / "up.log")
         client = stack.client
         assert client.complete("tiny", "x", max_tokens=2, temperature=0).usage.completion_tokens == 2
         up = psutil.Process(stack.process.pid)
-        processes = {p: " ".join(p.cmdline()) for p in [up, *up.children(recursive=True)]}
+        processes.update({p: " ".join(p.cmdline()) for p in [up, *up.children(recursive=True)]})
         workers = stack.worker_pids("tiny")
         assert workers and set(workers) <= {p.pid for p in processes}, stack.output()
 
-        # Long enough generations that most jobs are still waiting when the server goes away.
+        # The server stops right after the last enqueue, while the worker is still early in the queue.
         handles = [client.submit("tiny", f"Story {i}:", max_tokens=64, temperature=0) for i in range(JOBS)]
         server.stop()  # SIGTERM: the server flushes its append-only file and exits
         stopped_at = time.time()
         time.sleep(DOWN_S)
-        server = EmbeddedRedis(port=port, data_dir=data_dir, persistent=True).start()
+        server = EmbeddedRedis(port=port, data_dir=data_dir, persistent=True)
+        server.start()
 
-        results = [handle.result(timeout=120) for handle in handles]
-        assert all(isinstance(r, CompletionResult) and r.usage.completion_tokens > 0 for r in results)
+        deadline = time.monotonic() + 120
+        outcomes = [_outcome(handle, deadline) for handle in handles]
+        assert outcomes == ["finished"] * JOBS, f"{outcomes}\n{stack.output()}"
         assert [h.status() for h in handles] == ["finished"] * JOBS
         ended = [job.ended_at for h in handles if (job := fetch_job(client.connection, h.id)) and job.ended_at]
         assert len(ended) == JOBS
@@ -61,4 +78,8 @@ def test_jobs_queued_before_a_redis_restart_finish_and_no_process_dies(tmp_path:
     finally:
         if stack is not None:
             stop_stack(stack)
+        # Workers run in their own sessions, out of reach of stop_stack's process-group kill.
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         server.close()

@@ -51,7 +51,7 @@ from rq.worker import Worker as RqWorker
 
 from .engine import Engine, EngineError, EngineFactory
 from .events import EventSender, JobEvents
-from .jobstore import STARTED_TTL, Claimed, JobStore, describe_payload
+from .jobstore import STARTED_TTL, Claimed, JobStore, describe_payload, requeue_taken
 from .registry import ModelManifest
 
 log = logging.getLogger("hostler.worker")
@@ -60,6 +60,8 @@ HEARTBEAT_S = 2.0
 REPORT_TTL_S = 10
 # A streaming job whose channel has had no subscriber this long is abandoned.
 LISTENER_GRACE_S = 2.0
+# How often an idle worker looks for jobs a lost reply left in its taken list (rare: Redis restarts).
+STRAY_CHECK_S = 5.0
 
 
 class InvalidJob(Exception):
@@ -123,6 +125,7 @@ class ModelWorker:
         self._hard = threading.Event()
         self._process = psutil.Process()
         self._heartbeat_thread: threading.Thread | None = None
+        self._strays_checked = 0.0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -155,6 +158,8 @@ class ModelWorker:
             while not self._graceful.is_set():
                 try:
                     claimed = self.store.claim(timeout=1.0)
+                    if claimed is None and time.monotonic() - self._strays_checked > STRAY_CHECK_S:
+                        self._requeue_strays()
                     backoff = 0.1
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
@@ -171,6 +176,18 @@ class ModelWorker:
                     break
         finally:
             self._shutdown()
+
+    def _requeue_strays(self) -> None:
+        """Puts back ids left in this worker's taken list while it holds none.
+
+        A take whose reply was lost (Redis stopped right after running it) is replayed by
+        redis-py on the restarted server and takes another id; the first stays in the taken
+        list, where only this worker's death would free it. Idle, with nothing prefetched,
+        the list must be empty, so whatever is in it is such a stray.
+        """
+        self._strays_checked = time.monotonic()
+        if requeue_taken(self.connection, self.keys, self.manifest.id, self.name):
+            log.warning("put back job(s) a lost reply had left in %s's taken list", self.name)
 
     def _preload(self) -> None:
         try:
