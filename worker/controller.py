@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from .jobstore import fail_orphans, fail_queued
 from .memory import kv_cells
+from .outage import OutageGuard
 from .placement import (
     HostView,
     NoFit,
@@ -123,6 +124,7 @@ class Controller:
     _long_since: dict[str, float] = field(default_factory=dict)
     _empty_since: dict[str, float] = field(default_factory=dict)
     _extra: dict[str, int] = field(default_factory=dict)
+    _outage: OutageGuard = field(default_factory=OutageGuard)
 
     def __post_init__(self) -> None:
         self._renew = self.connection.register_script(_RENEW)
@@ -141,6 +143,7 @@ class Controller:
                 backoff = 0.1
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                self._outage.lost_redis()
                 self.leading = False
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -175,8 +178,9 @@ class Controller:
     def step(self, wait: float = 0.5) -> None:
         demanded = self._wait_demand(wait)
         snap = self.read()
-        for host in snap.dead:
-            self._bury(host, snap)
+        if snap.dead and self._outage.settled(self.connection):
+            for host in snap.dead:
+                self._bury(host, snap)
         self._expire_keep_alive(snap)
         models = sorted(snap.models())
         desired = {m: self._desired(m, snap) for m in models}

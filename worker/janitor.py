@@ -27,6 +27,7 @@ from rq.job import Job as RqJob
 from rq.queue import Queue
 
 from .jobstore import fail_orphans
+from .outage import OutageGuard
 
 log = logging.getLogger("hostler.janitor")
 
@@ -45,6 +46,7 @@ class Janitor:
     _stop: threading.Event = field(default_factory=threading.Event)
     _last_sweep: float = 0.0
     _last_trim: float = 0.0
+    _outage: OutageGuard = field(default_factory=OutageGuard)
 
     def run(self) -> None:
         backoff = 0.1
@@ -59,6 +61,7 @@ class Janitor:
                 self._stop.wait(LEASE_EVERY_S)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                self._outage.lost_redis()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -72,7 +75,7 @@ class Janitor:
 
     def step(self) -> None:
         self.expire_leases()
-        if time.monotonic() - self._last_sweep > SWEEP_EVERY_S:
+        if time.monotonic() - self._last_sweep > SWEEP_EVERY_S and self._outage.settled(self.connection):
             self.sweep()
         if time.monotonic() - self._last_trim > TRIM_EVERY_S:
             self.trim()
