@@ -522,14 +522,20 @@ class Client:
     def _run(self, job: Job, timeout: float | None, options: _Options) -> JobResult:
         deadline = self._deadline(timeout)
         job_id, subscription, waiter = self._start(job, deadline, options)
+        ended = False
         try:
             for event in follow(self.connection, subscription, job_id, deadline, waiter):
                 if isinstance(event, DoneEvent):
+                    ended = True
                     return event.result
                 if isinstance(event, ErrorEvent):
+                    ended = True
                     raise job_error(job_id, event.code, event.message)
         finally:
-            waiter.release()
+            if not ended:
+                # Gave up (timeout, interrupt): a job still queued is canceled now, not at expiry.
+                # An ended job's key just lapses, which saves a round trip per job.
+                waiter.release()
             subscription.close()
         raise HostlerError(f"job {job_id} ended without a result")  # pragma: no cover - follow always ends
 
@@ -595,21 +601,25 @@ def _stream_pieces(
     connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float, waiter: Waiter
 ) -> Iterator[str]:
     emitted: list[str] = []
+    ended = False
     try:
         for event in follow(connection, subscription, job_id, deadline, waiter):
             if isinstance(event, TokenEvent):
                 emitted.append(event.text)
                 yield event.text
             elif isinstance(event, ErrorEvent):
+                ended = True
                 raise job_error(job_id, event.code, event.message)
             else:
+                ended = True
                 # After a gap the done event comes from the stored result: send what was missed.
                 result = _completion(event.result)
                 sent = "".join(emitted)
                 if len(result.text) > len(sent):
                     yield result.text[len(sent) :]
     finally:
-        waiter.release()
+        if not ended:
+            waiter.release()
         subscription.close()
 
 

@@ -173,6 +173,9 @@ def test_a_queued_job_whose_client_stopped_waiting_is_canceled_unrun(
     # A worker started now never sees the canceled job: the next one is its first.
     worker = running.worker()
     assert client.complete("tiny", "next", max_tokens=2).text == " w0 w1"
+    # (counted just after the done event goes out)
+    eventually(lambda: worker.jobs_done == 1, "the worker to count its job")
+    time.sleep(0.2)
     assert worker.jobs_done == 1
 
 
