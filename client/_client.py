@@ -8,16 +8,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import redis
 from hostler.schemas import (
     DEFAULT_KEEP_ALIVE_S,
     DEFAULT_PREFIX,
-    MAX_JOB_SECONDS,
     MAX_REQUEST_BYTES,
-    PRIORITIES,
     Assignment,
     ChatJob,
     ChatMessage,
@@ -42,7 +39,6 @@ from hostler.schemas import (
     Status,
     TokenCountJob,
     TokenCountResult,
-    TokenEvent,
     UnloadJob,
     UnloadResult,
     WorkerReport,
@@ -58,6 +54,8 @@ from ._connection import PREFIX_ENV, connect
 from ._errors import HostlerError, InvalidRequest, ModelNotFound, QueueFull
 from ._events import PubSubPool, Subscription, Waiter, follow
 from ._handle import JobHandle, job_error
+from ._options import Options, seconds
+from ._pieces import Stream, completion, stream_pieces
 from ._rqstore import (
     DEFAULT_MAX_QUEUE,
     ENQUEUE_SCRIPT,
@@ -120,11 +118,11 @@ class Client:
         job not started by then expires. job_timeout: longest generation time. retries: times
         the job is queued again if its worker dies while running it.
         """
-        options = _Options.of(priority, start_within, retries)
+        options = Options.of(priority, start_within, retries)
         job = _build(
-            CompletionJob, model=model, prompt=prompt, params=_sampling(params), timeout_s=_seconds(job_timeout)
+            CompletionJob, model=model, prompt=prompt, params=_sampling(params), timeout_s=seconds(job_timeout)
         )
-        return _completion(self._run(job, timeout, options))
+        return completion(self._run(job, timeout, options))
 
     def stream(
         self,
@@ -138,14 +136,14 @@ class Client:
         **params: Any,
     ) -> Iterator[str]:
         """Generate a completion and yield its text as it is made; see complete() for the options."""
-        options = _Options.of(priority, start_within, 0)
+        options = Options.of(priority, start_within, 0)
         job = _build(
             CompletionJob,
             model=model,
             prompt=prompt,
             params=_sampling(params),
             stream=True,
-            timeout_s=_seconds(job_timeout),
+            timeout_s=seconds(job_timeout),
         )
         return self._pieces(job, timeout, options)
 
@@ -193,18 +191,18 @@ class Client:
 
         The options are complete()'s.
         """
-        options = _Options.of(priority, start_within, 0)
+        options = Options.of(priority, start_within, 0)
         job = _build(
             ChatJob,
             model=model,
             messages=list(messages),
             params=_sampling(params),
             stream=stream,
-            timeout_s=_seconds(job_timeout),
+            timeout_s=seconds(job_timeout),
         )
         if stream:
             return self._pieces(job, timeout, options)
-        return _completion(self._run(job, timeout, options))
+        return completion(self._run(job, timeout, options))
 
     def submit(
         self,
@@ -225,11 +223,11 @@ class Client:
         """
         if (prompt is None) == (messages is None):
             raise InvalidRequest("submit takes a prompt or messages, not both or neither")
-        options = _Options.of(priority, start_within, retries)
+        options = Options.of(priority, start_within, retries)
         job: Job
         if prompt is not None:
             job = _build(
-                CompletionJob, model=model, prompt=prompt, params=_sampling(params), timeout_s=_seconds(job_timeout)
+                CompletionJob, model=model, prompt=prompt, params=_sampling(params), timeout_s=seconds(job_timeout)
             )
         else:
             job = _build(
@@ -237,7 +235,7 @@ class Client:
                 model=model,
                 messages=list(messages or []),
                 params=_sampling(params),
-                timeout_s=_seconds(job_timeout),
+                timeout_s=seconds(job_timeout),
             )
         self._require_model(job.model)
         job_id = uuid.uuid4().hex
@@ -256,7 +254,7 @@ class Client:
 
     def count_tokens(self, model: str, text: str, *, timeout: float | None = None) -> int:
         """Tokens the model makes of text, exactly as complete() counts usage.prompt_tokens."""
-        result = self._run(_build(TokenCountJob, model=model, text=text), timeout, _Options())
+        result = self._run(_build(TokenCountJob, model=model, text=text), timeout, Options())
         assert isinstance(result, TokenCountResult)
         return result.count
 
@@ -293,13 +291,13 @@ class Client:
         self._require_model(model)
         # The spec first: the controller reads it when the load job makes it place the model.
         self.connection.set(self.keys.spec(model), spec.model_dump_json())
-        result = self._run(job, timeout, _Options())
+        result = self._run(job, timeout, Options())
         assert isinstance(result, LoadResult)
         return result
 
     def unload(self, model: str, *, timeout: float | None = None) -> UnloadResult:
         """Free the model's memory once the jobs queued before this have run."""
-        result = self._run(_build(UnloadJob, model=model), timeout, _Options())
+        result = self._run(_build(UnloadJob, model=model), timeout, Options())
         assert isinstance(result, UnloadResult)
         return result
 
@@ -447,7 +445,7 @@ class Client:
             self.connection.srem(self.keys.workers, *gone)
         return [WorkerReport.model_validate_json(b) for b in blobs if b is not None]
 
-    def _enqueue(self, job: Job, job_id: str, options: _Options, *, waiting_ms: int) -> None:
+    def _enqueue(self, job: Job, job_id: str, options: Options, *, waiting_ms: int) -> None:
         """Writes the job and pushes it on its class's queue in one atomic step, or raises QueueFull."""
         if options.start_within_s is not None or waiting_ms:
             job = job.model_copy(update={"start_within_s": options.start_within_s, "watched": bool(waiting_ms)})
@@ -505,7 +503,7 @@ class Client:
             return 1.0
         return max(1.0, (length - bound + 1) * (sum(times) / len(times)) / len(reports))
 
-    def _start(self, job: Job, deadline: float, options: _Options) -> tuple[str, Subscription, Waiter]:
+    def _start(self, job: Job, deadline: float, options: Options) -> tuple[str, Subscription, Waiter]:
         self._require_model(job.model)
         job_id = uuid.uuid4().hex
         subscription = Subscription(self._pubsubs, self.keys.channel(job_id))
@@ -519,7 +517,7 @@ class Client:
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
 
-    def _run(self, job: Job, timeout: float | None, options: _Options) -> JobResult:
+    def _run(self, job: Job, timeout: float | None, options: Options) -> JobResult:
         deadline = self._deadline(timeout)
         job_id, subscription, waiter = self._start(job, deadline, options)
         ended = False
@@ -539,98 +537,15 @@ class Client:
             subscription.close()
         raise HostlerError(f"job {job_id} ended without a result")  # pragma: no cover - follow always ends
 
-    def _pieces(self, job: Job, timeout: float | None, options: _Options) -> Iterator[str]:
+    def _pieces(self, job: Job, timeout: float | None, options: Options) -> Iterator[str]:
         # Submitted eagerly, so that the job is queued even before the first next().
         deadline = self._deadline(timeout)
         job_id, subscription, waiter = self._start(job, deadline, options)
-        return _Stream(_stream_pieces(self.connection, subscription, job_id, deadline, waiter), subscription, waiter)
-
-
-class _Stream(Iterator[str]):
-    """A job's text pieces; close() stops waiting even before the first piece was read.
-
-    (A generator closed before it started never runs its finally block.)
-    """
-
-    def __init__(self, pieces: Iterator[str], subscription: Subscription, waiter: Waiter) -> None:
-        self._pieces = pieces
-        self._subscription = subscription
-        self._waiter = waiter
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def close(self) -> None:
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
-        self._waiter.release()
-        self._subscription.close()
-
-
-@dataclass(frozen=True)
-class _Options:
-    """How a job is queued, as opposed to what it asks the model."""
-
-    priority: Priority = "interactive"
-    start_within_s: float | None = None
-    retries: int = 0
-
-    @classmethod
-    def of(cls, priority: str, start_within: float | str | None, retries: int) -> _Options:
-        if priority not in PRIORITIES:
-            raise InvalidRequest(f"invalid priority {priority!r}: use one of {', '.join(PRIORITIES)}")
-        if not 0 <= retries <= 100:
-            raise InvalidRequest(f"invalid retries {retries}: use 0 to 100")
-        return cls(priority, _seconds(start_within), retries)
-
-
-def _seconds(value: float | str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-    if not 0 < seconds <= MAX_JOB_SECONDS:
-        raise InvalidRequest(f"invalid duration {value!r}: use more than 0 and at most {MAX_JOB_SECONDS:.0f} s")
-    return seconds
-
-
-def _stream_pieces(
-    connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float, waiter: Waiter
-) -> Iterator[str]:
-    emitted: list[str] = []
-    ended = False
-    try:
-        for event in follow(connection, subscription, job_id, deadline, waiter):
-            if isinstance(event, TokenEvent):
-                emitted.append(event.text)
-                yield event.text
-            elif isinstance(event, ErrorEvent):
-                ended = True
-                raise job_error(job_id, event.code, event.message)
-            else:
-                ended = True
-                # After a gap the done event comes from the stored result: send what was missed.
-                result = _completion(event.result)
-                sent = "".join(emitted)
-                if len(result.text) > len(sent):
-                    yield result.text[len(sent) :]
-    finally:
-        if not ended:
-            waiter.release()
-        subscription.close()
+        return Stream(stream_pieces(self.connection, subscription, job_id, deadline, waiter), subscription, waiter)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _completion(result: JobResult) -> CompletionResult:
-    if not isinstance(result, CompletionResult):
-        raise HostlerError(f"expected a completion result, got {result.kind}")
-    return result
 
 
 def _describe(error: ValidationError) -> str:

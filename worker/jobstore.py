@@ -111,7 +111,6 @@ class JobStore:
         self.keys = keys
         # One rq queue per priority class, in the order they are served.
         self.queues = [make_queue(connection, keys.queue_name(model, p)) for p in PRIORITIES]
-        self.queue = self.queues[0]
         # Per worker, not rq's shared intermediate list: replicas on several hosts share a
         # queue, and only a dead worker's own taken ids may go back on it.
         self.taken_key = taken_key
@@ -244,7 +243,16 @@ class JobStore:
 
     def _prefetch(self, pipe: Any) -> None:
         self._take(keys=self._take_keys, client=pipe)
-        self._prefetched = self._decode(pipe.execute()[-1])
+        try:
+            self._prefetched = self._decode(pipe.execute()[-1])
+        except redis.exceptions.NoScriptError as exc:
+            # redis-py loads a pipeline's scripts once, then replays the pipeline after a
+            # reconnect; a Redis that restarted in between has none. Every command before the
+            # take was applied (the job has ended); the next claim takes the next job.
+            log.warning("ended a job but could not take the next one: %s", exc)
+            self._prefetched = None
+            self._empty = False
+            return
         self._empty = self._prefetched is None
 
     def give_back(self) -> None:

@@ -287,13 +287,6 @@ class ModelWorker:
             try:
                 write()
                 return
-            except redis.exceptions.NoScriptError as exc:
-                # The end pipeline's last command takes the next job with a script. redis-py loads
-                # scripts once, then replays the pipeline after a reconnect; a Redis that restarted
-                # in between has none. Every command before it was applied: the job has ended, and
-                # the next claim takes the next job.
-                log.warning("job %s ended; taking the next job with it failed: %s", claimed.job.id, exc)
-                return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if self._hard.is_set():
                     raise
