@@ -1,5 +1,6 @@
 """hostler's Python client library."""
 
+from ._async import AsyncClient, AsyncJobHandle, AsyncStream
 from ._client import Client
 from ._errors import (
     ConnectionFailed,
@@ -15,6 +16,9 @@ from ._errors import (
 from ._handle import JobHandle
 
 __all__ = [
+    "AsyncClient",
+    "AsyncJobHandle",
+    "AsyncStream",
     "Client",
     "ConnectionFailed",
     "ContextExceeded",

@@ -2,71 +2,66 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import itertools
 import os
 import threading
 import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal, overload
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from typing import Any, Literal, TypeVar, overload
 
 import redis
 from hostler.schemas import (
     DEFAULT_KEEP_ALIVE_S,
     DEFAULT_PREFIX,
-    MAX_REQUEST_BYTES,
-    Assignment,
-    ChatJob,
     ChatMessage,
-    ClusterView,
-    CompletionJob,
     CompletionResult,
     DoneEvent,
     ErrorEvent,
-    HostReport,
-    HostStatus,
     Job,
     JobResult,
     Keys,
-    Lease,
-    LoadJob,
-    LoadParams,
     LoadResult,
     ModelInfo,
-    ModelSpec,
     Priority,
-    SamplingParams,
     Status,
     TokenCountJob,
     TokenCountResult,
     UnloadJob,
     UnloadResult,
     WorkerReport,
-    WorkerStatus,
-    parse_duration,
-    rq_func_name,
 )
-from pydantic import ValidationError
-from rq.job import Retry
 from rq.queue import Queue
 
+from . import _reads as reads
 from ._connection import PREFIX_ENV, connect
-from ._errors import HostlerError, InvalidRequest, ModelNotFound, QueueFull
+from ._errors import HostlerError, JobFailed, ModelNotFound, QueueFull, job_error
 from ._events import PubSubPool, Subscription, Waiter, follow
-from ._handle import JobHandle, job_error
-from ._options import Options, seconds
+from ._handle import JobHandle
+from ._options import Options
 from ._pieces import Stream, completion, stream_pieces
-from ._rqstore import (
-    DEFAULT_MAX_QUEUE,
-    ENQUEUE_SCRIPT,
-    FAILURE_TTL,
-    QUEUED_TTL,
-    RESULT_TTL,
-    fetch_job,
-    make_queue,
-    queue_keys,
-    waiting_jobs,
+from ._progress import MapProgress
+from ._requests import (
+    ACCEPTED,
+    EXISTS,
+    Messages,
+    backoff_pause,
+    build,
+    chat_job,
+    check_in_flight,
+    check_job_id,
+    completion_job,
+    enqueue_call,
+    generation_job,
+    load_request,
+    new_job_id,
+    prompt_or_messages,
+    retry_after,
 )
+from ._rqstore import ENQUEUE_SCRIPT, make_queue
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 600.0
 # Host reports change slowly; re-reading them for every job would double its round trips.
@@ -119,9 +114,7 @@ class Client:
         the job is queued again if its worker dies while running it.
         """
         options = Options.of(priority, start_within, retries)
-        job = _build(
-            CompletionJob, model=model, prompt=prompt, params=_sampling(params), timeout_s=seconds(job_timeout)
-        )
+        job = completion_job(model, prompt, params, job_timeout=job_timeout)
         return completion(self._run(job, timeout, options))
 
     def stream(
@@ -137,14 +130,7 @@ class Client:
     ) -> Iterator[str]:
         """Generate a completion and yield its text as it is made; see complete() for the options."""
         options = Options.of(priority, start_within, 0)
-        job = _build(
-            CompletionJob,
-            model=model,
-            prompt=prompt,
-            params=_sampling(params),
-            stream=True,
-            timeout_s=seconds(job_timeout),
-        )
+        job = completion_job(model, prompt, params, stream=True, job_timeout=job_timeout)
         return self._pieces(job, timeout, options)
 
     @overload
@@ -192,14 +178,7 @@ class Client:
         The options are complete()'s.
         """
         options = Options.of(priority, start_within, 0)
-        job = _build(
-            ChatJob,
-            model=model,
-            messages=list(messages),
-            params=_sampling(params),
-            stream=stream,
-            timeout_s=seconds(job_timeout),
-        )
+        job = chat_job(model, messages, params, stream=stream, job_timeout=job_timeout)
         if stream:
             return self._pieces(job, timeout, options)
         return completion(self._run(job, timeout, options))
@@ -214,47 +193,103 @@ class Client:
         start_within: float | str | None = None,
         job_timeout: float | str | None = None,
         retries: int = 0,
+        stream: bool = False,
+        job_id: str | None = None,
         **params: Any,
     ) -> JobHandle:
         """Enqueue a completion (prompt) or chat (messages) without waiting; returns its handle.
 
         Nobody waits on a submitted job, so it runs even if this process exits; it is a
-        batch job unless priority says otherwise. Raises QueueFull when the queue is at its bound.
+        batch job unless priority says otherwise. stream=True publishes its pieces as they
+        are made, for handle.stream(). job_id: pick the id yourself (a batch run derives
+        them); if a job with that id exists already, nothing is enqueued and its handle is
+        returned. Raises QueueFull when the queue is at its bound.
         """
-        if (prompt is None) == (messages is None):
-            raise InvalidRequest("submit takes a prompt or messages, not both or neither")
         options = Options.of(priority, start_within, retries)
-        job: Job
-        if prompt is not None:
-            job = _build(
-                CompletionJob, model=model, prompt=prompt, params=_sampling(params), timeout_s=seconds(job_timeout)
-            )
-        else:
-            job = _build(
-                ChatJob,
-                model=model,
-                messages=list(messages or []),
-                params=_sampling(params),
-                timeout_s=seconds(job_timeout),
-            )
+        job = generation_job(model, prompt, messages, params, stream=stream, job_timeout=job_timeout)
+        job_id = new_job_id() if job_id is None else check_job_id(job_id)
         self._require_model(job.model)
-        job_id = uuid.uuid4().hex
         self._enqueue(job, job_id, options, waiting_ms=0)
         return JobHandle(self.connection, self.keys, job_id, job.model)
 
+    def map(
+        self,
+        model: str,
+        inputs: Iterable[str | Messages],
+        *,
+        max_in_flight: int = 16,
+        priority: Priority = "batch",
+        job_timeout: float | str | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+        on_progress: Callable[[int, int | None], None] | None = None,
+        progress: bool = False,
+        **params: Any,
+    ) -> Iterator[CompletionResult | JobFailed]:
+        """Results of many prompts (strings) or message lists, in input order.
+
+        Keeps up to max_in_flight jobs queued ahead of the one being waited on. A failed job
+        raises JobFailed, or is yielded as one with return_exceptions=True. on_progress gets
+        (finished, total or None) after each; progress=True draws a bar on stderr. Jobs still
+        queued when the iterator is closed are canceled. timeout: longest wait for one result.
+        """
+        check_in_flight(max_in_flight)
+        report = MapProgress(len(inputs) if isinstance(inputs, Sized) else None, on_progress, progress)
+        items = iter(inputs)
+        pending: deque[JobHandle] = deque()
+        wait_s = self.timeout if timeout is None else timeout
+
+        def submit(item: str | Messages) -> JobHandle:
+            prompt, messages = prompt_or_messages(item)
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    return self.submit(
+                        model,
+                        prompt,
+                        messages=messages,
+                        priority=priority,
+                        job_timeout=job_timeout,
+                        retries=retries,
+                        **params,
+                    )
+                except QueueFull as full:
+                    time.sleep(backoff_pause(full, deadline))
+
+        try:
+            pending.extend(submit(item) for item in itertools.islice(items, max_in_flight))
+            while pending:
+                handle = pending.popleft()
+                outcome: CompletionResult | JobFailed
+                try:
+                    outcome = completion(handle.result(timeout=wait_s))
+                except JobFailed as exc:
+                    if not return_exceptions:
+                        raise
+                    outcome = exc
+                pending.extend(submit(item) for item in itertools.islice(items, max_in_flight - len(pending)))
+                report.record(outcome.usage.completion_tokens if isinstance(outcome, CompletionResult) else None)
+                yield outcome
+        finally:
+            report.close()
+            for handle in pending:
+                with contextlib.suppress(HostlerError, redis.RedisError):
+                    handle.cancel()
+
     def job(self, job_id: str) -> JobHandle:
         """The handle of a job submitted earlier (by any client)."""
-        rq_job = fetch_job(self.connection, job_id)
-        if rq_job is None:
+        origin = self._read(reads.job_origin(job_id))
+        if origin is None:
             raise HostlerError(f"job {job_id} does not exist (it ended more than its TTL ago, or never was)")
-        model = self.keys.model_of_queue(rq_job.origin or "")
+        model = self.keys.model_of_queue(origin)
         if model is None:
-            raise HostlerError(f"job {job_id} is not on a hostler queue (origin {rq_job.origin!r})")
+            raise HostlerError(f"job {job_id} is not on a hostler queue (origin {origin!r})")
         return JobHandle(self.connection, self.keys, job_id, model)
 
     def count_tokens(self, model: str, text: str, *, timeout: float | None = None) -> int:
         """Tokens the model makes of text, exactly as complete() counts usage.prompt_tokens."""
-        result = self._run(_build(TokenCountJob, model=model, text=text), timeout, Options())
+        result = self._run(build(TokenCountJob, model=model, text=text), timeout, Options())
         assert isinstance(result, TokenCountResult)
         return result.count
 
@@ -276,18 +311,7 @@ class Client:
         unloaded (seconds or '5m', '1h'; -1 never). pinned: never evicted for another model.
         Raises NoCapacity when no host has the memory.
         """
-        load_params = _validated(LoadParams, params)
-        job = _build(LoadJob, model=model, params=load_params)
-        try:
-            spec = ModelSpec(
-                model=model,
-                replicas=replicas,
-                keep_alive_s=parse_duration(keep_alive),
-                pinned=pinned,
-                params=load_params,
-            )
-        except (ValidationError, ValueError) as exc:
-            raise InvalidRequest(_describe(exc) if isinstance(exc, ValidationError) else str(exc)) from None
+        job, spec = load_request(model, replicas=replicas, keep_alive=keep_alive, pinned=pinned, params=params)
         self._require_model(model)
         # The spec first: the controller reads it when the load job makes it place the model.
         self.connection.set(self.keys.spec(model), spec.model_dump_json())
@@ -297,7 +321,7 @@ class Client:
 
     def unload(self, model: str, *, timeout: float | None = None) -> UnloadResult:
         """Free the model's memory once the jobs queued before this have run."""
-        result = self._run(_build(UnloadJob, model=model), timeout, Options())
+        result = self._run(build(UnloadJob, model=model), timeout, Options())
         assert isinstance(result, UnloadResult)
         return result
 
@@ -306,92 +330,17 @@ class Client:
     def models(self) -> list[ModelInfo]:
         """Every model on the disk of a live host: engine, size, memory estimate, loaded state,
         and the hosts with room for it now (as the controller counts free memory)."""
-        loaded = {(report.host, report.model) for report in self._worker_reports() if report.loaded}
-        catalog = self._read_catalog()
-        hosts = self._host_statuses(self._view())
-        return [
-            info.model_copy(
-                update={
-                    "loaded": (info.host, info.id) in loaded,
-                    "fits_on": [
-                        h.host
-                        for h in hosts
-                        if info.estimate_bytes is not None
-                        and info.id in h.models_on_disk
-                        and (info.id in h.placed or h.free_bytes >= info.estimate_bytes)
-                    ],
-                }
-            )
-            for model_id in sorted(catalog)
-            for info in catalog[model_id]
-        ]
+        listing, found = self._read(reads.models(self.keys))
+        self._remember(found)
+        return listing
 
     def status(self) -> Status:
         """Hosts (RAM, VRAM, what is placed and free), placements, workers and queue lengths."""
-        view = self._view()
-        hosts = self._host_statuses(view)
-        workers = self._worker_statuses()
-        models = sorted({m for h in hosts for m in h.models_on_disk} | {w.model for w in workers})
-        with self.connection.pipeline(transaction=False) as pipe:
-            for host in hosts:
-                pipe.hgetall(self.keys.assignments(host.host))
-            for model in models:
-                for key in queue_keys(self.keys, model):
-                    pipe.llen(key)
-            replies = pipe.execute()
-        lengths = [int(n) for n in replies[len(hosts) :]]
-        placements = [Assignment.model_validate_json(blob) for r in replies[: len(hosts)] for blob in r.values()]
-        return Status(
-            controller=view.controller if view is not None else None,
-            hosts=hosts,
-            placements=sorted(placements, key=lambda a: (a.model, a.host)),
-            workers=workers,
-            queues={m: lengths[2 * i] + lengths[2 * i + 1] for i, m in enumerate(models)},
-        )
-
-    def _view(self) -> ClusterView | None:
-        blob = self.connection.get(self.keys.view)
-        return ClusterView.model_validate_json(blob) if blob is not None else None
-
-    def _host_statuses(self, view: ClusterView | None) -> list[HostStatus]:
-        """The controller's view of the hosts, or, with no controller running, the raw reports."""
-        if view is not None:
-            return view.hosts
-        host_ids = sorted(_text(m) for m in self.connection.smembers(self.keys.hosts))
-        blobs = self.connection.mget([self.keys.host(h) for h in host_ids]) if host_ids else []
-        reports = [HostReport.model_validate_json(b) for b in blobs if b is not None]
-        return [
-            HostStatus.of(
-                r,
-                free_bytes=min(r.capacity_bytes - sum(w.rss_bytes for w in r.workers), r.ram_available_bytes),
-                placed={w.model: w.rss_bytes for w in r.workers},
-            )
-            for r in reports
-        ]
-
-    def _worker_statuses(self) -> list[WorkerStatus]:
-        reports = self._worker_reports()
-        waiting = {model: waiting_jobs(self.connection, self.keys, model) for model in {r.model for r in reports}}
-        return [
-            WorkerStatus(
-                model=r.model,
-                name=r.name,
-                host=r.host,
-                pid=r.pid,
-                state=r.state,
-                cpu_percent=r.cpu_percent,
-                rss_bytes=r.rss_bytes,
-                queue_length=waiting[r.model],
-                current_job=r.current_job,
-                loaded=r.loaded,
-                jobs_done=r.jobs_done,
-            )
-            for r in reports
-        ]
+        return self._read(reads.status(self.keys))
 
     def queue_length(self, model: str) -> int:
         """Jobs waiting for the model, both priority classes together."""
-        return waiting_jobs(self.connection, self.keys, model)
+        return self._read(reads.queue_length(self.keys, model))
 
     def close(self) -> None:
         self._pubsubs.close()
@@ -412,18 +361,12 @@ class Client:
             queue = self._queues[name] = make_queue(self.connection, name)
         return queue
 
-    def _read_catalog(self) -> dict[str, list[ModelInfo]]:
-        host_ids = sorted(_text(m) for m in self.connection.smembers(self.keys.hosts))
-        raw = self.connection.mget([self.keys.host(h) for h in host_ids]) if host_ids else []
-        catalog: dict[str, list[ModelInfo]] = {}
-        for blob in raw:
-            if blob is None:
-                continue  # expired: that host is gone
-            for info in HostReport.model_validate_json(blob).models:
-                catalog.setdefault(info.id, []).append(info)
+    def _read(self, reader: reads.Reads[T]) -> T:
+        return reads.run_sync(self.connection, reader)
+
+    def _remember(self, found: dict[str, list[ModelInfo]]) -> None:
         with self._lock:
-            self._catalog, self._catalog_at = catalog, time.monotonic()
-        return catalog
+            self._catalog, self._catalog_at = found, time.monotonic()
 
     def _require_model(self, model: str) -> None:
         with self._lock:
@@ -431,81 +374,37 @@ class Client:
             known = model in self._catalog
         if fresh and known:
             return
-        catalog = self._read_catalog()
-        if model not in catalog:
-            raise ModelNotFound(model, sorted(catalog))
+        found = self._read(reads.catalog(self.keys))
+        self._remember(found)
+        if model not in found:
+            raise ModelNotFound(model, sorted(found))
 
     def _worker_reports(self) -> list[WorkerReport]:
-        names = sorted(_text(m) for m in self.connection.smembers(self.keys.workers))
-        if not names:
-            return []
-        blobs = self.connection.mget([self.keys.worker(n) for n in names])
-        gone = [n for n, blob in zip(names, blobs, strict=True) if blob is None]
-        if gone:
-            self.connection.srem(self.keys.workers, *gone)
-        return [WorkerReport.model_validate_json(b) for b in blobs if b is not None]
+        return self._read(reads.worker_reports(self.keys))
 
-    def _enqueue(self, job: Job, job_id: str, options: Options, *, waiting_ms: int) -> None:
-        """Writes the job and pushes it on its class's queue in one atomic step, or raises QueueFull."""
-        if options.start_within_s is not None or waiting_ms:
-            job = job.model_copy(update={"start_within_s": options.start_within_s, "watched": bool(waiting_ms)})
-        kwargs = job.model_dump(mode="json")
-        size = len(json.dumps(kwargs))
-        if size > MAX_REQUEST_BYTES:
-            raise InvalidRequest(f"request is {size} bytes; the limit is {MAX_REQUEST_BYTES} bytes")
-        queue = self._queue(job.model, options.priority)
-        rq_job = queue.create_job(
-            rq_func_name(job.kind),
-            kwargs=kwargs,
-            job_id=job_id,
-            result_ttl=RESULT_TTL,
-            failure_ttl=FAILURE_TTL,
-            ttl=QUEUED_TTL,
-            timeout=-1,
-            description=f"{job.kind} on {job.model}",
-            retry=Retry(max=options.retries) if options.retries else None,
+    def _enqueue(self, job: Job, job_id: str, options: Options, *, waiting_ms: int) -> bool:
+        """Writes the job and pushes it on its class's queue in one atomic step, or raises QueueFull.
+
+        False when a job with this id exists already (nothing was written).
+        """
+        call = enqueue_call(
+            self._queue(job.model, options.priority), self.keys, job, job_id, options, waiting_ms=waiting_ms
         )
-        queue._prepare_for_queue(rq_job)
-        fields = [item for pair in rq_job.to_dict().items() for item in (pair[0], pair[1])]
-        start_ms = int(options.start_within_s * 1000) if options.start_within_s is not None else 0
-        lease = ""
-        if waiting_ms or start_ms:
-            lease = Lease(
-                model=job.model, queue_key=queue.key, waiting=bool(waiting_ms), start_by=bool(start_ms)
-            ).model_dump_json()
-        keys = self.keys
-        accepted, length, bound, alive = self._enqueue_script(
-            keys=[
-                *queue_keys(keys, job.model),
-                rq_job.key,
-                queue.redis_queues_keys,
-                queue.key,
-                keys.bell(job.model),
-                keys.alive(job.model),
-                keys.leases,
-                keys.waiting(job_id),
-                keys.start_by(job_id),
-                keys.max_queue,
-            ],
-            args=[job.model, DEFAULT_MAX_QUEUE, QUEUED_TTL, job_id, lease, waiting_ms, start_ms, *fields],
-        )
-        if not accepted:
-            raise QueueFull(job.model, int(bound), int(length), self._retry_after(job.model, int(length), int(bound)))
+        accepted, length, bound, alive = self._enqueue_script(keys=call.keys, args=call.args)
+        if accepted == EXISTS:
+            return False
+        if accepted != ACCEPTED:
+            reports = [r for r in self._worker_reports() if r.model == job.model]
+            hint = retry_after(int(length), int(bound), [r.mean_job_s or 0.0 for r in reports], len(reports))
+            raise QueueFull(job.model, int(bound), int(length), hint)
         if not alive:
             # No worker serves this model: ask the controller to place one.
             self.connection.rpush(self.keys.demand, job.model)
-
-    def _retry_after(self, model: str, length: int, bound: int) -> float:
-        """About how long this model's workers take to run the jobs over the bound, plus one."""
-        reports = [r for r in self._worker_reports() if r.model == model]
-        times = [r.mean_job_s for r in reports if r.mean_job_s]
-        if not times:
-            return 1.0
-        return max(1.0, (length - bound + 1) * (sum(times) / len(times)) / len(reports))
+        return True
 
     def _start(self, job: Job, deadline: float, options: Options) -> tuple[str, Subscription, Waiter]:
         self._require_model(job.model)
-        job_id = uuid.uuid4().hex
+        job_id = new_job_id()
         subscription = Subscription(self._pubsubs, self.keys.channel(job_id))
         try:
             self._enqueue(job, job_id, options, waiting_ms=Waiter.ttl_ms(deadline))
@@ -542,38 +441,3 @@ class Client:
         deadline = self._deadline(timeout)
         job_id, subscription, waiter = self._start(job, deadline, options)
         return Stream(stream_pieces(self.connection, subscription, job_id, deadline, waiter), subscription, waiter)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "request"
-        if item["type"] == "extra_forbidden":
-            parts.append(f"unknown parameter {where!r}")
-        else:
-            parts.append(f"invalid {where}: {item['msg']}")
-    return "; ".join(parts)
-
-
-def _validated(model_cls: type[SamplingParams] | type[LoadParams], params: dict[str, Any]) -> Any:
-    try:
-        return model_cls(**params)
-    except ValidationError as exc:
-        raise InvalidRequest(_describe(exc)) from None
-
-
-def _sampling(params: dict[str, Any]) -> SamplingParams:
-    result: SamplingParams = _validated(SamplingParams, params)
-    return result
-
-
-def _build(job_cls: type[Job], **fields: Any) -> Job:
-    try:
-        built: Job = job_cls(**fields)
-        return built
-    except ValidationError as exc:
-        raise InvalidRequest(_describe(exc)) from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -31,3 +33,23 @@ def connect(url: str | None = None, *, socket_timeout: float | None = 30.0) -> r
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
+
+
+# An asyncio client may have thousands of jobs in flight; they share this many connections,
+# waiting their turn for one rather than opening a connection each.
+ASYNC_MAX_CONNECTIONS = 32
+
+
+def connect_async(url: str | None = None, *, socket_timeout: float | None = 30.0) -> redis.asyncio.Redis:
+    """The asyncio twin of connect(), with the same retries, on a bounded pool."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        resolve_url(url),
+        max_connections=ASYNC_MAX_CONNECTIONS,
+        timeout=60,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=10.0,
+        health_check_interval=30,
+        retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=6),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+    return redis.asyncio.Redis.from_pool(pool)

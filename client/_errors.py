@@ -13,6 +13,8 @@ HostlerError
 
 from __future__ import annotations
 
+from hostler.schemas import ErrorCode
+
 
 class HostlerError(Exception):
     """Base of every error hostler raises on purpose."""
@@ -72,3 +74,12 @@ class ContextExceeded(JobFailed):
 class NoCapacity(JobFailed):
     """No host could load the model, even after unloading idle ones; the message says how much
     the model needs and what each host has."""
+
+
+def job_error(job_id: str, code: str, message: str) -> JobFailed:
+    """The error a job's failure code raises in the client."""
+    if code == ErrorCode.CONTEXT_EXCEEDED:
+        return ContextExceeded(job_id, code, message)
+    if code == ErrorCode.NO_CAPACITY:
+        return NoCapacity(job_id, code, message)
+    return JobFailed(job_id, code, message)

@@ -170,12 +170,12 @@ def follow(
         if raw is None:
             outcome = read_outcome(connection, job_id)
             if outcome is not None:
-                yield _event_from_outcome(outcome, expected)
+                yield event_from_outcome(outcome, expected)
                 return
             continue
         event = EVENT_ADAPTER.validate_json(raw)
         if event.seq != expected:
-            yield _event_from_outcome(wait_outcome(connection, job_id, deadline), expected)
+            yield event_from_outcome(wait_outcome(connection, job_id, deadline), expected)
             return
         expected += 1
         yield event
@@ -196,7 +196,7 @@ def wait_outcome(connection: redis.Redis, job_id: str, deadline: float) -> JobOu
         pause = min(pause * 2, 0.5)
 
 
-def _event_from_outcome(outcome: JobOutcome, seq: int) -> DoneEvent | ErrorEvent:
+def event_from_outcome(outcome: JobOutcome, seq: int) -> DoneEvent | ErrorEvent:
     if outcome.result is not None:
         return DoneEvent(seq=seq, result=outcome.result)
     return ErrorEvent(seq=seq, code=outcome.code or "internal", message=outcome.message or outcome.status)

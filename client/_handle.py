@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import redis
 from hostler.schemas import PRIORITIES, ErrorCode, JobResult, Keys
 
-from ._errors import ContextExceeded, JobFailed, NoCapacity, Timeout
-from ._events import wait_outcome
-from ._rqstore import cancel_queued, fetch_job, queue_key
-
-
-def job_error(job_id: str, code: str, message: str) -> JobFailed:
-    if code == ErrorCode.CONTEXT_EXCEEDED:
-        return ContextExceeded(job_id, code, message)
-    if code == ErrorCode.NO_CAPACITY:
-        return NoCapacity(job_id, code, message)
-    return JobFailed(job_id, code, message)
+from . import _reads as reads
+from ._errors import Timeout, job_error
+from ._events import PubSubPool, Subscription, wait_outcome
+from ._outcome import queue_key
+from ._pieces import Stream, stream_pieces
+from ._rqstore import cancel_queued
 
 
 class JobHandle:
@@ -34,9 +30,7 @@ class JobHandle:
 
     def status(self) -> str:
         """queued, started, finished, failed or canceled ('missing' once its record expired)."""
-        job = fetch_job(self.connection, self.id)
-        status = job.get_status(refresh=False) if job is not None else None
-        return status.value if status is not None else "missing"
+        return reads.run_sync(self.connection, reads.job_status(self.id))
 
     def result(self, timeout: float = 600.0) -> JobResult:
         """Waits for the job's end; returns its result or raises JobFailed (or Timeout)."""
@@ -47,6 +41,13 @@ class JobHandle:
         if outcome.result is not None:
             return outcome.result
         raise job_error(self.id, outcome.code or ErrorCode.INTERNAL, outcome.message or outcome.status)
+
+    def stream(self, timeout: float = 600.0) -> Iterator[str]:
+        """The job's text as it is made (for a job submitted with stream=True; otherwise the
+        whole text once it ends). Pieces published before this call are sent in one piece."""
+        subscription = Subscription(PubSubPool(self.connection), self.keys.channel(self.id))
+        pieces = stream_pieces(self.connection, subscription, self.id, time.monotonic() + timeout, None)
+        return Stream(pieces, subscription, None)
 
     def cancel(self) -> bool:
         """Cancels the job if it is still waiting; False if a worker has already taken it."""

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 import redis
 from hostler.schemas import CompletionResult, ErrorEvent, JobResult, TokenEvent
 
-from ._errors import HostlerError
+from ._errors import HostlerError, job_error
 from ._events import Subscription, Waiter, follow
-from ._handle import job_error
 
 
 class Stream(Iterator[str]):
@@ -18,7 +17,7 @@ class Stream(Iterator[str]):
     (A generator closed before it started never runs its finally block.)
     """
 
-    def __init__(self, pieces: Iterator[str], subscription: Subscription, waiter: Waiter) -> None:
+    def __init__(self, pieces: Iterator[str], subscription: Subscription, waiter: Waiter | None) -> None:
         self._pieces = pieces
         self._subscription = subscription
         self._waiter = waiter
@@ -30,13 +29,15 @@ class Stream(Iterator[str]):
         close = getattr(self._pieces, "close", None)
         if close is not None:
             close()
-        self._waiter.release()
+        if self._waiter is not None:
+            self._waiter.release()
         self._subscription.close()
 
 
 def stream_pieces(
-    connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float, waiter: Waiter
+    connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float, waiter: Waiter | None
 ) -> Iterator[str]:
+    """A job's text pieces; waiter is None for a job nobody waits on (a submitted one)."""
     emitted: list[str] = []
     ended = False
     try:
@@ -55,7 +56,7 @@ def stream_pieces(
                 if len(result.text) > len(sent):
                     yield result.text[len(sent) :]
     finally:
-        if not ended:
+        if not ended and waiter is not None:
             waiter.release()
         subscription.close()
 

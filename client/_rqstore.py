@@ -6,12 +6,10 @@ Nothing here ever uses pickle: rq's default serializer is never passed in.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Any
 
 import redis
-from hostler.schemas import PRIORITIES, RESULT_ADAPTER, ErrorEvent, JobResult, Keys
+from hostler.schemas import ErrorEvent, Keys
 from rq.job import Job as RqJob
 from rq.job import JobStatus
 from rq.queue import Queue
@@ -19,6 +17,28 @@ from rq.registry import CanceledJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
+
+from ._outcome import JobOutcome, decode_failure, encode_failure, queue_key, queue_keys
+from ._reads import job_outcome, run_sync
+
+__all__ = [
+    "DEFAULT_MAX_QUEUE",
+    "ENQUEUE_SCRIPT",
+    "FAILURE_TTL",
+    "QUEUED_TTL",
+    "RESULT_TTL",
+    "JobOutcome",
+    "cancel_queued",
+    "decode_failure",
+    "encode_failure",
+    "end_canceled",
+    "fetch_job",
+    "make_queue",
+    "queue_key",
+    "queue_keys",
+    "read_outcome",
+    "waiting_jobs",
+]
 
 # A finished job's record and result stay this long for a late reader (seconds).
 RESULT_TTL = 3600
@@ -33,7 +53,11 @@ DEFAULT_MAX_QUEUE = 1000
 # KEYS: interactive queue, batch queue, job hash, rq's queue set, target queue, bell, alive,
 #       leases, waiting key, start-by key, max-queue hash
 # ARGV: model, default bound, job ttl, job id, lease JSON or '', waiting ms, start ms, hash fields...
+# Reply: {accepted (0 refused, 1 queued, 2 a job with this id exists: nothing written), length, bound, alive}.
 ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {2, 0, 0, 1}
+end
 local bound = tonumber(redis.call('HGET', KEYS[11], ARGV[1]) or redis.call('HGET', KEYS[11], '*') or ARGV[2])
 local waiting = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2])
 if bound > 0 and waiting >= bound then
@@ -58,16 +82,6 @@ def make_queue(connection: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=connection, serializer=JSONSerializer, default_timeout=-1)
 
 
-def queue_key(name: str) -> str:
-    """The Redis list rq keeps a queue's waiting job ids in."""
-    return f"{Queue.redis_queue_namespace_prefix}{name}"
-
-
-def queue_keys(keys: Keys, model: str) -> list[str]:
-    """A model's queue lists in the order a worker takes from them: interactive, then batch."""
-    return [queue_key(keys.queue_name(model, priority)) for priority in PRIORITIES]
-
-
 def waiting_jobs(connection: redis.Redis, keys: Keys, model: str) -> int:
     with connection.pipeline(transaction=False) as pipe:
         for key in queue_keys(keys, model):
@@ -82,51 +96,9 @@ def fetch_job(connection: redis.Redis, job_id: str) -> RqJob | None:
         return None
 
 
-@dataclass(frozen=True)
-class JobOutcome:
-    """How a job ended, as stored in rq: a result, or an error code and message."""
-
-    status: str
-    result: JobResult | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-def encode_failure(code: str, message: str) -> str:
-    """rq keeps a failed job's reason as a string; ours is JSON so a client can read the code."""
-    return json.dumps({"code": code, "message": message})
-
-
-def decode_failure(exc_string: str | None) -> tuple[str, str]:
-    if not exc_string:
-        return "internal", "the job failed without a reason"
-    try:
-        data: Any = json.loads(exc_string)
-        return str(data["code"]), str(data["message"])
-    except (ValueError, KeyError, TypeError):
-        # Written by something other than a hostler worker (rq's own traceback text).
-        return "internal", exc_string.strip().splitlines()[-1] if exc_string.strip() else exc_string
-
-
 def read_outcome(connection: redis.Redis, job_id: str) -> JobOutcome | None:
     """The stored end of a job, or None while it is still queued or running."""
-    job = fetch_job(connection, job_id)
-    if job is None:
-        return JobOutcome(status="missing", code="job_missing", message=f"job {job_id} no longer exists")
-    status = job.get_status(refresh=False)
-    if status == JobStatus.FINISHED:
-        latest = job.latest_result()
-        if latest is None or latest.return_value is None:
-            return JobOutcome(status=status.value, code="internal", message="finished without a stored result")
-        return JobOutcome(status=status.value, result=RESULT_ADAPTER.validate_python(latest.return_value))
-    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        latest = job.latest_result()
-        if latest is None and status == JobStatus.CANCELED:
-            # Canceled by something other than hostler (rq's own cancel).
-            return JobOutcome(status=status.value, code="canceled", message="the job was canceled")
-        code, message = decode_failure(latest.exc_string if latest is not None else None)
-        return JobOutcome(status=status.value, code=code, message=message)
-    return None
+    return run_sync(connection, job_outcome(job_id))
 
 
 def end_canceled(job: RqJob, pipe: Any, keys: Keys, code: str, message: str, seq: int = 0) -> None:

@@ -5,6 +5,9 @@ private to the package.
 """
 
 from hostler.client import (
+    AsyncClient,
+    AsyncJobHandle,
+    AsyncStream,
     Client,
     ConnectionFailed,
     ContextExceeded,
@@ -34,6 +37,9 @@ from hostler.schemas import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "AsyncJobHandle",
+    "AsyncStream",
     "ChatMessage",
     "Client",
     "CompletionResult",

@@ -31,6 +31,18 @@ from ._jobs import (
     rq_func_name,
 )
 from ._keys import DEFAULT_PREFIX, Keys
+from ._openai import (
+    CHAT_URL,
+    COMPLETIONS_URL,
+    ChatCompletionBody,
+    CompletionBody,
+    OPENAI_URLS,
+    describe_errors,
+    finish_reason,
+    parse_body,
+    response_body,
+    usage_body,
+)
 from ._params import LoadParams, SamplingParams
 from ._reports import (
     DEFAULT_KEEP_ALIVE_S,
@@ -52,6 +64,16 @@ from ._results import CompletionResult, FinishReason, LoadResult, TokenCountResu
 from ._units import format_bytes, parse_duration, parse_size
 
 __all__ = [
+    "CHAT_URL",
+    "COMPLETIONS_URL",
+    "OPENAI_URLS",
+    "ChatCompletionBody",
+    "CompletionBody",
+    "parse_body",
+    "response_body",
+    "usage_body",
+    "finish_reason",
+    "describe_errors",
     "DEFAULT_KEEP_ALIVE_S",
     "DEFAULT_PREFIX",
     "EVENT_ADAPTER",

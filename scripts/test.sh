@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[llama,embedded,dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[llama,mlx,gateway,pull,embedded,dev]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # mypy checks the installed layout: the source folders become hostler.* only when installed.

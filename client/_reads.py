@@ -1,0 +1,241 @@
+"""What the clients read from Redis, written once as sans-I/O generators.
+
+Each reader yields a batch of Redis commands, gets their replies back (one pipelined round
+trip per batch) and finally returns its value. `run_sync` and `run_async` drive the same
+reader over a sync or an asyncio connection, so Client and AsyncClient cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+from hostler.schemas import (
+    RESULT_ADAPTER,
+    Assignment,
+    ClusterView,
+    HostReport,
+    HostStatus,
+    Keys,
+    ModelInfo,
+    Status,
+    WorkerReport,
+    WorkerStatus,
+)
+from rq.job import JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from ._outcome import JobOutcome, decode_failure, queue_keys
+
+T = TypeVar("T")
+Command = tuple[Any, ...]
+Reads = Generator[list[Command], list[Any], T]
+
+_ENDED_AS_FAILURE = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
+
+
+def run_sync(connection: redis.Redis, reads: Reads[T]) -> T:
+    try:
+        batch = next(reads)
+        while True:
+            with connection.pipeline(transaction=False) as pipe:
+                for command in batch:
+                    pipe.execute_command(*command)
+                replies = pipe.execute() if batch else []
+            batch = reads.send(replies)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+
+
+async def run_async(connection: redis.asyncio.Redis, reads: Reads[T]) -> T:
+    try:
+        batch = next(reads)
+        while True:
+            replies: list[Any] = []
+            if batch:
+                async with connection.pipeline(transaction=False) as pipe:
+                    for command in batch:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute()
+            batch = reads.send(replies)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+def job_key(job_id: str) -> str:
+    return f"rq:job:{job_id}"
+
+
+def job_status(job_id: str) -> Reads[str]:
+    """queued, started, finished, failed or canceled; 'missing' once its record expired."""
+    (status,) = yield [("HGET", job_key(job_id), "status")]
+    return text(status) if status is not None else "missing"
+
+
+def job_origin(job_id: str) -> Reads[str | None]:
+    """The rq queue a job was put on, or None when there is no such job."""
+    (origin,) = yield [("HGET", job_key(job_id), "origin")]
+    return text(origin) if origin is not None else None
+
+
+def job_outcome(job_id: str) -> Reads[JobOutcome | None]:
+    """The stored end of a job, or None while it is still queued or running."""
+    status_raw, latest = yield [
+        ("HGET", job_key(job_id), "status"),
+        ("XREVRANGE", f"rq:results:{job_id}", "+", "-", "COUNT", "1"),
+    ]
+    if status_raw is None:
+        return JobOutcome(status="missing", code="job_missing", message=f"job {job_id} no longer exists")
+    status = text(status_raw)
+    result = _latest_result(job_id, latest)
+    if status == JobStatus.FINISHED.value:
+        if result is None or result.return_value is None:
+            return JobOutcome(status=status, code="internal", message="finished without a stored result")
+        return JobOutcome(status=status, result=RESULT_ADAPTER.validate_python(result.return_value))
+    if status in _ENDED_AS_FAILURE:
+        if result is None and status == JobStatus.CANCELED.value:
+            # Canceled by something other than hostler (rq's own cancel).
+            return JobOutcome(status=status, code="canceled", message="the job was canceled")
+        code, message = decode_failure(result.exc_string if result is not None else None)
+        return JobOutcome(status=status, code=code, message=message)
+    return None
+
+
+def _latest_result(job_id: str, entries: list[Any]) -> Result | None:
+    if not entries:
+        return None
+    result_id, payload = entries[0]
+    # rq's own decoding of its result stream entry; the connection is only stored, not used.
+    restored: Result = Result.restore(job_id, text(result_id), payload, connection=None, serializer=JSONSerializer)  # type: ignore[arg-type]
+    return restored
+
+
+# -- the cluster --------------------------------------------------------------------
+
+
+def queue_length(keys: Keys, model: str) -> Reads[int]:
+    """Jobs waiting for the model, both priority classes together."""
+    lengths = yield [("LLEN", key) for key in queue_keys(keys, model)]
+    return sum(int(n) for n in lengths)
+
+
+def worker_reports(keys: Keys) -> Reads[list[WorkerReport]]:
+    (members,) = yield [("SMEMBERS", keys.workers)]
+    names = sorted(text(m) for m in members)
+    if not names:
+        return []
+    (blobs,) = yield [("MGET", *[keys.worker(n) for n in names])]
+    gone = [n for n, blob in zip(names, blobs, strict=True) if blob is None]
+    if gone:
+        yield [("SREM", keys.workers, *gone)]
+    return [WorkerReport.model_validate_json(b) for b in blobs if b is not None]
+
+
+def host_reports(keys: Keys) -> Reads[list[HostReport]]:
+    (members,) = yield [("SMEMBERS", keys.hosts)]
+    host_ids = sorted(text(m) for m in members)
+    if not host_ids:
+        return []
+    (blobs,) = yield [("MGET", *[keys.host(h) for h in host_ids])]
+    # An expired report is a host that is gone.
+    return [HostReport.model_validate_json(b) for b in blobs if b is not None]
+
+
+def catalog(keys: Keys) -> Reads[dict[str, list[ModelInfo]]]:
+    """Every model id on the disk of a live host, with each host's copy of it."""
+    found: dict[str, list[ModelInfo]] = {}
+    for report in (yield from host_reports(keys)):
+        for info in report.models:
+            found.setdefault(info.id, []).append(info)
+    return found
+
+
+def host_statuses(keys: Keys) -> Reads[tuple[ClusterView | None, list[HostStatus]]]:
+    """The controller's view of the hosts, or, with no controller running, the raw reports."""
+    (blob,) = yield [("GET", keys.view)]
+    view = ClusterView.model_validate_json(blob) if blob is not None else None
+    if view is not None:
+        return view, view.hosts
+    reports = yield from host_reports(keys)
+    return None, [
+        HostStatus.of(
+            r,
+            free_bytes=min(r.capacity_bytes - sum(w.rss_bytes for w in r.workers), r.ram_available_bytes),
+            placed={w.model: w.rss_bytes for w in r.workers},
+        )
+        for r in reports
+    ]
+
+
+def models(keys: Keys) -> Reads[tuple[list[ModelInfo], dict[str, list[ModelInfo]]]]:
+    """Every model on the disk of a live host: engine, size, memory estimate, loaded state,
+    and the hosts with room for it now; plus the catalog it was built from."""
+    loaded = {(report.host, report.model) for report in (yield from worker_reports(keys)) if report.loaded}
+    found = yield from catalog(keys)
+    _, hosts = yield from host_statuses(keys)
+    listing = [
+        info.model_copy(
+            update={
+                "loaded": (info.host, info.id) in loaded,
+                "fits_on": [
+                    h.host
+                    for h in hosts
+                    if info.estimate_bytes is not None
+                    and info.id in h.models_on_disk
+                    and (info.id in h.placed or h.free_bytes >= info.estimate_bytes)
+                ],
+            }
+        )
+        for model_id in sorted(found)
+        for info in found[model_id]
+    ]
+    return listing, found
+
+
+def status(keys: Keys) -> Reads[Status]:
+    """Hosts (RAM, VRAM, what is placed and free), placements, workers and queue lengths."""
+    view, hosts = yield from host_statuses(keys)
+    reports = yield from worker_reports(keys)
+    models_seen = sorted({m for h in hosts for m in h.models_on_disk} | {r.model for r in reports})
+    replies = yield [
+        *[("HGETALL", keys.assignments(host.host)) for host in hosts],
+        *[("LLEN", key) for model in models_seen for key in queue_keys(keys, model)],
+    ]
+    lengths = [int(n) for n in replies[len(hosts) :]]
+    waiting = {m: lengths[2 * i] + lengths[2 * i + 1] for i, m in enumerate(models_seen)}
+    placements = [Assignment.model_validate_json(blob) for r in replies[: len(hosts)] for blob in r.values()]
+    workers = [
+        WorkerStatus(
+            model=r.model,
+            name=r.name,
+            host=r.host,
+            pid=r.pid,
+            state=r.state,
+            cpu_percent=r.cpu_percent,
+            rss_bytes=r.rss_bytes,
+            queue_length=waiting.get(r.model, 0),
+            current_job=r.current_job,
+            loaded=r.loaded,
+            jobs_done=r.jobs_done,
+        )
+        for r in reports
+    ]
+    return Status(
+        controller=view.controller if view is not None else None,
+        hosts=hosts,
+        placements=sorted(placements, key=lambda a: (a.model, a.host)),
+        workers=workers,
+        queues=waiting,
+    )
