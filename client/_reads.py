@@ -43,7 +43,7 @@ def run_sync(connection: redis.Redis, reads: Reads[T]) -> T:
         while True:
             with connection.pipeline(transaction=False) as pipe:
                 for command in batch:
-                    pipe.execute_command(*command)
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                 replies = pipe.execute() if batch else []
             batch = reads.send(replies)
     except StopIteration as stop:
@@ -239,3 +239,28 @@ def status(keys: Keys) -> Reads[Status]:
         workers=workers,
         queues=waiting,
     )
+
+
+# -- batch runs ---------------------------------------------------------------------
+
+
+def batch_state(keys: Keys, batch_id: str) -> Reads[dict[str, Any]]:
+    """A batch run's input and its requests counted by job state."""
+    meta, jobs = yield [("HGETALL", keys.batch(batch_id)), ("HGETALL", keys.batch_jobs(batch_id))]
+    if not meta:
+        return {}
+    job_ids = [text(j) for j in jobs.values()]
+    statuses = (yield [("HGET", job_key(j), "status") for j in job_ids]) if job_ids else []
+    counts: dict[str, int] = {}
+    for status in statuses:
+        name = text(status) if status is not None else "expired"
+        counts[name] = counts.get(name, 0) + 1
+    requests = int(meta.get(b"requests", 0))
+    counts["not_submitted"] = requests - len(job_ids)
+    return {
+        "batch_id": batch_id,
+        "input": text(meta.get(b"input", b"")),
+        "requests": requests,
+        "started_at": float(meta.get(b"started_at", 0)),
+        "states": counts,
+    }

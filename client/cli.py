@@ -9,17 +9,10 @@ from typing import Any
 import click
 from hostler.schemas import format_bytes
 
+from ._cli_options import redis_option, timeout_option
 from ._client import Client
 from ._errors import HostlerError
-
-redis_option = click.option(
-    "--redis",
-    "redis_url",
-    envvar="HOSTLER_REDIS_URL",
-    default=None,
-    help="Redis URL (redis://, rediss://, with password). Default: $HOSTLER_REDIS_URL or localhost.",
-)
-timeout_option = click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+from .batch_cli import batch_group
 
 
 def _client(redis_url: str | None, timeout: float = 600.0) -> Client:
@@ -233,7 +226,10 @@ def status_command(redis_url: str | None, as_json: bool) -> None:
     click.echo("\nqueues: " + (", ".join(f"{m} {n} waiting" for m, n in sorted(waiting.items())) or "all empty"))
 
 
+__all__ = ["CLIENT_COMMANDS", "redis_option", "timeout_option"]
+
 CLIENT_COMMANDS: list[Any] = [
+    batch_group,
     complete_command,
     chat_command,
     tokens_command,

@@ -111,6 +111,14 @@ class Keys:
         """Job ids a worker has taken off the queue but not yet started (requeued if it dies)."""
         return f"{self.prefix}taken:{model}:{worker_name}"
 
+    def batch(self, batch_id: str) -> str:
+        """Hash of one batch run: its input, line count and when it started."""
+        return f"{self.prefix}batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        """Hash custom_id -> job id of a batch run's jobs, for `hostler batch status`."""
+        return f"{self.prefix}batch:{batch_id}:jobs"
+
     def load_params(self, model: str) -> str:
         """The params of the last successful load; a restarted worker loads with them."""
         return f"{self.prefix}load-params:{model}"

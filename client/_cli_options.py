@@ -1,0 +1,14 @@
+"""Options every client command shares."""
+
+from __future__ import annotations
+
+import click
+
+redis_option = click.option(
+    "--redis",
+    "redis_url",
+    envvar="HOSTLER_REDIS_URL",
+    default=None,
+    help="Redis URL (redis://, rediss://, with password). Default: $HOSTLER_REDIS_URL or localhost.",
+)
+timeout_option = click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
