@@ -138,8 +138,8 @@ def _custom_id_of(raw: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def read_done(output: Path) -> set[str]:
-    """custom_ids already in the output; drops a torn last line left by a kill mid-write."""
+def read_done(output: Path, key: str = "custom_id") -> set[str]:
+    """Ids (custom_ids) already in the output; drops a torn last line left by a kill mid-write."""
     if not output.exists():
         return set()
     data = output.read_bytes()
@@ -151,7 +151,7 @@ def read_done(output: Path) -> set[str]:
     done = set()
     for line in data.decode().splitlines():
         if line.strip():
-            done.add(json.loads(line)["custom_id"])
+            done.add(json.loads(line)[key])
     return done
 
 

@@ -13,7 +13,8 @@ from ._async import AsyncClient
 from ._cli_options import redis_option
 from ._errors import HostlerError
 from ._progress import Progress
-from .batch import batch_status, run_batch
+from .batch import batch_status, read_done, run_batch
+from .summarize import DEFAULT_INSTRUCTION, read_documents, summarize_documents
 
 
 @click.group("batch", short_help="Run OpenAI Batch API files (JSONL) against the queue.")
@@ -98,3 +99,66 @@ def batch_status_command(batch_id: str, as_json: bool, redis_url: str | None) ->
     for name, count in sorted(states.items()):
         if count:
             click.echo(f"  {name:<14} {count}")
+
+
+@click.command("summarize", short_help="Summarize text and markdown files of any length (map-reduce).")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", required=True, help="The model that summarizes.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output JSONL.")
+@click.option("--context", type=click.IntRange(64, 1_048_576), default=None,
+              help="The model's context in tokens (default: its load spec's n_ctx, else 2048).")  # fmt: skip
+@click.option("--max-tokens", type=click.IntRange(8, 4096), default=128, show_default=True, help="Per summary.")
+@click.option("--instruction", default=DEFAULT_INSTRUCTION, show_default=True, help="The system prompt.")
+@click.option("--max-in-flight", type=click.IntRange(1, 10_000), default=16, show_default=True)
+@redis_option
+def summarize_command(
+    paths: tuple[Path, ...],
+    model: str,
+    output: Path,
+    context: int | None,
+    max_tokens: int,
+    instruction: str,
+    max_in_flight: int,
+    redis_url: str | None,
+) -> None:
+    """One summary per document in OUTPUT; documents longer than the context are split by
+    token count, summarized in pieces, and the piece summaries summarized again.
+
+    Run the same command again after an interruption: documents already in OUTPUT are
+    skipped and finished pieces are not summarized twice.
+    """
+    documents = read_documents(paths)
+    done = read_done(output, key="id")
+    todo = [d for d in documents if d.id not in done]
+
+    async def main() -> tuple[int, int]:
+        ok = failed = 0
+        progress = Progress(len(todo), label="documents")
+        async with AsyncClient(redis_url) as client:
+            with output.open("a", encoding="utf-8") as out:
+                summaries = summarize_documents(
+                    client, model, todo, context=context, max_tokens=max_tokens, instruction=instruction,
+                    max_in_flight=max_in_flight, progress=progress,
+                )  # fmt: skip
+                async for summary in summaries:
+                    out.write(json.dumps(summary.record()) + "\n")
+                    out.flush()
+                    if summary.error is None:
+                        ok += 1
+                    else:
+                        failed += 1
+                        click.echo(f"\n{summary.id}: {summary.error}", err=True)
+        progress.finish()
+        return ok, failed
+
+    try:
+        ok, failed = asyncio.run(main())
+    except (HostlerError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {output} holds whole lines; run the same command again to go on", err=True)
+        sys.exit(130)
+    click.echo(f"{ok} summarized, {failed} failed, {len(documents) - len(todo)} already done; written to {output}")
+    if failed:
+        sys.exit(1)

@@ -12,7 +12,7 @@ from hostler.schemas import format_bytes
 from ._cli_options import redis_option, timeout_option
 from ._client import Client
 from ._errors import HostlerError
-from .batch_cli import batch_group
+from .batch_cli import batch_group, summarize_command
 
 
 def _client(redis_url: str | None, timeout: float = 600.0) -> Client:
@@ -237,4 +237,5 @@ CLIENT_COMMANDS: list[Any] = [
     load_command,
     unload_command,
     status_command,
+    summarize_command,
 ]

@@ -95,9 +95,10 @@ def parse_body(url: str, body: Any) -> ChatCompletionBody | CompletionBody:
     raise ValueError(f"unknown url {url!r}: use {' or '.join(OPENAI_URLS)}")
 
 
-def _validate(cls: type[ChatCompletionBody] | type[CompletionBody], body: Any) -> Any:
+def _validate(cls: type[ChatCompletionBody] | type[CompletionBody], body: Any) -> ChatCompletionBody | CompletionBody:
     try:
-        return cls.model_validate(body)
+        parsed: ChatCompletionBody | CompletionBody = cls.model_validate(body)
+        return parsed
     except ValidationError as exc:
         raise ValueError(describe_errors(exc)) from None
 
