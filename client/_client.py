@@ -25,6 +25,8 @@ from hostler.schemas import (
     LoadResult,
     ModelInfo,
     Priority,
+    PullProgressEvent,
+    PullResult,
     Status,
     TokenCountJob,
     TokenCountResult,
@@ -34,6 +36,7 @@ from hostler.schemas import (
 )
 from rq.queue import Queue
 
+from . import _pull
 from . import _reads as reads
 from ._connection import PREFIX_ENV, connect
 from ._errors import HostlerError, JobFailed, ModelNotFound, QueueFull, job_error
@@ -324,6 +327,37 @@ class Client:
         result = self._run(build(UnloadJob, model=model), timeout, Options())
         assert isinstance(result, UnloadResult)
         return result
+
+    def pull(
+        self,
+        repo: str,
+        *,
+        file: str | None = None,
+        quant: str | None = None,
+        revision: str = "main",
+        model_id: str | None = None,
+        host: str | None = None,
+        progress: Callable[[PullProgressEvent], None] | None = None,
+        timeout: float | None = None,
+    ) -> PullResult:
+        """Have a host download `repo` from the Hugging Face hub, as `hostler models pull` does.
+
+        host: which live host pulls (needed when there are several). progress: called with
+        each progress event (bytes done and total). timeout: longest wait in seconds (None: as
+        long as the host keeps reporting). Returns once the host lists the model.
+        """
+        return _pull.pull(
+            self.connection,
+            self.keys,
+            repo,
+            file=file,
+            quant=quant,
+            revision=revision,
+            model_id=model_id,
+            host=host,
+            progress=progress,
+            timeout=timeout,
+        )
 
     # -- inspection ---------------------------------------------------------------
 

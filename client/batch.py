@@ -126,7 +126,7 @@ def _parse_line(number: int, raw: str, model: str | None) -> Request:
         SamplingParams(**parsed.sampling())
     except ValidationError as exc:
         raise ValueError(describe_errors(exc)) from None
-    return Request(number, custom_id, url, parsed, parsed.model)
+    return Request(number, custom_id, str(url), parsed, parsed.model)
 
 
 def _custom_id_of(raw: str) -> str | None:
@@ -158,9 +158,8 @@ def read_done(output: Path, key: str = "custom_id") -> set[str]:
 def output_record(request: Request, job_id: str, outcome: CompletionResult | JobFailed) -> dict[str, Any]:
     """One output line in the Batch API's shape."""
     if isinstance(outcome, CompletionResult):
-        kind = "chat" if request.url == CHAT_URL else "completion"
-        prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        body = response_body(kind, outcome, f"{prefix}-{job_id}")
+        chat = request.url == CHAT_URL
+        body = response_body("chat" if chat else "completion", outcome, f"{'chatcmpl' if chat else 'cmpl'}-{job_id}")
         return {
             "id": f"batch_req_{job_id}",
             "custom_id": request.custom_id,

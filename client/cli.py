@@ -132,9 +132,11 @@ def models_ls_command(redis_url: str | None, as_json: bool) -> None:
     click.echo(f"{'MODEL':<28} {'ENGINE':<6} {'SIZE':>9} {'NEEDS':>9} {'HOST':<16} {'CHAT':<5} {'LOADED':<7} FITS ON")
     for m in models:
         needs = format_bytes(m.estimate_bytes) if m.estimate_bytes is not None else "?"
+        # A host without the model's engine lists it, with the reason, but never runs it.
+        fits = (", ".join(m.fits_on) or "-") if m.available else f"unavailable: {m.unavailable_reason}"
         click.echo(
             f"{m.id:<28} {m.engine:<6} {format_bytes(m.size_bytes):>9} {needs:>9} {m.host:<16} "
-            f"{'yes' if m.chat_template else 'no':<5} {'yes' if m.loaded else 'no':<7} {', '.join(m.fits_on) or '-'}"
+            f"{'yes' if m.chat_template else 'no':<5} {'yes' if m.loaded else 'no':<7} {fits}"
         )
 
 
@@ -208,8 +210,11 @@ def status_command(redis_url: str | None, as_json: bool) -> None:
             f"{h.host:<20} {format_bytes(h.free_bytes):>10} {format_bytes(offered):>10} "
             f"{format_bytes(h.ram_available_bytes):>10} {format_bytes(h.ram_total_bytes):>10}  {placed}"
         )
+        if h.hardware is not None:
+            click.echo(f"{'':<20} {h.hardware.summary()}")
         for gpu in h.gpus:
-            click.echo(f"{'':<20} GPU {gpu.index} {gpu.name}: {format_bytes(gpu.free_bytes)} free of "
+            driver = f" (driver {gpu.driver})" if gpu.driver else ""
+            click.echo(f"{'':<20} GPU {gpu.index} {gpu.name}{driver}: {format_bytes(gpu.free_bytes)} free of "
                        f"{format_bytes(gpu.total_bytes)}")  # fmt: skip
         for model, why in sorted(h.crashing.items()):
             click.echo(f"{'':<20} crashing: {model}: {why}")

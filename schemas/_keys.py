@@ -122,3 +122,24 @@ class Keys:
     def load_params(self, model: str) -> str:
         """The params of the last successful load; a restarted worker loads with them."""
         return f"{self.prefix}load-params:{model}"
+
+    def metrics(self, model: str) -> str:
+        """Hash of a model's job metrics (counters and histogram buckets), written as jobs end."""
+        return f"{self.prefix}metrics:{model}"
+
+    @property
+    def metric_models(self) -> str:
+        """Set of model ids that have a metrics hash."""
+        return f"{self.prefix}metrics-models"
+
+    def pulls(self, host_id: str) -> str:
+        """List of PullRequest JSON a host agent takes and downloads (client.pull)."""
+        return f"{self.prefix}pulls:{host_id}"
+
+    def pull_channel(self, pull_id: str) -> str:
+        """Pub/sub channel of a pull's progress, done and error events."""
+        return f"{self.prefix}pull:{pull_id}"
+
+    def pull_state(self, pull_id: str) -> str:
+        """A pull's latest event (JSON, with a TTL), for a client that missed a message."""
+        return f"{self.prefix}pull-state:{pull_id}"

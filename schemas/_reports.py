@@ -34,6 +34,10 @@ class ModelInfo(BaseModel):
     estimate_n_ctx: int | None = Field(None, description="The context length the estimate is for.")
     kv_bytes_per_cell: int | None = Field(None, description="KV cache per context cell, to rescale to another n_ctx.")
     fits_on: list[str] = Field(default_factory=list, description="Live hosts with enough free memory for it now.")
+    available: bool = Field(True, description="Whether this host can run the model's engine.")
+    unavailable_reason: str | None = Field(
+        None, description="Why this host cannot run it (its engine's library is missing), for a person."
+    )
 
 
 class GpuInfo(BaseModel):
@@ -43,6 +47,39 @@ class GpuInfo(BaseModel):
     name: str
     total_bytes: int
     free_bytes: int
+    driver: str | None = Field(None, description="The NVIDIA driver version (None: not known).")
+
+
+class HardwareReport(BaseModel):
+    """What a host is made of: CPU, memory, GPUs, and the engines it can run (`hostler hardware`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    os: str = Field(description="Operating system (Linux, Darwin).")
+    arch: str = Field(description="Machine architecture (x86_64, arm64, aarch64).")
+    cpu_model: str
+    cores_physical: int | None = Field(None, ge=1, description="Physical cores (None: not known).")
+    cores_logical: int = Field(ge=1)
+    instruction_sets: list[str] = Field(
+        default_factory=list, description="The CPU features llama.cpp's CPU backend uses (AVX2, AVX512, NEON, ...)."
+    )
+    ram_total_bytes: int = Field(ge=0)
+    ram_available_bytes: int = Field(ge=0)
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    engines: dict[str, str | None] = Field(
+        default_factory=dict, description="Engine -> None when this host can run it, else why not."
+    )
+
+    def summary(self) -> str:
+        """One line for a person: CPU, cores, instruction sets, engines."""
+        cores = f"{self.cores_physical}/{self.cores_logical}" if self.cores_physical else f"{self.cores_logical}"
+        runs = [name for name, why in sorted(self.engines.items()) if why is None]
+        lacks = [name for name, why in sorted(self.engines.items()) if why is not None]
+        engines = ", ".join(runs) or "none"
+        if lacks:
+            engines += f" (not {', '.join(lacks)})"
+        features = " ".join(self.instruction_sets) or "-"
+        return f"{self.cpu_model}, {cores} cores, {features}; engines: {engines}"
 
 
 class HostWorker(BaseModel):
@@ -92,6 +129,7 @@ class HostReport(BaseModel):
     crashing: dict[str, str] = Field(
         default_factory=dict, description="Models whose worker kept crashing here, with the last reason."
     )
+    hardware: HardwareReport | None = Field(None, description="CPU, RAM, GPUs and engines (probed at agent start).")
     updated_at: float
 
     @property
@@ -159,6 +197,7 @@ class HostStatus(BaseModel):
     placed: dict[str, int] = Field(description="Placed models and the memory each holds (RSS, or the reservation).")
     workers: list[HostWorker]
     crashing: dict[str, str]
+    hardware: HardwareReport | None = None
 
     @classmethod
     def of(cls, report: HostReport, *, free_bytes: int, placed: dict[str, int]) -> HostStatus:
@@ -174,6 +213,7 @@ class HostStatus(BaseModel):
             placed=placed,
             workers=report.workers,
             crashing=report.crashing,
+            hardware=report.hardware,
         )
 
 

@@ -401,6 +401,8 @@ def _allowed_without_ttl(keys: Keys) -> list[tuple[str, bool, str]]:
         (p + r"max-queue", False, "the operator's queue bound (hostler up --max-queue): configuration"),
         (p + r"spec:.+", False, "a client.load spec (replicas, keep_alive): desired state until unload"),
         (p + r"load-params:.+", False, "the last load's params, kept so a restarted worker loads the same"),
+        (p + r"metrics:.+", False, "a model's job counters and histograms: Prometheus counters never expire"),
+        (p + r"metrics-models", False, "the models that have a metrics hash, for /metrics to read"),
     ]
 
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_gguf import write_tiny_gguf  # noqa: E402
+from make_tiny_mlx import write_tiny_mlx  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +64,12 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     truncated.write_bytes(files["tiny"].read_bytes()[:5000])
     files["truncated"] = truncated
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_mlx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated MLX model folder (random llama weights, BPE tokenizer, chat template)."""
+    return write_tiny_mlx(tmp_path_factory.mktemp("mlx-model") / "tiny-mlx")
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,7 @@ def test_two_hundred_jobs_in_flight_from_one_process(stack: Stack) -> None:
 
     async def main() -> tuple[list[CompletionResult], int]:
         async with AsyncClient(stack.url, timeout=300) as client:
-            results = await asyncio.gather(
-                *(client.complete("tiny", p, max_tokens=4, temperature=0) for p in prompts)
-            )
+            results = await asyncio.gather(*(client.complete("tiny", p, max_tokens=4, temperature=0) for p in prompts))
             # Every job shares one pub/sub connection: the pool stays small however many are in flight.
             connections = len(client.connection.connection_pool._available_connections) + len(
                 client.connection.connection_pool._in_use_connections

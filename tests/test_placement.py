@@ -122,3 +122,41 @@ def test_memory_of_stopping_workers_is_waited_for_not_refused() -> None:
     assert isinstance(decision, NoFit) and "b 400 MiB (stopping)" in decision.message
     assert fits_once_settled("b", 700 * MIB, [one])
     assert not fits_once_settled("b", 5000 * MIB, [one])
+
+
+MLX_MISSING = "mlx-lm is not installed (pip install 'hostler[mlx]')"
+
+
+def test_a_host_that_cannot_run_the_engine_is_never_chosen() -> None:
+    # The roomier host has the folder on disk but no mlx-lm: the model goes to the other one.
+    no_mlx = HostView("big", 8000 * MIB, 8000 * MIB, frozenset({"m"}), unavailable={"m": MLX_MISSING})
+    with_mlx = HostView("small", 500 * MIB, 500 * MIB, frozenset({"m"}))
+    assert choose_host("m", 100 * MIB, [no_mlx, with_mlx], "most-free") == Placement("small")
+    assert choose_host("m", 100 * MIB, [with_mlx, no_mlx], "best-fit") == Placement("small")
+
+
+def test_a_model_no_host_can_run_fails_with_the_reason_instead_of_waiting() -> None:
+    no_mlx = HostView("one", 8000 * MIB, 8000 * MIB, frozenset({"m", "a"}), unavailable={"m": MLX_MISSING})
+    decision = choose_host("m", 100 * MIB, [no_mlx])
+    # on_disk: the controller fails the waiting jobs (no_capacity) rather than letting them wait.
+    assert isinstance(decision, NoFit) and decision.on_disk
+    assert f"one: cannot run it ({MLX_MISSING})" in decision.message
+    # Other models on that host are unaffected.
+    assert choose_host("a", 100 * MIB, [no_mlx]) == Placement("one")
+
+
+def test_evicting_never_makes_room_on_a_host_that_cannot_run_the_engine() -> None:
+    full = HostView(
+        "one", 1000 * MIB, 1000 * MIB, frozenset({"m", "a"}), (idle("a", 900, 1.0),), unavailable={"m": MLX_MISSING}
+    )
+    assert isinstance(choose_host("m", 500 * MIB, [full]), NoFit)
+    assert not fits_once_settled("m", 500 * MIB, [full])
+    stopping = HostView(
+        "one",
+        1000 * MIB,
+        100 * MIB,
+        frozenset({"m"}),
+        (Resident("x", 900 * MIB, rss=900 * MIB, busy=True, stopping=True),),
+        unavailable={"m": MLX_MISSING},
+    )
+    assert not fits_once_settled("m", 500 * MIB, [stopping])

@@ -16,12 +16,13 @@ import click
 from hostler.client import Client, HostlerError
 from hostler.client._connection import PREFIX_ENV, connect, resolve_url
 from hostler.client._rqstore import DEFAULT_MAX_QUEUE
-from hostler.client.cli import CLIENT_COMMANDS, redis_option
+from hostler.client.cli import CLIENT_COMMANDS, models_group, redis_option
 from hostler.schemas import DEFAULT_PREFIX, Keys, PlacementPolicy, parse_size
 
-from .registry import ALLOW_DIRS_ENV, ModelIdError, check_model_id, scan
+from .hardware_cli import hardware_command
+from .models_cli import MODEL_COMMANDS
+from .registry import ALLOW_DIRS_ENV, DEFAULT_MODELS_DIR, ModelIdError, check_model_id, scan
 
-DEFAULT_MODELS_DIR = Path(os.path.expanduser("~/.hostler/models"))
 DEMO_PROMPT = "In two sentences, what is a message queue good for?"
 
 models_option = click.option(
@@ -101,6 +102,11 @@ def main(verbose: int) -> None:
 
 for _command in CLIENT_COMMANDS:
     main.add_command(_command)
+# The models group lives with the client commands (`models ls` reads Redis); the commands
+# that change this machine's models directory are the server half's.
+for _command in MODEL_COMMANDS:
+    models_group.add_command(_command)
+main.add_command(hardware_command)
 
 
 @main.command("up", short_help="Serve the models of this machine (starts Redis if needed).")
@@ -239,7 +245,8 @@ def worker_command(
 
     Example: hostler worker --model smollm2-135m --models ~/models --redis redis://127.0.0.1:6379/0
     """
-    from .model_worker import ModelWorker, llama_factory
+    from .engines import EngineUnavailable, engine_factory
+    from .model_worker import ModelWorker
 
     try:
         check_model_id(model_id)
@@ -251,13 +258,15 @@ def worker_command(
         raise click.UsageError(
             f"model {model_id!r} is not in {models_dir}; models there: {', '.join(sorted(catalog.models)) or 'none'}"
         )
-    if manifest.engine != "llama":
-        raise click.UsageError(f"model {model_id!r} needs the {manifest.engine} engine, not available yet")
+    try:
+        factory = engine_factory(manifest.engine)
+    except EngineUnavailable as exc:
+        raise click.UsageError(f"model {model_id!r}: {exc}") from None
     worker = ModelWorker(
         connection=connect(resolve_url(redis_url)),
         keys=Keys(prefix),
         manifest=manifest,
-        engine_factory=llama_factory(),
+        engine_factory=factory,
         host=host_id,
         idle_exit_s=idle_exit,
         preload=preload,
@@ -364,6 +373,55 @@ def clean_up_command(redis_url: str | None, prefix: str, model: str, older_than:
         raise click.BadParameter(str(exc), param_hint="--model") from None
     removed = clean_up(connect(resolve_url(redis_url)), Keys(prefix), model, older_than)
     click.echo(f"removed {removed} queued job(s) of {model} older than {older_than:g} s")
+
+
+@main.command("gateway", short_help="Serve the OpenAI-compatible HTTP API (needs the gateway extra).")
+@redis_option
+@prefix_option
+@click.option("--host", "bind_host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    help="A key clients must send as 'Authorization: Bearer KEY' (repeatable; also $HOSTLER_API_KEYS, "
+    "comma-separated, which keeps keys out of the process list).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1, max=86_400),
+    default=600.0,
+    show_default=True,
+    help="Longest a request may take, queue wait included; past it: 504, and its job leaves the queue.",
+)
+@click.pass_context
+def gateway_command(
+    ctx: click.Context,
+    redis_url: str | None,
+    prefix: str,
+    bind_host: str,
+    port: int,
+    api_keys: tuple[str, ...],
+    timeout: float,
+) -> None:
+    """Serve /v1/chat/completions, /v1/completions, /v1/models, /metrics and more over HTTP,
+    as one more client of the queues. Run as many as you like in front of one Redis.
+
+    Example: hostler gateway --redis redis://10.0.0.5:6379/0 --host 0.0.0.0  (keys: HOSTLER_API_KEYS=k1,k2)
+    """
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.UsageError(f"the gateway needs {', '.join(missing)}: pip install 'hostler[gateway]'")
+    from .gateway.server import serve
+    from .gateway.settings import GatewaySettings, api_keys_from
+
+    settings = GatewaySettings(
+        redis_url=resolve_url(redis_url), prefix=prefix, api_keys=api_keys_from(api_keys), timeout_s=timeout
+    )
+    verbosity = ctx.find_root().params.get("verbose", 0)
+    serve(settings, host=bind_host, port=port, log_level="debug" if verbosity >= 2 else "info")
 
 
 def _run_until_signal(run: Callable[[], None], stop: Callable[[], None]) -> None:

@@ -460,6 +460,7 @@ class Controller:
                     models_on_disk=frozenset(m.id for m in report.models),
                     residents=tuple(residents),
                     crashing=frozenset(report.crashing),
+                    unavailable={m.id: m.unavailable_reason or "unavailable" for m in report.models if not m.available},
                 )
             )
         return views

@@ -23,6 +23,7 @@ def probe() -> list[GpuInfo]:
         log.debug("NVML unavailable: %s", exc)
         return []
     try:
+        driver = _driver_version(nvml)
         gpus = []
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
@@ -34,6 +35,7 @@ def probe() -> list[GpuInfo]:
                     name=name.decode() if isinstance(name, bytes) else str(name),
                     total_bytes=int(memory.total),
                     free_bytes=int(memory.free),
+                    driver=driver,
                 )
             )
         return gpus
@@ -45,3 +47,12 @@ def probe() -> list[GpuInfo]:
             nvml.nvmlShutdown()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _driver_version(nvml: Any) -> str | None:
+    # Older nvidia-ml-py returns bytes; a driver that cannot say is no reason to hide its GPUs.
+    try:
+        version = nvml.nvmlSystemGetDriverVersion()
+    except Exception:  # noqa: BLE001
+        return None
+    return version.decode() if isinstance(version, bytes) else str(version)

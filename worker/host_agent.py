@@ -22,12 +22,15 @@ from pathlib import Path
 
 import psutil
 import redis
-from hostler.schemas import Assignment, HostReport, HostWorker, Keys, ModelInfo
+from hostler.schemas import Assignment, HardwareReport, HostReport, HostWorker, Keys, ModelInfo
 from pydantic import ValidationError
 
 from . import gpus
+from .engines import engine_availability
+from .hardware import probe as probe_hardware
 from .jobstore import fail_orphans
 from .memory import EstimateError, estimate
+from .pull_agent import PullService
 from .registry import Catalog, ModelManifest, scan
 
 log = logging.getLogger("hostler.host")
@@ -84,6 +87,9 @@ class HostAgent:
     _estimates: dict[tuple[str, float], dict[str, object]] = field(default_factory=dict)
     _last_scan: float = 0.0
     _last_report: float = 0.0
+    # CPU, cores and engines do not change while the agent runs: probed once, at the first report.
+    _hardware: HardwareReport | None = None
+    _pulls: PullService | None = None
 
     # -- loop ---------------------------------------------------------------------
 
@@ -104,13 +110,19 @@ class HostAgent:
 
     def step(self, wait: float = 0.5) -> None:
         now = time.monotonic()
-        if now - self._last_scan > RESCAN_EVERY_S:
+        if self._pulls is None:
+            self._pulls = PullService(self.connection, self.keys, self.host, self.models_dir)
+        self._pulls.take()
+        pulled = self._pulls.finished()
+        if pulled or now - self._last_scan > RESCAN_EVERY_S:
             self.rescan()
         changed = self._reap()
         changed = self.reconcile() or changed
         # A worker started, stopped or gone changes what the controller may place here: say so now.
-        if changed or time.monotonic() - self._last_report > REPORT_EVERY_S:
+        if changed or pulled or time.monotonic() - self._last_report > REPORT_EVERY_S:
             self.report()
+        # Only now that the report lists a pulled model does its client hear that the pull is done.
+        self._pulls.announce(pulled)
         # A new assignment wakes this at once; otherwise it looks again after `wait`.
         if self.connection.blpop([self.keys.wake(self.host)], timeout=wait) is not None:
             self.connection.delete(self.keys.wake(self.host))
@@ -123,6 +135,9 @@ class HostAgent:
 
     def report(self) -> None:
         memory = psutil.virtual_memory()
+        if self._hardware is None:
+            self._hardware = probe_hardware()
+        gpus_now = gpus.probe()
         report = HostReport(
             host=self.host,
             pid=os.getpid(),
@@ -131,9 +146,10 @@ class HostAgent:
             ram_total_bytes=memory.total,
             ram_available_bytes=memory.available,
             memory_limit_bytes=self.max_memory,
-            gpus=gpus.probe(),
+            gpus=gpus_now,
             workers=[w for c in self.children.values() if (w := _describe(c)) is not None],
             crashing={m: c.last_error for m, c in self.crashes.items() if c.count >= MAX_CRASHES},
+            hardware=self._hardware.model_copy(update={"ram_available_bytes": memory.available, "gpus": gpus_now}),
             updated_at=time.time(),
         )
         with self.connection.pipeline(transaction=False) as pipe:
@@ -144,6 +160,10 @@ class HostAgent:
 
     def _info(self, manifest: ModelManifest) -> ModelInfo:
         info = manifest.info(self.host)
+        reason = engine_availability().get(manifest.engine)
+        if reason is not None:
+            # Listed, so a person sees why, but never placed here (the controller reads this).
+            info = info.model_copy(update={"available": False, "unavailable_reason": reason})
         try:
             stamp = manifest.path.stat().st_mtime
         except OSError:

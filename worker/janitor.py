@@ -27,6 +27,7 @@ from rq.job import Job as RqJob
 from rq.queue import Queue
 
 from .jobstore import fail_orphans
+from .metrics import count_ended
 from .outage import OutageGuard
 
 log = logging.getLogger("hostler.janitor")
@@ -109,6 +110,7 @@ class Janitor:
                 continue
             if cancel_queued(self.connection, self.keys, job_id, lease.queue_key, code, message):
                 canceled += 1
+                count_ended(self.connection, self.keys, lease.model, "canceled", code)
                 log.info("job %s of %s canceled: %s", job_id, lease.model, message)
             else:
                 # A worker took it first; the worker checks the same keys before it runs it.
@@ -166,6 +168,7 @@ def clean_up(connection: redis.Redis, keys: Keys, model: str, older_than_s: floa
                 continue
             message = f"removed by clean-up: waited longer than {older_than_s:g} s"
             removed += cancel_queued(connection, keys, job_id, key, ErrorCode.CANCELED, message)
+    count_ended(connection, keys, model, "canceled", ErrorCode.CANCELED, removed)
     return removed
 
 

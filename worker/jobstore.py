@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -36,6 +36,8 @@ from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, utcformat
 from rq.worker import Worker as RqWorker
 from rq.worker_registration import clean_worker_registry, get_keys
+
+from .metrics import JobMetrics, PieceClock, count_ended
 
 log = logging.getLogger("hostler.worker")
 
@@ -103,6 +105,9 @@ class Claimed:
     queue: Queue
     waited_for: bool = True
     in_time: bool = True
+    # For the metrics: the job's kind once parsed, and when it started and made its first piece.
+    kind: str = "invalid"
+    clock: PieceClock = field(default_factory=PieceClock)
 
 
 class JobStore:
@@ -123,6 +128,7 @@ class JobStore:
         # The job taken with the previous job's end, so a busy worker skips one round trip.
         self._prefetched: tuple[int, str] | None = None
         self._empty = False
+        self.metrics = JobMetrics(keys, model)
 
     @property
     def worker_name(self) -> str:
@@ -207,6 +213,7 @@ class JobStore:
             )
             self._registries[claimed.queue.name][0].add(job, RESULT_TTL, pipe)
             self._end(claimed, pipe, RESULT_TTL)
+            self.metrics.finished(pipe, result, claimed.kind, claimed.clock)
             pipe.publish(channel, done_event)
             self._prefetch(pipe)
 
@@ -231,6 +238,7 @@ class JobStore:
                 execution_ended_at=job.ended_at,
             )
             self._end(claimed, pipe, FAILURE_TTL)
+            self.metrics.ended(pipe, "failed", kind=claimed.kind, code=code, ran_s=claimed.clock.ran_s())
             pipe.publish(channel, error_event)
             self._prefetch(pipe)
 
@@ -239,6 +247,7 @@ class JobStore:
         with self.connection.pipeline(transaction=False) as pipe:
             end_canceled(claimed.job, pipe, self.keys, code, message)
             claimed.execution.delete(claimed.job, pipeline=pipe)
+            self.metrics.ended(pipe, "canceled", kind=claimed.kind, code=code)
             self._prefetch(pipe)
 
     def _prefetch(self, pipe: Any) -> None:
@@ -312,8 +321,9 @@ def fail_orphans(
             code = ErrorCode.HOST_DIED if reason.startswith("host") else ErrorCode.WORKER_DIED
             if job.should_retry:
                 ended += retry_job(connection, keys, job, queue, registry, message)
-            else:
-                ended += end_failed(connection, job, keys.channel(job_id), code, message, registry=registry)
+            elif end_failed(connection, job, keys.channel(job_id), code, message, registry=registry):
+                ended += 1
+                count_ended(connection, keys, model, "failed", code)
         # The workers rq registered on this queue, not a SCAN of the keyspace: this runs for every
         # model on every sweep. A worker that exits cleanly deregisters with nothing taken.
         for worker_key in sorted(get_keys(queue=queue)):
@@ -401,4 +411,5 @@ def fail_queued(connection: redis.Redis, keys: Keys, model: str, code: str, mess
             if job is None:
                 continue
             failed += end_failed(connection, job, keys.channel(job_id), code, message, expected=JobStatus.QUEUED)
+    count_ended(connection, keys, model, "failed", code, failed)
     return failed

@@ -9,6 +9,7 @@ linear time (create_completion re-detokenizes the whole completion every token).
 from __future__ import annotations
 
 import codecs
+import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams
 
-from .engine import ContextExceeded, Generation, LoadFailed, NoChatTemplate, ShouldStop
-from .stops import StopScanner
+from .decoding import context_budget, decode_pieces
+from .engine import Generation, LoadFailed, NoChatTemplate, ShouldStop
 
 GGUF_MAGIC = b"GGUF"
 
@@ -35,8 +36,12 @@ class LlamaEngine:
             "n_gpu_layers": params.n_gpu_layers,
             "verbose": False,
         }
-        if params.n_threads is not None:
-            kwargs["n_threads"] = params.n_threads
+        # llama.cpp counts the machine's cores, not the ones this process may use: a worker
+        # pinned to one core (taskset, a cgroup) would run prompt batches on threads that
+        # fight over it. Threads follow the CPU affinity unless n_threads says otherwise.
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        kwargs["n_threads_batch"] = params.n_threads or usable
+        kwargs["n_threads"] = params.n_threads or max(1, usable // 2)
         if params.seed is not None:
             kwargs["seed"] = params.seed
         try:
@@ -101,13 +106,7 @@ class LlamaEngine:
     def _generate(
         self, tokens: list[int], params: SamplingParams, extra_stops: tuple[str, ...], should_stop: ShouldStop
     ) -> Generation:
-        n_ctx = self.n_ctx
-        if len(tokens) >= n_ctx:
-            raise ContextExceeded(
-                f"the prompt is {len(tokens)} tokens but the context of {self._path.stem!r} is {n_ctx} "
-                "tokens (n_ctx); shorten it or load the model with a larger n_ctx"
-            )
-        max_tokens = min(params.max_tokens, n_ctx - len(tokens))
+        max_tokens = context_budget(self._path.stem, len(tokens), self.n_ctx, params.max_tokens)
         generation = Generation(pieces=iter(()), prompt_tokens=len(tokens))
         generation.pieces = self._pieces(tokens, params, max_tokens, extra_stops, should_stop, generation)
         return generation
@@ -128,11 +127,8 @@ class LlamaEngine:
         llm.reset()
         seed = params.seed if params.seed is not None else self._seed
         llm.set_seed(seed if seed is not None else random.randrange(2**32))
-        scanner = StopScanner(tuple(params.stop) + extra_stops)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         vocab = llm._model.vocab
-        count = 0
-        generation.finish_reason = "length"
         tokens_iter = llm.generate(
             tokens,
             top_k=params.top_k,
@@ -144,29 +140,18 @@ class LlamaEngine:
             presence_penalty=params.presence_penalty,
         )
         try:
-            for token in tokens_iter:
-                if self._lib.llama_vocab_is_eog(vocab, token):
-                    generation.finish_reason = "stop"
-                    break
-                count += 1
-                generation.completion_tokens = count
-                out = scanner.feed(decoder.decode(llm.detokenize([token])))
-                if out:
-                    yield out
-                if scanner.stopped:
-                    generation.finish_reason = "stop"
-                    break
-                if count >= max_tokens:
-                    break
-                if should_stop():
-                    generation.finish_reason = "canceled"
-                    break
+            yield from decode_pieces(
+                tokens_iter,
+                is_end=lambda token: bool(self._lib.llama_vocab_is_eog(vocab, token)),
+                text_of=lambda token: decoder.decode(llm.detokenize([token])),
+                final_text=lambda: decoder.decode(b"", final=True),
+                stops=tuple(params.stop) + extra_stops,
+                max_tokens=max_tokens,
+                should_stop=should_stop,
+                generation=generation,
+            )
         finally:
             tokens_iter.close()
-        tail = scanner.feed(decoder.decode(b"", final=True))
-        tail += scanner.flush()
-        if tail:
-            yield tail
 
 
 def _check_gguf_header(path: Path) -> None:

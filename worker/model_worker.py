@@ -52,6 +52,7 @@ from rq.worker import Worker as RqWorker
 from .engine import Engine, EngineError, EngineFactory
 from .events import EventSender, JobEvents
 from .jobstore import STARTED_TTL, Claimed, JobStore, describe_payload, requeue_taken
+from .metrics import PieceClock
 from .registry import ModelManifest
 
 log = logging.getLogger("hostler.worker")
@@ -234,6 +235,7 @@ class ModelWorker:
         started = time.monotonic()
         try:
             job = self._parse(claimed)
+            claimed.kind = job.kind
             if job.watched and not claimed.waited_for:
                 message = "its client stopped waiting before a worker took it"
                 self._cancel(claimed, publisher, ErrorCode.CLIENT_GONE, message)
@@ -242,7 +244,7 @@ class ModelWorker:
                 message = f"not started within its start deadline of {job.start_within_s:g} s"
                 self._cancel(claimed, publisher, ErrorCode.EXPIRED, message)
                 return False
-            result = self._dispatch(job, publisher)
+            result = self._dispatch(job, publisher, claimed.clock)
             if isinstance(job, UnloadJob):
                 exit_after = self.store.waiting() == 0
             done = publisher.done(result)
@@ -323,7 +325,7 @@ class ModelWorker:
             raise InvalidJob(f"job for model {job.model!r} is on the queue of {self.manifest.id!r}")
         return job
 
-    def _dispatch(self, job: Job, publisher: JobEvents) -> JobResult:
+    def _dispatch(self, job: Job, publisher: JobEvents, clock: PieceClock) -> JobResult:
         if isinstance(job, LoadJob):
             return self._load(job.params)
         if isinstance(job, UnloadJob):
@@ -338,9 +340,11 @@ class ModelWorker:
         engine = self._engine()
         if isinstance(job, TokenCountJob):
             return TokenCountResult(model=self.manifest.id, count=engine.count_tokens(job.text))
-        return self._generate(engine, job, publisher)
+        return self._generate(engine, job, publisher, clock)
 
-    def _generate(self, engine: Engine, job: CompletionJob | ChatJob, publisher: JobEvents) -> CompletionResult:
+    def _generate(
+        self, engine: Engine, job: CompletionJob | ChatJob, publisher: JobEvents, clock: PieceClock
+    ) -> CompletionResult:
         stop_at = time.monotonic() + job.timeout_s if job.timeout_s is not None else None
         timed_out = False
 
@@ -357,6 +361,7 @@ class ModelWorker:
         else:
             generation = engine.chat(job.messages, job.params, should_stop)
         for piece in generation:
+            clock.piece()
             if job.stream:
                 publisher.token(piece)
         if timed_out:

@@ -5,8 +5,8 @@ Pure functions over a snapshot of the cluster; the controller does the reading a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from hostler.schemas import PlacementPolicy, format_bytes
 
@@ -32,6 +32,11 @@ class HostView:
     models_on_disk: frozenset[str]
     residents: tuple[Resident, ...] = ()
     crashing: frozenset[str] = frozenset()
+    # Models on disk whose engine this host cannot run, with the reason (mlx not installed).
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+    def can_run(self, model: str) -> bool:
+        return model in self.models_on_disk and model not in self.unavailable and model not in self.crashing
 
     @property
     def committed(self) -> int:
@@ -50,7 +55,7 @@ class HostView:
         """This host once its stopping workers have exited."""
         rest = tuple(r for r in self.residents if not r.stopping)
         freed = sum(r.rss for r in self.residents if r.stopping)
-        return HostView(self.host, self.capacity, self.available + freed, self.models_on_disk, rest, self.crashing)
+        return replace(self, available=self.available + freed, residents=rest)
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ def choose_host(
     need_text: str | None = None,
 ) -> Placement | NoFit:
     """Where a new worker of `model` (needing `need` bytes) goes; a host running one is skipped."""
-    candidates = [h for h in hosts if model in h.models_on_disk and model not in h.crashing and not h.has(model)]
+    candidates = [h for h in hosts if h.can_run(model) and not h.has(model)]
     fitting = [h for h in candidates if h.free >= need]
     if fitting:
         if policy == "best-fit":
@@ -114,8 +119,7 @@ def _free_after(host: HostView, evicted: Iterable[Resident]) -> int:
     gone = {r.model for r in evicted}
     rest = tuple(r for r in host.residents if r.model not in gone)
     freed_rss = sum(r.rss for r in host.residents if r.model in gone)
-    after = HostView(host.host, host.capacity, host.available + freed_rss, host.models_on_disk, rest)
-    return after.free
+    return replace(host, available=host.available + freed_rss, residents=rest).free
 
 
 def _reverse(name: str) -> tuple[int, ...]:
@@ -133,6 +137,8 @@ def _explain(model: str, need_text: str, hosts: Sequence[HostView]) -> str:
 def _host_line(model: str, host: HostView) -> str:
     if model not in host.models_on_disk:
         return f"{host.host}: does not have it on disk"
+    if model in host.unavailable:
+        return f"{host.host}: cannot run it ({host.unavailable[model]})"
     if model in host.crashing:
         return f"{host.host}: its worker keeps crashing there"
     placed = ", ".join(f"{r.model} {format_bytes(r.bytes)} ({_state(r)})" for r in host.residents)

@@ -2,25 +2,32 @@
 
 A model is a `.gguf` file (id: the file's stem), a folder with a `model.yaml`
 (id, engine, file, chat template, load defaults), or an MLX folder (config.json and
-*.safetensors). Ids are names, never paths.
+model*.safetensors, as mlx-lm names its weights). Ids are names, never paths.
+Jan's model.json and cortex.cpp's model.yml folders are read too (worker/manifest_formats.py),
+also nested a few levels deep as cortex keeps them (cortex.so/<model>/<variant>/).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from hostler.schemas import MODEL_ID_PATTERN, LoadParams, ModelInfo
 from pydantic import ValidationError
 
+from .manifest_formats import MANIFEST_NAMES, read_manifest
+
 Engine = Literal["llama", "mlx"]
-MANIFEST_NAMES = ("model.yaml", "model.yml")
+# How deep below the models directory folders of model folders are looked into.
+MAX_DEPTH = 3
 ALLOW_DIRS_ENV = "HOSTLER_ALLOW_DIRS"
+DEFAULT_MODELS_DIR = Path(os.path.expanduser("~/.hostler/models"))
 _ID_RE = re.compile(MODEL_ID_PATTERN)
 
 
@@ -33,6 +40,8 @@ class ModelManifest:
     chat_template: str | None = None
     has_chat_template: bool = False
     load: LoadParams = field(default_factory=LoadParams)
+    # The file, link or folder in the models directory the model was read from (set by scan).
+    entry: Path | None = None
 
     def info(self, host: str) -> ModelInfo:
         return ModelInfo(
@@ -63,6 +72,12 @@ def check_model_id(model_id: str) -> str:
     return model_id
 
 
+def clean_model_id(name: str) -> str:
+    """`name` with the characters a model id may not hold turned into '-' (for ids other tools chose)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
+    return re.sub(r"\.{2,}", ".", cleaned)[:128]
+
+
 def allowed_dirs(value: str | None = None) -> tuple[Path, ...]:
     """The directories an operator allow-listed (os.pathsep-separated, from $HOSTLER_ALLOW_DIRS)."""
     raw = os.environ.get(ALLOW_DIRS_ENV, "") if value is None else value
@@ -81,20 +96,29 @@ def scan(models_dir: Path, allow_dirs: Sequence[Path] | None = None) -> Catalog:
     if not models_dir.is_dir():
         return Catalog(models, [f"models directory {models_dir} does not exist"])
     for entry in sorted(models_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        try:
-            manifest = _read_entry(entry, allow)
-        except (ModelIdError, ValueError, OSError, yaml.YAMLError) as exc:
-            problems.append(f"{entry.name}: {exc}")
-            continue
-        if manifest is None:
-            continue
-        if manifest.id in models:
-            problems.append(f"{entry.name}: model id {manifest.id!r} is already used by {models[manifest.id].path}")
-            continue
-        models[manifest.id] = manifest
+        _scan_entry(entry, entry.name, 0, allow, Catalog(models, problems))
     return Catalog(models, problems)
+
+
+def _scan_entry(entry: Path, label: str, depth: int, allow: tuple[Path, ...], catalog: Catalog) -> None:
+    if entry.name.startswith("."):
+        return
+    try:
+        manifest = _read_entry(entry, allow)
+    except (ModelIdError, ValueError, OSError, yaml.YAMLError) as exc:
+        catalog.problems.append(f"{label}: {exc}")
+        return
+    if manifest is None:
+        # A folder of model folders (cortex.so/<model>/<variant>/, a user's own grouping).
+        if depth < MAX_DEPTH and entry.is_dir():
+            for sub in sorted(entry.iterdir()):
+                _scan_entry(sub, f"{label}/{sub.name}", depth + 1, allow, catalog)
+        return
+    if manifest.id in catalog.models:
+        used_by = catalog.models[manifest.id].path
+        catalog.problems.append(f"{label}: model id {manifest.id!r} is already used by {used_by}")
+        return
+    catalog.models[manifest.id] = replace(manifest, entry=entry)
 
 
 def _read_entry(entry: Path, allow: tuple[Path, ...]) -> ModelManifest | None:
@@ -103,14 +127,15 @@ def _read_entry(entry: Path, allow: tuple[Path, ...]) -> ModelManifest | None:
     if entry.is_dir():
         for name in MANIFEST_NAMES:
             if (entry / name).is_file():
-                return _from_model_yaml(entry, entry / name, allow)
-        if (entry / "config.json").is_file() and any(entry.glob("*.safetensors")):
+                return _from_manifest(entry, entry / name, allow)
+        # mlx-lm loads model*.safetensors only; other names (adapters.safetensors) are not a model.
+        if (entry / "config.json").is_file() and any(entry.glob("model*.safetensors")):
             return ModelManifest(
                 id=check_model_id(entry.name),
                 engine="mlx",
                 path=entry,
                 size_bytes=sum(p.stat().st_size for p in entry.glob("*") if p.is_file()),
-                has_chat_template=(entry / "tokenizer_config.json").is_file(),
+                has_chat_template=_mlx_has_chat_template(entry),
             )
         ggufs = sorted(entry.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -118,45 +143,24 @@ def _read_entry(entry: Path, allow: tuple[Path, ...]) -> ModelManifest | None:
     return None
 
 
-def _from_model_yaml(folder: Path, manifest_path: Path, allow: tuple[Path, ...]) -> ModelManifest:
-    data: Any = yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{manifest_path.name} must be a mapping")
-    model_id = check_model_id(str(data.get("id") or data.get("model") or folder.name))
-    engine = data.get("engine")
-    files = data.get("files") or data.get("files_path") or data.get("file")
-    if isinstance(files, list):
-        files = files[0] if files else None
-    weights = _inside(folder, str(files), allow) if files else None
+def _from_manifest(folder: Path, manifest_path: Path, allow: tuple[Path, ...]) -> ModelManifest:
+    fields = read_manifest(manifest_path)
+    name = fields.model_id or folder.name
+    model_id = check_model_id(clean_model_id(name) if fields.foreign else name)
+    weights = _inside(folder, fields.weights, allow) if fields.weights else None
     if weights is None:
         ggufs = sorted(folder.glob("*.gguf"))
         weights = ggufs[0] if ggufs else folder
-    if engine is None:
-        engine = "llama" if weights.suffix.lower() == ".gguf" else "mlx"
-    if engine not in ("llama", "mlx"):
-        raise ValueError(f"{manifest_path.name}: unknown engine {engine!r} (llama or mlx)")
+    engine = fields.engine or ("llama" if weights.suffix.lower() == ".gguf" else "mlx")
     try:
-        load = LoadParams(**_load_fields(data))
+        load = LoadParams(**fields.load)
     except ValidationError as exc:
         raise ValueError(f"{manifest_path.name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
-    template = data.get("chat_template") or data.get("prompt_template")
+    template = fields.chat_template
     if engine == "mlx":
         size = sum(p.stat().st_size for p in weights.glob("*") if p.is_file()) if weights.is_dir() else 0
         return ModelManifest(model_id, "mlx", weights, size, template, template is not None, load)
     return _gguf_manifest(model_id, weights, template, load)
-
-
-def _load_fields(data: dict[str, Any]) -> dict[str, Any]:
-    load = dict(data.get("load") or {})
-    # cortex.cpp's model.yaml keeps these at the top level.
-    for key in ("n_ctx", "n_batch", "n_threads", "n_gpu_layers"):
-        if key in data and key not in load:
-            load[key] = data[key]
-    if "ctx_len" in data and "n_ctx" not in load:
-        load["n_ctx"] = data["ctx_len"]
-    if "ngl" in data and "n_gpu_layers" not in load:
-        load["n_gpu_layers"] = data["ngl"]
-    return load
 
 
 def _inside(folder: Path, name: str, allow: tuple[Path, ...]) -> Path:
@@ -169,7 +173,9 @@ def _inside(folder: Path, name: str, allow: tuple[Path, ...]) -> Path:
         candidate = folder / path
     else:
         candidate = (folder / path).resolve()
-        if not any(candidate.is_relative_to(d) for d in allow):
+        # cortex.cpp writes absolute paths to the files beside its manifest: inside is inside.
+        inside = candidate.is_relative_to(folder.resolve())
+        if not inside and not any(candidate.is_relative_to(d) for d in allow):
             where = f" or under an allowed directory ({', '.join(map(str, allow))})" if allow else ""
             raise ValueError(
                 f"file {name!r} must be a relative path inside {folder.name}/{where}; "
@@ -191,6 +197,17 @@ def _gguf_manifest(model_id: str, path: Path, template: str | None, load: LoadPa
         has_chat_template=has_template,
         load=load,
     )
+
+
+def _mlx_has_chat_template(folder: Path) -> bool:
+    # transformers keeps the template in tokenizer_config.json, or (since 4.43) beside it.
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 def _gguf_has_chat_template(path: Path) -> bool:

@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Benchmark: concurrent chat requests through any OpenAI-compatible server, with the openai SDK.
+
+Driver mode sends N one-sentence-summary requests, C at a time, to a base URL and prints
+requests per minute and aggregate generated tokens per second (from each reply's usage):
+
+    python scripts/bench_gateway.py --base-url http://127.0.0.1:8000/v1 --model smollm2-135m
+
+Compare mode runs, in one run, hostler (an embedded Redis, `hostler up`, `hostler gateway`)
+and llama-cpp-python's own server (`python -m llama_cpp.server`, from the `bench` extra) on
+the same GGUF (SmolLM2-135M-Instruct from hostler.worker.fetch), with the same prompts,
+max_tokens, temperature 0, context size and llama.cpp's default threads, and prints both
+and their ratio. Both stay up; rounds alternate which goes first, and only one is driven
+at a time (they would compete for the same cores). Each round also records the CPU other
+programs used meanwhile, in cores: on a shared machine that is the noise of the figures.
+
+    python scripts/bench_gateway.py --compare [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+
+MODEL = "smollm2-135m"
+N_CTX = 2048
+
+# Short passages; each request asks for a one-sentence summary of one of them.
+PASSAGES = (
+    "The printing press, developed in the fifteenth century, made books cheaper and spread literacy across Europe.",
+    "Honeybees communicate the location of flowers to their hive mates through a movement called the waggle dance.",
+    "A message queue lets one program hand work to another without waiting for it to finish.",
+    "The Great Barrier Reef is the largest coral reef system in the world and is visible from space.",
+    "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen inside plant leaves.",
+    "The Roman aqueducts carried fresh water over long distances using only a gentle downhill slope.",
+    "Regular exercise improves sleep, mood and heart health, even in short sessions of ten minutes.",
+    "The first successful powered airplane flight lasted twelve seconds and covered about thirty-seven metres.",
+    "Volcanic soil is often very fertile, which is why farms are found on the slopes of active volcanoes.",
+    "Compound interest means that interest is earned on previously earned interest as well as on the principal.",
+    "Octopuses have three hearts and blue blood, and each of their arms can taste what it touches.",
+    "The Silk Road was a network of trade routes that connected China with the Mediterranean for centuries.",
+    "Solar panels convert light directly into electricity using layers of semiconducting silicon.",
+    "A good night's sleep helps the brain store memories and clear out waste products.",
+    "The Amazon rainforest produces a large share of the world's oxygen and holds countless species.",
+    "Version control systems record every change to a codebase so that teams can work on it together.",
+    "Glaciers carve valleys as they slowly move, pushing rocks and soil ahead of them.",
+    "The human eye can distinguish around ten million different colours under good lighting.",
+    "Bread rises because yeast ferments sugar and releases carbon dioxide gas into the dough.",
+    "Lighthouses once relied on keepers who trimmed wicks and wound clockwork through the night.",
+    "The metric system was introduced in France in the 1790s to replace many local units of measure.",
+    "Electric cars have fewer moving parts than petrol cars, so they usually need less maintenance.",
+    "Whales sing complex songs that can travel hundreds of kilometres through the ocean.",
+    "Public libraries lend books for free and often offer classes, internet access and quiet study space.",
+    "The Moon's gravity causes the tides, raising the sea level twice a day on most coasts.",
+    "Caching stores the results of expensive work so that later requests can be answered quickly.",
+    "Tea was first drunk in China and later became a daily ritual in Britain and India.",
+    "Bamboo is one of the fastest-growing plants and can grow almost a metre in a single day.",
+    "Vaccines train the immune system to recognise a germ without causing the disease itself.",
+    "The Sahara was once green, with lakes and grasslands, about six thousand years ago.",
+    "Recycling aluminium saves most of the energy needed to make new aluminium from ore.",
+    "Chess originated in India around the sixth century before spreading to Persia and Europe.",
+)
+
+
+def messages(passage: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Summarize in one sentence: {passage}"}]
+
+
+@dataclass
+class Run:
+    name: str
+    seconds: float
+    completed: int
+    failed: int
+    completion_tokens: int
+    texts: list[str]
+    other_cores: float | None = None
+
+    @property
+    def requests_per_min(self) -> float:
+        return 60.0 * self.completed / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds
+
+    def line(self) -> str:
+        noise = f", other programs {self.other_cores:.2f} cores" if self.other_cores is not None else ""
+        return (
+            f"{self.name:<22} {self.completed:>3} ok {self.failed:>2} failed in {self.seconds:6.1f} s: "
+            f"{self.requests_per_min:6.1f} requests/min, {self.tokens_per_s:6.1f} tokens/s{noise}"
+        )
+
+
+async def drive(
+    name: str, base_url: str, model: str, api_key: str, requests: int, concurrency: int, max_tokens: int
+) -> Run:
+    """Sends `requests` chat requests, `concurrency` at a time, and times them all."""
+    sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
+    gate = asyncio.Semaphore(concurrency)
+    texts = [""] * requests
+    tokens = [0] * requests
+    failures = 0
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        async with gate:
+            try:
+                reply = await sdk.chat.completions.create(
+                    model=model,
+                    messages=messages(PASSAGES[i % len(PASSAGES)]),  # type: ignore[arg-type]
+                    max_tokens=max_tokens,
+                    temperature=0,
+                )
+            except openai.APIError as exc:
+                failures += 1
+                print(f"  request {i} failed: {exc}", file=sys.stderr)
+                return
+            texts[i] = reply.choices[0].message.content or ""
+            tokens[i] = reply.usage.completion_tokens if reply.usage is not None else 0
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        seconds = time.perf_counter() - started
+    finally:
+        await sdk.close()
+    return Run(name, seconds, requests - failures, failures, sum(tokens), texts)
+
+
+# -- compare mode ------------------------------------------------------------------------
+
+
+def machine_cpu() -> float:
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+def tree_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds of these processes and their children (the workers `hostler up` starts)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in (root, *root.children(recursive=True)):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_http(url: str, what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready within {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@contextmanager
+def process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def compare(args: argparse.Namespace) -> None:
+    from hostler.worker.embedded_redis import EmbeddedRedis
+    from hostler.worker.fetch import SMOLLM2, fetch
+
+    path = fetch(SMOLLM2, quiet=True)
+    hostler = [sys.executable, "-m", "hostler.worker"]
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp_name, EmbeddedRedis() as server:
+        tmp = Path(tmp_name)
+        models = tmp / "models"
+        models.mkdir()
+        (models / f"{MODEL}.gguf").symlink_to(path)
+        gateway_port, llama_port = free_port(), free_port()
+        up_cmd = [*hostler, "up", "--redis", server.url, "--models", str(models), "--no-demo", "--host-id", "bench"]
+        gateway_cmd = [*hostler, "gateway", "--redis", server.url, "--port", str(gateway_port)]
+        llama_cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL]
+        llama_cmd += ["--port", str(llama_port), "--n_ctx", str(N_CTX)]
+        with (
+            process(up_cmd, tmp / "up.log") as up,
+            process(gateway_cmd, tmp / "gateway.log") as gateway,
+            process(llama_cmd, tmp / "llama.log") as llama,
+        ):
+            hostler_url = f"http://127.0.0.1:{gateway_port}/v1"
+            llama_url = f"http://127.0.0.1:{llama_port}/v1"
+            wait_http(f"http://127.0.0.1:{gateway_port}/health", "hostler gateway", gateway, tmp / "gateway.log")
+            wait_http(f"{llama_url}/models", "llama_cpp.server", llama, tmp / "llama.log")
+            targets = {
+                "hostler gateway": (
+                    hostler_url,
+                    [up.pid, gateway.pid, *([server.process.pid] if server.process else [])],
+                ),
+                "llama_cpp.server": (llama_url, [llama.pid]),
+            }
+            for name, (url, _) in targets.items():
+                # Not timed: loads the model into hostler's worker; warms both up the same way.
+                asyncio.run(drive(name, url, MODEL, "unused", 2, 1, args.max_tokens))
+            print(
+                f"{args.requests} chat requests ({args.concurrency} concurrent, max_tokens {args.max_tokens}, "
+                f"temperature 0) on {path.name}, n_ctx {N_CTX}, llama.cpp default threads; {os.cpu_count()} cores"
+            )
+            runs: dict[str, list[Run]] = {name: [] for name in targets}
+            for round_no in range(args.rounds):
+                order = list(targets) if round_no % 2 == 0 else list(reversed(targets))
+                for name in order:
+                    url, pids = targets[name]
+                    before_ours, before_all = tree_cpu(pids) + _self_cpu(), machine_cpu()
+                    run = asyncio.run(
+                        drive(name, url, MODEL, "unused", args.requests, args.concurrency, args.max_tokens)
+                    )
+                    ours = tree_cpu(pids) + _self_cpu() - before_ours
+                    run.other_cores = max(0.0, machine_cpu() - before_all - ours) / run.seconds
+                    runs[name].append(run)
+                    print(f"round {round_no + 1}: {run.line()}")
+            summarize(runs)
+
+
+def _self_cpu() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
+def summarize(runs: dict[str, list[Run]]) -> None:
+    (ours, theirs) = runs["hostler gateway"], runs["llama_cpp.server"]
+    rpm = [statistics.median(r.requests_per_min for r in rs) for rs in (ours, theirs)]
+    tps = [statistics.median(r.tokens_per_s for r in rs) for rs in (ours, theirs)]
+    print("\nmedian over rounds:")
+    print(f"  hostler gateway   {rpm[0]:6.1f} requests/min  {tps[0]:6.1f} tokens/s")
+    print(f"  llama_cpp.server  {rpm[1]:6.1f} requests/min  {tps[1]:6.1f} tokens/s")
+    print(f"  hostler / llama_cpp.server: requests/min {rpm[0] / rpm[1]:.3f}, tokens/s {tps[0] / tps[1]:.3f}")
+    same = sum(a == b for a, b in zip(ours[-1].texts, theirs[-1].texts, strict=True))
+    print(f"  temperature-0 replies equal between the two (last round): {same}/{len(ours[-1].texts)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", help="An OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    parser.add_argument("--model", default=MODEL, help="The model name to send.")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"), help="Bearer key.")
+    parser.add_argument("--requests", type=int, default=32, help="Requests in all (default 32).")
+    parser.add_argument("--concurrency", type=int, default=8, help="Requests in flight at once (default 8).")
+    parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request (default 64).")
+    parser.add_argument("--compare", action="store_true", help="Run hostler and llama_cpp.server and compare.")
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds of each in compare mode (default 3).")
+    args = parser.parse_args()
+    if args.compare:
+        compare(args)
+        return
+    if not args.base_url:
+        parser.error("give --base-url (driver mode) or --compare")
+    run = asyncio.run(
+        drive(args.base_url, args.base_url, args.model, args.api_key, args.requests, args.concurrency, args.max_tokens)
+    )
+    print(run.line())
+
+
+if __name__ == "__main__":
+    main()

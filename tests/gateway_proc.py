@@ -1,0 +1,74 @@
+"""`hostler gateway` as a real process on a free port, for the gateway tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_gateway(redis_url: str, log: Path, *args: str, env: dict[str, str] | None = None) -> Gateway:
+    port = free_port()
+    handle = log.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hostler.worker", "gateway", "--redis", redis_url, "--port", str(port), *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=True,
+    )
+    handle.close()
+    gateway = Gateway(process, port, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{gateway.url}/health", timeout=2).status_code == 200:
+                return gateway
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    gateway.stop()
+    raise RuntimeError(f"the gateway did not come up:\n{gateway.output()}")

@@ -1,0 +1,13 @@
+"""The OpenAI-compatible HTTP gateway: just another client of the queues.
+
+`hostler gateway` serves /v1/chat/completions, /v1/completions, /v1/models, model
+load/unload, /v1/tokenize, /management/processes, /health and /metrics with FastAPI on
+uvicorn, through one AsyncClient. Any number of gateways may stand in front of one Redis:
+they keep no state of their own. FastAPI, uvicorn and prometheus-client (the `gateway`
+extra) are imported only by the modules that need them, never by `import hostler`.
+
+Modules: `settings` (what the command line sets), `shapes` (OpenAI request models and
+response bodies), `errors` (hostler errors as HTTP statuses in OpenAI's error shape),
+`guards` (API keys, body size), `sse` (server-sent events), `completions` (the two
+generation endpoints), `metrics_render` (Prometheus text from Redis), `app` (routes).
+"""

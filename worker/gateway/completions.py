@@ -1,0 +1,142 @@
+"""POST /v1/chat/completions and /v1/completions: one hostler job per request.
+
+Every job is queued with the gateway's timeout as its start deadline as well as the wait,
+so a request that waits too long is answered 504 and its job leaves the queue instead of
+running for nobody. A streamed request waits for its first piece before sending headers:
+queue and model errors (429, 503, 504, 400) keep their HTTP status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from hostler.client import AsyncClient, AsyncStream, HostlerError
+from hostler.schemas import CompletionResult, finish_reason, response_body
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import shapes
+from .errors import ApiError, from_hostler
+from .settings import GatewaySettings
+from .sse import DONE, EventStream, event, until_disconnected
+
+
+class Completions:
+    def __init__(self, client: AsyncClient, settings: GatewaySettings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def _options(self) -> dict[str, Any]:
+        return {"timeout": self.settings.timeout_s, "start_within": self.settings.timeout_s}
+
+    async def chat(self, request: Request) -> Response:
+        req: shapes.ChatCompletionRequest = shapes.parse(shapes.ChatCompletionRequest, await request.body())
+        ids = shapes.Ids("chatcmpl", req.model)
+        messages = req.hostler_messages()
+        if not req.stream:
+            result = await until_disconnected(
+                request, self.client.chat(req.model, messages, **self._options(), **req.sampling())
+            )
+            return JSONResponse(response_body("chat", result, ids.id, ids.created))
+        stream = await self.client.chat(req.model, messages, stream=True, **self._options(), **req.sampling())
+        return await self._streamed(request, stream, _ChatChunks(ids, req.include_usage()))
+
+    async def text(self, request: Request) -> Response:
+        req: shapes.CompletionRequest = shapes.parse(shapes.CompletionRequest, await request.body())
+        ids = shapes.Ids("cmpl", req.model)
+        if not req.stream:
+            result = await until_disconnected(
+                request, self.client.complete(req.model, req.text(), **self._options(), **req.sampling())
+            )
+            return JSONResponse(response_body("completion", result, ids.id, ids.created))
+        stream = await self.client.stream(req.model, req.text(), **self._options(), **req.sampling())
+        return await self._streamed(request, stream, _TextChunks(ids, req.include_usage()))
+
+    async def _streamed(self, request: Request, stream: AsyncStream, chunks: _Chunks) -> Response:
+        try:
+            first = await until_disconnected(request, _first_piece(stream))
+        except BaseException:
+            await stream.aclose()
+            raise
+
+        def on_error(exc: Exception) -> bytes:
+            if isinstance(exc, HostlerError):
+                error = from_hostler(exc, no_capacity_retry_s=self.settings.no_capacity_retry_s)
+            else:
+                error = ApiError(500, f"{type(exc).__name__}: {exc}", type="server_error", code="internal")
+            return event(error.body())
+
+        return EventStream(chunks.render(stream, first), stream.aclose, on_error)
+
+
+async def _first_piece(stream: AsyncStream) -> str | None:
+    """The first text piece, or None when the job ended without any text."""
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class _Chunks:
+    """How one kind of completion spells its stream chunks."""
+
+    kind = ""
+
+    def __init__(self, ids: shapes.Ids, include_usage: bool) -> None:
+        self.ids = ids
+        self.include_usage = include_usage
+
+    def opening(self) -> list[dict[str, Any]]:
+        return []
+
+    def piece(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def closing(self, result: CompletionResult | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _with_usage(self, chunk: dict[str, Any]) -> bytes:
+        # With include_usage, OpenAI sends `usage: null` on every chunk but the last.
+        return event({**chunk, "usage": None} if self.include_usage else chunk)
+
+    async def render(self, stream: AsyncStream, first: str | None) -> AsyncIterator[bytes]:
+        for chunk in self.opening():
+            yield self._with_usage(chunk)
+        if first:
+            yield self._with_usage(self.piece(first))
+        async for text in stream:
+            if text:
+                yield self._with_usage(self.piece(text))
+        yield self._with_usage(self.closing(stream.result))
+        if self.include_usage and stream.result is not None:
+            yield event(shapes.usage_chunk(self.ids, self.kind, stream.result))
+        yield DONE
+
+
+class _ChatChunks(_Chunks):
+    kind = "chat.completion.chunk"
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [shapes.chat_chunk(self.ids, {"role": "assistant", "content": ""})]
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return shapes.chat_chunk(self.ids, {"content": text})
+
+    def closing(self, result: CompletionResult | None) -> dict[str, Any]:
+        return shapes.chat_chunk(self.ids, {}, _finish_reason(result))
+
+
+class _TextChunks(_Chunks):
+    kind = "text_completion"
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return shapes.text_chunk(self.ids, text)
+
+    def closing(self, result: CompletionResult | None) -> dict[str, Any]:
+        return shapes.text_chunk(self.ids, "", _finish_reason(result))
+
+
+def _finish_reason(result: CompletionResult | None) -> str:
+    # None: the stream ended without a result (it cannot, but a chunk must still close it).
+    return finish_reason(result) if result is not None else "stop"

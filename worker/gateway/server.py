@@ -1,0 +1,47 @@
+"""Running one gateway on uvicorn until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+
+from .settings import GatewaySettings
+
+log = logging.getLogger("hostler.gateway")
+
+
+def serve(settings: GatewaySettings, *, host: str, port: int, log_level: str = "info") -> None:
+    """Serves until stopped. SIGTERM stops accepting connections and lets the requests in
+    flight finish (up to the request timeout), so a restart drops no answer being made."""
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(settings)
+    log.info(
+        "gateway on http://%s:%d in front of %s (%s)",
+        host,
+        port,
+        _without_password(settings.redis_url),
+        f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys: open to anyone who can connect",
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+        # The gateway's own log says what matters; access lines only at -v.
+        access_log=log_level == "debug",
+    )
+    uvicorn.Server(config).run()
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))

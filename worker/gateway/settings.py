@@ -1,0 +1,44 @@
+"""What one gateway is told: where Redis is, who may call it, how long a request may take."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+API_KEYS_ENV = "HOSTLER_API_KEYS"
+# 8 MiB of JSON is what a job payload may be; the HTTP body gets a little room for the envelope.
+DEFAULT_MAX_BODY_BYTES = 9 * 1024 * 1024
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    redis_url: str = Field(description="The Redis the queues live on (redis://, rediss://, unix://).")
+    prefix: str | None = Field(None, description="Redis key prefix; None: $HOSTLER_PREFIX or 'hostler:'.")
+    api_keys: tuple[SecretStr, ...] = Field(
+        (), description="Bearer keys every endpoint but /health requires; empty: no authentication."
+    )
+    timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="Longest a request may take, queue wait included; a job not started by then is removed "
+        "from its queue and the request answered 504.",
+    )
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body (413 above).")
+    no_capacity_retry_s: int = Field(
+        30, ge=1, description="Retry-After of a 503 when no host has memory for the model."
+    )
+
+
+def api_keys_from(values: tuple[str, ...] | list[str], env: str | None = None) -> tuple[SecretStr, ...]:
+    """Keys from --api-key options and the environment (comma or whitespace separated).
+
+    The environment keeps keys off command lines, where `ps` shows them to every user.
+    """
+    raw = list(values)
+    from_env = os.environ.get(API_KEYS_ENV, "") if env is None else env
+    raw.extend(from_env.replace(",", " ").split())
+    keys = [key.strip() for key in raw if key.strip()]
+    return tuple(SecretStr(key) for key in dict.fromkeys(keys))
