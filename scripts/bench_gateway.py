@@ -9,12 +9,14 @@ requests per minute and aggregate generated tokens per second (from each reply's
 Compare mode runs, in one run, hostler (an embedded Redis, `hostler up`, `hostler gateway`)
 and llama-cpp-python's own server (`python -m llama_cpp.server`, from the `bench` extra) on
 the same GGUF (SmolLM2-135M-Instruct from hostler.worker.fetch), with the same prompts,
-max_tokens, temperature 0, context size and llama.cpp's default threads, and prints both
-and their ratio. Both stay up; rounds alternate which goes first, and only one is driven
-at a time (they would compete for the same cores). Each round also records the CPU other
-programs used meanwhile, in cores: on a shared machine that is the noise of the figures.
+max_tokens, temperature 0, context size and threads (llama.cpp's defaults, or --threads on
+both), and prints both and their ratio. A third row sends the same requests through
+hostler's AsyncClient straight to Redis, so the ratio to it is what HTTP adds. All stay up;
+rounds rotate which goes first, and only one is driven at a time (they would compete for
+the same cores). Each run also records the CPU other programs used meanwhile, in cores: on
+a shared machine that is the noise of the figures.
 
-    python scripts/bench_gateway.py --compare [--rounds 3]
+    python scripts/bench_gateway.py --compare [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,11 +109,11 @@ class Run:
         )
 
 
-async def drive(
-    name: str, base_url: str, model: str, api_key: str, requests: int, concurrency: int, max_tokens: int
-) -> Run:
-    """Sends `requests` chat requests, `concurrency` at a time, and times them all."""
-    sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
+Ask = Callable[[int], Awaitable[tuple[str, int]]]
+
+
+async def _timed(name: str, ask: Ask, requests: int, concurrency: int) -> Run:
+    """Runs ask(i) for every request, `concurrency` at a time; one failure does not stop the rest."""
     gate = asyncio.Semaphore(concurrency)
     texts = [""] * requests
     tokens = [0] * requests
@@ -121,26 +123,50 @@ async def drive(
         nonlocal failures
         async with gate:
             try:
-                reply = await sdk.chat.completions.create(
-                    model=model,
-                    messages=messages(PASSAGES[i % len(PASSAGES)]),  # type: ignore[arg-type]
-                    max_tokens=max_tokens,
-                    temperature=0,
-                )
-            except openai.APIError as exc:
+                texts[i], tokens[i] = await ask(i)
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
                 failures += 1
                 print(f"  request {i} failed: {exc}", file=sys.stderr)
-                return
-            texts[i] = reply.choices[0].message.content or ""
-            tokens[i] = reply.usage.completion_tokens if reply.usage is not None else 0
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(requests)))
+    return Run(name, time.perf_counter() - started, requests - failures, failures, sum(tokens), texts)
+
+
+async def drive(
+    name: str, base_url: str, model: str, api_key: str, requests: int, concurrency: int, max_tokens: int
+) -> Run:
+    """Sends `requests` chat requests through the openai SDK, `concurrency` at a time."""
+    sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
+
+    async def ask(i: int) -> tuple[str, int]:
+        reply = await sdk.chat.completions.create(
+            model=model,
+            messages=messages(PASSAGES[i % len(PASSAGES)]),  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            temperature=0,
+        )
+        return reply.choices[0].message.content or "", reply.usage.completion_tokens if reply.usage else 0
 
     try:
-        started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(requests)))
-        seconds = time.perf_counter() - started
+        return await _timed(name, ask, requests, concurrency)
     finally:
         await sdk.close()
-    return Run(name, seconds, requests - failures, failures, sum(tokens), texts)
+
+
+async def drive_queue(name: str, redis_url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> Run:
+    """The same requests through hostler's AsyncClient straight to Redis: the queue without HTTP."""
+    from hostler import AsyncClient
+
+    async with AsyncClient(redis_url) as client:
+
+        async def ask(i: int) -> tuple[str, int]:
+            result = await client.chat(
+                model, messages(PASSAGES[i % len(PASSAGES)]), max_tokens=max_tokens, temperature=0
+            )
+            return result.text, result.usage.completion_tokens
+
+        return await _timed(name, ask, requests, concurrency)
 
 
 # -- compare mode ------------------------------------------------------------------------
@@ -203,6 +229,17 @@ def process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
                 proc.wait()
 
 
+GATEWAY, QUEUE, LLAMA = "hostler gateway", "hostler AsyncClient", "llama_cpp.server"
+
+
+@dataclass
+class Target:
+    """One way of sending the requests, and the processes whose CPU is its own."""
+
+    drive: Callable[[int], Run]
+    pids: list[int]
+
+
 def compare(args: argparse.Namespace) -> None:
     from hostler.worker.embedded_redis import EmbeddedRedis
     from hostler.worker.fetch import SMOLLM2, fetch
@@ -219,39 +256,53 @@ def compare(args: argparse.Namespace) -> None:
         gateway_cmd = [*hostler, "gateway", "--redis", server.url, "--port", str(gateway_port)]
         llama_cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL]
         llama_cmd += ["--port", str(llama_port), "--n_ctx", str(N_CTX)]
+        if args.threads:
+            llama_cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
         with (
             process(up_cmd, tmp / "up.log") as up,
             process(gateway_cmd, tmp / "gateway.log") as gateway,
             process(llama_cmd, tmp / "llama.log") as llama,
         ):
-            hostler_url = f"http://127.0.0.1:{gateway_port}/v1"
+            gateway_url = f"http://127.0.0.1:{gateway_port}"
             llama_url = f"http://127.0.0.1:{llama_port}/v1"
-            wait_http(f"http://127.0.0.1:{gateway_port}/health", "hostler gateway", gateway, tmp / "gateway.log")
+            wait_http(f"{gateway_url}/health", "hostler gateway", gateway, tmp / "gateway.log")
             wait_http(f"{llama_url}/models", "llama_cpp.server", llama, tmp / "llama.log")
+            # Through the gateway's own endpoint: hostler's worker loads with the same threads.
+            load = {"n_ctx": N_CTX, **({"n_threads": args.threads} if args.threads else {})}
+            loaded = httpx.post(f"{gateway_url}/v1/models/{MODEL}/load", json=load, timeout=300)
+            loaded.raise_for_status()
+            redis_pids = [server.process.pid] if server.process else []
+
+            def over_http(name: str, url: str) -> Callable[[int], Run]:
+                return lambda n: asyncio.run(
+                    drive(name, url, MODEL, "unused", n, min(n, args.concurrency), args.max_tokens)
+                )
+
             targets = {
-                "hostler gateway": (
-                    hostler_url,
-                    [up.pid, gateway.pid, *([server.process.pid] if server.process else [])],
+                GATEWAY: Target(over_http(GATEWAY, f"{gateway_url}/v1"), [up.pid, gateway.pid, *redis_pids]),
+                QUEUE: Target(
+                    lambda n: asyncio.run(
+                        drive_queue(QUEUE, server.url, MODEL, n, min(n, args.concurrency), args.max_tokens)
+                    ),
+                    [up.pid, *redis_pids],
                 ),
-                "llama_cpp.server": (llama_url, [llama.pid]),
+                LLAMA: Target(over_http(LLAMA, llama_url), [llama.pid]),
             }
-            for name, (url, _) in targets.items():
-                # Not timed: loads the model into hostler's worker; warms both up the same way.
-                asyncio.run(drive(name, url, MODEL, "unused", 2, 1, args.max_tokens))
+            for target in targets.values():
+                target.drive(2)  # not timed: warms every path up the same way
+            threads = f"{args.threads} thread(s)" if args.threads else "llama.cpp's default threads"
             print(
                 f"{args.requests} chat requests ({args.concurrency} concurrent, max_tokens {args.max_tokens}, "
-                f"temperature 0) on {path.name}, n_ctx {N_CTX}, llama.cpp default threads; {os.cpu_count()} cores"
+                f"temperature 0) on {path.name}, n_ctx {N_CTX}, {threads}; {os.cpu_count()} cores"
             )
             runs: dict[str, list[Run]] = {name: [] for name in targets}
             for round_no in range(args.rounds):
                 order = list(targets) if round_no % 2 == 0 else list(reversed(targets))
                 for name in order:
-                    url, pids = targets[name]
-                    before_ours, before_all = tree_cpu(pids) + _self_cpu(), machine_cpu()
-                    run = asyncio.run(
-                        drive(name, url, MODEL, "unused", args.requests, args.concurrency, args.max_tokens)
-                    )
-                    ours = tree_cpu(pids) + _self_cpu() - before_ours
+                    target = targets[name]
+                    before_ours, before_all = tree_cpu(target.pids) + _self_cpu(), machine_cpu()
+                    run = target.drive(args.requests)
+                    ours = tree_cpu(target.pids) + _self_cpu() - before_ours
                     run.other_cores = max(0.0, machine_cpu() - before_all - ours) / run.seconds
                     runs[name].append(run)
                     print(f"round {round_no + 1}: {run.line()}")
@@ -264,15 +315,24 @@ def _self_cpu() -> float:
 
 
 def summarize(runs: dict[str, list[Run]]) -> None:
-    (ours, theirs) = runs["hostler gateway"], runs["llama_cpp.server"]
-    rpm = [statistics.median(r.requests_per_min for r in rs) for rs in (ours, theirs)]
-    tps = [statistics.median(r.tokens_per_s for r in rs) for rs in (ours, theirs)]
+    rpm = {name: statistics.median(r.requests_per_min for r in rs) for name, rs in runs.items()}
+    tps = {name: statistics.median(r.tokens_per_s for r in rs) for name, rs in runs.items()}
     print("\nmedian over rounds:")
-    print(f"  hostler gateway   {rpm[0]:6.1f} requests/min  {tps[0]:6.1f} tokens/s")
-    print(f"  llama_cpp.server  {rpm[1]:6.1f} requests/min  {tps[1]:6.1f} tokens/s")
-    print(f"  hostler / llama_cpp.server: requests/min {rpm[0] / rpm[1]:.3f}, tokens/s {tps[0] / tps[1]:.3f}")
-    same = sum(a == b for a, b in zip(ours[-1].texts, theirs[-1].texts, strict=True))
-    print(f"  temperature-0 replies equal between the two (last round): {same}/{len(ours[-1].texts)}")
+    for name in runs:
+        print(f"  {name:<20} {rpm[name]:6.1f} requests/min  {tps[name]:6.1f} tokens/s")
+    print(
+        f"  {GATEWAY} / {LLAMA}: requests/min {rpm[GATEWAY] / rpm[LLAMA]:.3f}, tokens/s {tps[GATEWAY] / tps[LLAMA]:.3f}"
+    )
+    print(
+        f"  {GATEWAY} / {QUEUE} (what HTTP adds): requests/min {rpm[GATEWAY] / rpm[QUEUE]:.3f}, "
+        f"tokens/s {tps[GATEWAY] / tps[QUEUE]:.3f}"
+    )
+    last = {name: rs[-1].texts for name, rs in runs.items()}
+    same_queue = sum(a == b for a, b in zip(last[GATEWAY], last[QUEUE], strict=True))
+    same_llama = sum(a == b for a, b in zip(last[GATEWAY], last[LLAMA], strict=True))
+    n = len(last[GATEWAY])
+    print(f"  temperature-0 replies equal (last round): gateway and AsyncClient {same_queue}/{n}, gateway and")
+    print(f"  llama_cpp.server {same_llama}/{n} (the server evaluates prompts on a cached prefix, hostler afresh)")
 
 
 def main() -> None:
@@ -285,6 +345,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request (default 64).")
     parser.add_argument("--compare", action="store_true", help="Run hostler and llama_cpp.server and compare.")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of each in compare mode (default 3).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Compare mode: llama.cpp threads (generation and prompt) on both sides.",
+    )
     args = parser.parse_args()
     if args.compare:
         compare(args)

@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""Compare hostler's memory estimate of an MLX model folder with what loading it really costs.
+"""Compare what the controller reserves for an MLX model folder with what its worker holds.
 
-The MLX counterpart of measure_memory.py. Run it in a fresh process: it imports mlx-lm and
-the engine first (part of a worker before any model), records the RSS, loads the folder with
-MlxEngine, runs one generation (16 tokens, temperature 0) on a short prompt, or with
---fill on a prompt that fills the context (mlx-lm grows its KV cache as the context fills,
-so only then is all of the estimated KV cache touched), records the RSS again and prints
-one JSON line:
+The MLX counterpart of measure_memory.py. Run it in a fresh process: it imports what a
+worker imports, loads the folder with MlxEngine, runs one generation (16 tokens,
+temperature 0) on a short prompt, or with --fill on a prompt that fills the context
+(mlx-lm grows its KV cache as the context fills, so only then is all of the estimated KV
+cache touched), and prints one JSON line:
 
-    {"model", "n_ctx", "n_batch", "prompt_tokens", "estimate": {...}, "measured_rss_increase", "error"}
+    {"model", "n_ctx", "n_batch", "prompt_tokens", "estimate": {...}, "need", "measured_rss", "error"}
 
-where error = (estimate - measured) / measured.
+where need = the estimate + the controller's worker base (a llama.cpp worker's own RSS: the
+MLX runtime's extra is in the estimate), measured_rss = the process's whole RSS after the
+generation, and error = (need - measured) / measured.
 
 Usage::
 
@@ -26,12 +27,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import hostler.worker.cli  # noqa: F401  # what a worker process imports
+import hostler.worker.model_worker  # noqa: F401
 import mlx.core as mx
-import mlx_lm  # noqa: F401  # imported before the baseline: it is not the model's memory
-import mlx_lm.generate  # noqa: F401
-import mlx_lm.sample_utils  # noqa: F401
 import psutil
 from hostler.schemas import LoadParams, SamplingParams
+from hostler.worker.controller import WORKER_BASE_BYTES
 from hostler.worker.memory import estimate_mlx
 from hostler.worker.mlx_engine import MlxEngine
 
@@ -39,10 +40,7 @@ PROMPT = "Once upon a time, in a small village by the sea,"
 
 
 def measure(path: Path, params: LoadParams, fill: bool) -> tuple[int, int]:
-    """Bytes of RSS that loading the model and one generation add, and the prompt's tokens."""
-    process = psutil.Process()
-    gc.collect()
-    before = process.memory_info().rss
+    """The process's RSS after loading the model and one generation, and the prompt's tokens."""
     engine = MlxEngine(path, params)
     prompt = PROMPT
     if fill:
@@ -55,9 +53,10 @@ def measure(path: Path, params: LoadParams, fill: bool) -> tuple[int, int]:
     generation = engine.complete(prompt, SamplingParams(max_tokens=16, temperature=0.0), lambda: False)
     "".join(generation)
     mx.synchronize()
-    after = process.memory_info().rss
+    gc.collect()
+    rss = psutil.Process().memory_info().rss
     engine.close()
-    return after - before, generation.prompt_tokens
+    return rss, generation.prompt_tokens
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "overhead": found.overhead_bytes,
             "total": found.total_bytes,
         },
-        "measured_rss_increase": measured,
-        "error": round((found.total_bytes - measured) / measured, 4),
+        "need": found.total_bytes + WORKER_BASE_BYTES,
+        "measured_rss": measured,
+        "error": round((found.total_bytes + WORKER_BASE_BYTES - measured) / measured, 4),
     }
     print(json.dumps(report))
     return 0

@@ -125,7 +125,9 @@ def test_gguf_and_mlx_served_side_by_side(mlx_stack: Stack) -> None:
     assert listed[MODEL].available and listed[MODEL].chat_template
     assert listed[MODEL].estimate_bytes and listed[MODEL].size_bytes > 0
     with ThreadPoolExecutor(4) as pool:
-        jobs = [pool.submit(client.complete, model, PROMPT, max_tokens=8, temperature=0) for model in [MODEL, "tiny"] * 2]
+        jobs = [
+            pool.submit(client.complete, model, PROMPT, max_tokens=8, temperature=0) for model in [MODEL, "tiny"] * 2
+        ]
         texts = [job.result(timeout=120).text for job in jobs]
     assert texts[0] == texts[2] and texts[1] == texts[3] and texts[0] != texts[1]
     engines = {w.model for w in client.status().workers}

@@ -166,6 +166,23 @@ def test_a_request_waiting_past_the_timeout_is_504_and_its_job_leaves_the_queue(
         assert outcome.status == "canceled" and outcome.code in {"client_gone", "expired"}, outcome
 
 
+def test_a_client_that_leaves_while_its_request_waits_frees_the_job(
+    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+) -> None:
+    waiting_host(cluster, models_dir)
+    gateway = gateway_for(gateways, cluster.url, tmp_path, "--timeout", "120")
+    for stream in (False, True):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{gateway.base_url}/chat/completions", json={**CHAT, "stream": stream}, timeout=1.5)
+    left_at = time.monotonic()
+    cluster.wait_for(lambda: len(rq_jobs(connection)) == 2 and cluster.client.queue_length("tiny") == 0, "both gone")
+    # The gateway noticed the disconnect and let go at once, not at its 120 s timeout.
+    assert time.monotonic() - left_at < 5
+    for job_id in rq_jobs(connection):
+        outcome = read_outcome(connection, job_id)
+        assert outcome is not None and (outcome.status, outcome.code) == ("canceled", "client_gone"), outcome
+
+
 def test_a_full_queue_is_429_and_no_capacity_is_503_both_with_retry_after(
     cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
 ) -> None:

@@ -52,6 +52,10 @@ GRAPH_NODE_BYTES = 1024
 PAGE = 4096
 # mlx-lm grows its KV cache in steps of 256 positions.
 MLX_KV_STEP = 256
+# What an MLX worker holds beyond a llama.cpp one before any model: mlx and mlx-lm, and the
+# transformers tokenizer code a load imports. Measured 104 MiB against 75 MiB for the two
+# workers on tiny models (Linux, mlx 0.32, mlx-lm 0.32, transformers 5.23).
+MLX_RUNTIME_BYTES = 32 * MiB
 
 Engine = Literal["llama", "mlx"]
 
@@ -376,15 +380,31 @@ _SAFETENSORS_DTYPES = {
     "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
 }  # fmt: skip
 _MAX_HEADER = 100 * MiB  # the format's own limit
+_FLOAT_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 
 def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
-    """An MLX model folder: config.json and *.safetensors. Not calibrated against mlx-lm."""
+    """An MLX model folder: config.json and model*.safetensors (what mlx-lm loads).
+
+    weights = the tensors' bytes; KV cache = n_ctx (padded to mlx-lm's 256-position steps)
+    x layers x kv_heads x head_dim x K and V in the activations' type; compute = the last
+    prefill chunk of n_batch tokens against a full context (float32 attention scores, which
+    dominate) and its activations; runtime = mlx-lm's libraries beyond a llama.cpp worker's,
+    and the tokenizer. Calibrated on Linux's CPU backend; Metal's allocator is not modelled.
+    """
     config = _mlx_config(folder / "config.json")
-    shards = sorted(folder.glob("*.safetensors"))
+    shards = sorted(folder.glob("model*.safetensors"))
     if not shards:
-        raise EstimateError(f"{folder}: no *.safetensors files in the model folder")
-    weights = sum(_safetensors_bytes(shard) for shard in shards)
+        raise EstimateError(f"{folder}: no model*.safetensors files in the model folder")
+    by_dtype: dict[str, int] = {}
+    for shard in shards:
+        for dtype, size in _safetensors_bytes(shard).items():
+            by_dtype[dtype] = by_dtype.get(dtype, 0) + size
+    weights = sum(by_dtype.values())
+    # Activations, and with them the KV cache, take the type most of the float weights have
+    # (a quantized model's scales are in it too).
+    floats = {d: n for d, n in by_dtype.items() if d in _FLOAT_BYTES}
+    value_bytes = _FLOAT_BYTES[max(floats, key=lambda d: (floats[d], d))] if floats else 2
 
     def number(*keys: str, default: int | None = None) -> int:
         for key in keys:
@@ -403,12 +423,14 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
     vocab = number("vocab_size", default=0)
     ffn = number("intermediate_size", default=4 * hidden)
 
-    per_cell = 2 * n_layer * n_kv_head * head_dim * 2
-    kv = per_cell * _pad(params.n_ctx, MLX_KV_STEP)
-    # A prefill chunk's activations in float32 (residual, attention and MLP projections)
-    # and the last position's logits with their sampling copy.
-    compute = min(params.n_batch, params.n_ctx) * (4 * hidden + 3 * ffn) * 4 + 2 * vocab * LOGIT_BYTES
-    overhead = RUNTIME_BASE_BYTES + vocab * VOCAB_TOKEN_BYTES
+    cells = _pad(params.n_ctx, MLX_KV_STEP)
+    per_cell = 2 * n_layer * n_kv_head * head_dim * value_bytes
+    kv = per_cell * cells
+    chunk = min(params.n_batch, params.n_ctx)
+    scores = n_head * chunk * cells * 4
+    activations = chunk * (4 * hidden + 3 * ffn) * value_bytes
+    compute = scores + activations + 2 * vocab * LOGIT_BYTES
+    overhead = MLX_RUNTIME_BYTES + vocab * VOCAB_TOKEN_BYTES
     return MemoryEstimate(weights, kv, compute, overhead, per_cell)
 
 
@@ -430,7 +452,8 @@ def _mlx_config(path: Path) -> dict[str, object]:
     return config
 
 
-def _safetensors_bytes(path: Path) -> int:
+def _safetensors_bytes(path: Path) -> dict[str, int]:
+    """Bytes of tensor data in one file, by dtype."""
     try:
         with path.open("rb") as handle:
             size_bytes = handle.read(8)
@@ -451,11 +474,18 @@ def _safetensors_bytes(path: Path) -> int:
         raise EstimateError(f"{path}: malformed safetensors header: {exc}") from None
     if not isinstance(header, dict):
         raise EstimateError(f"{path}: malformed safetensors header (not a JSON object)")
-    ends = [_tensor_span(path, name, entry) for name, entry in header.items() if name != "__metadata__"]
-    total = sum(end - start for start, end in ends)
-    if 8 + header_len + max((end for _, end in ends), default=0) > file_size:
+    by_dtype: dict[str, int] = {}
+    last = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = _tensor_span(path, name, entry)
+        dtype = str(entry["dtype"])
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + end - start
+        last = max(last, end)
+    if 8 + header_len + last > file_size:
         raise EstimateError(f"{path}: truncated safetensors file ({file_size} bytes)")
-    return total
+    return by_dtype
 
 
 def _tensor_span(path: Path, name: str, entry: object) -> tuple[int, int]:

@@ -46,9 +46,11 @@ class MlxEngine:
         tokenizer_config = {"chat_template": chat_template} if chat_template else None
         try:
             # A folder path never reaches the hub: mlx-lm only downloads names that are not paths.
-            self._model, self._tokenizer = mlx_lm.load(str(path), tokenizer_config=tokenizer_config)
+            loaded = mlx_lm.load(str(path), tokenizer_config=tokenizer_config)
         except (ValueError, KeyError, TypeError, AttributeError, OSError, RuntimeError) as exc:
             raise LoadFailed(f"mlx-lm could not load {path.name}: {exc}") from None
+        self._model: Any = loaded[0]
+        self._tokenizer: Any = loaded[1]
         self._n_ctx = params.n_ctx
         self._prefill_step = params.n_batch
         # The model's default seed (LoadParams.seed); without one every job draws its own.
@@ -113,7 +115,7 @@ class MlxEngine:
         should_stop: ShouldStop,
         generation: Generation,
     ) -> Iterator[str]:
-        from mlx_lm.generate import generate_step, generation_stream, wired_limit
+        from mlx_lm.generate import generate_step, wired_limit
         from mlx_lm.sample_utils import make_sampler
 
         mx = self._mx
@@ -141,7 +143,7 @@ class MlxEngine:
             return str(detokenizer.last_segment)
 
         # As stream_generate does: on Metal, keep the weights wired while generating.
-        with wired_limit(self._model, [generation_stream]):
+        with wired_limit(self._model):
             try:
                 yield from decode_pieces(
                     (int(token) for token, _ in steps),
@@ -160,19 +162,24 @@ class MlxEngine:
 def _logits_processors(params: SamplingParams) -> list[Any]:
     from mlx_lm.sample_utils import make_logits_processors
 
-    # Only the penalties asked for: an unused processor still costs a pass over the logits.
-    kwargs: dict[str, float | int] = {}
-    if params.repeat_penalty != 1.0:
-        kwargs.update(repetition_penalty=params.repeat_penalty, repetition_context_size=PENALTY_WINDOW)
-    if params.presence_penalty:
-        kwargs.update(presence_penalty=params.presence_penalty, presence_context_size=PENALTY_WINDOW)
-    if params.frequency_penalty:
-        kwargs.update(frequency_penalty=params.frequency_penalty, frequency_context_size=PENALTY_WINDOW)
+    # A penalty of None (or 0) adds no processor: an unused one still costs a pass over the logits.
+    repetition = params.repeat_penalty if params.repeat_penalty != 1.0 else None
+    if not (params.presence_penalty or params.frequency_penalty):
+        return list(make_logits_processors(repetition_penalty=repetition, repetition_context_size=PENALTY_WINDOW))
     try:
-        return list(make_logits_processors(**kwargs))
+        return list(
+            make_logits_processors(
+                repetition_penalty=repetition,
+                repetition_context_size=PENALTY_WINDOW,
+                presence_penalty=params.presence_penalty,
+                presence_context_size=PENALTY_WINDOW,
+                frequency_penalty=params.frequency_penalty,
+                frequency_context_size=PENALTY_WINDOW,
+            )
+        )
     except TypeError as exc:
         # mlx-lm before presence/frequency penalties: say so instead of silently ignoring them.
-        raise EngineError(f"this mlx-lm does not support {sorted(kwargs)}: {exc}; upgrade mlx-lm") from None
+        raise EngineError(f"this mlx-lm cannot apply presence or frequency penalties ({exc}); upgrade mlx-lm") from None
 
 
 def _check_folder(path: Path) -> None:

@@ -7,7 +7,8 @@ they keep no state of their own. FastAPI, uvicorn and prometheus-client (the `ga
 extra) are imported only by the modules that need them, never by `import hostler`.
 
 Modules: `settings` (what the command line sets), `shapes` (OpenAI request models and
-response bodies), `errors` (hostler errors as HTTP statuses in OpenAI's error shape),
-`guards` (API keys, body size), `sse` (server-sent events), `completions` (the two
-generation endpoints), `metrics_render` (Prometheus text from Redis), `app` (routes).
+stream chunks), `errors` (hostler errors as HTTP statuses in OpenAI's error shape),
+`guards` (API keys, body size), `sse` (server-sent events, disconnects), `completions` (the
+two generation endpoints), `management` (models, load/unload, tokenize, processes, health,
+metrics), `metrics_render` (Prometheus text from Redis), `app` (routes), `server` (uvicorn).
 """
