@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 from hostler.schemas import (
     CHAT_URL,
-    ChatCompletionBody,
-    CompletionBody,
+    ChatCompletionRequest,
+    CompletionRequest,
     CompletionResult,
     ErrorCode,
     SamplingParams,
@@ -49,7 +49,7 @@ class Request:
     line: int
     custom_id: str
     url: str
-    body: ChatCompletionBody | CompletionBody
+    body: ChatCompletionRequest | CompletionRequest
     model: str
 
 
@@ -310,8 +310,8 @@ async def _one(
 
 async def _submit(client: AsyncClient, request: Request, job_id: str, deadline: float) -> AsyncJobHandle:
     body = request.body
-    prompt = body.prompt if isinstance(body, CompletionBody) else None
-    messages = body.messages if isinstance(body, ChatCompletionBody) else None
+    prompt = body.text() if isinstance(body, CompletionRequest) else None
+    messages = body.hostler_messages() if isinstance(body, ChatCompletionRequest) else None
     while True:
         try:
             return await client.submit(request.model, prompt, messages=messages, job_id=job_id, **body.sampling())

@@ -1,103 +1,195 @@
 """OpenAI's request and response bodies, mapped onto hostler's jobs and results.
 
 Shared by everything that speaks OpenAI's format: `hostler batch` (the Batch API's JSONL)
-and the HTTP gateway. A request body becomes a completion or chat job's fields; a result
-becomes the body OpenAI's clients parse.
+and the HTTP gateway. Requests are validated strictly (a string where a number belongs is
+refused, not coerced) and unknown fields are refused by name, as OpenAI does. Fields of
+OpenAI's API that hostler cannot honour (tools, logprobs, n > 1, ...) are accepted only at
+their neutral value. The bounds are SamplingParams' bounds, so nothing a worker would
+refuse gets onto a queue. A result becomes the body OpenAI's clients parse.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._jobs import ChatMessage
+from ._jobs import MAX_PROMPT_CHARS
+from ._params import MAX_STOP_SEQUENCES
 from ._results import CompletionResult
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
 OPENAI_URLS = (CHAT_URL, COMPLETIONS_URL)
 
-# Fields OpenAI clients send that change nothing here, so refusing them would only break tools.
-_HARMLESS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "logit_bias", "echo"}
-# Fields whose meaning hostler cannot honour: better a clear 400 than a silently wrong answer.
-_UNSUPPORTED = {"tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs",
-                "best_of", "suffix", "audio", "modalities", "prediction"}  # fmt: skip
+StopString = Annotated[str, Field(min_length=1, max_length=256)]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str = Field(min_length=1, max_length=128)
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
+    include_usage: bool = Field(False, description="Send a last chunk with the usage before [DONE].")
+
+
+class _GenerationRequest(BaseModel):
+    """What chat and text completions share: the model, sampling, streaming."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1, max_length=128, description="A hostler model id.")
+    max_tokens: int | None = Field(None, ge=1, le=131_072)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0, le=100_000, description="llama.cpp extra.")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="llama.cpp extra.")
+    repeat_penalty: float | None = Field(None, ge=0.0, le=10.0, description="llama.cpp extra.")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    stop: StopString | list[StopString] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
+    n: int = Field(1, description="Choices to generate; hostler makes exactly one.")
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
+    # Accepted and ignored: they change nothing about what is generated.
+    user: str | None = Field(None, max_length=256)
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    # Accepted only at their neutral value (checked below).
+    logprobs: Any = None
+    logit_bias: Any = None
 
-    @model_validator(mode="before")
+    @field_validator("n")
     @classmethod
-    def _screen(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError("the body must be a JSON object")
-        unsupported = sorted(set(data) & _UNSUPPORTED)
-        if unsupported:
-            raise ValueError(f"not supported by hostler: {', '.join(unsupported)}")
-        return {k: v for k, v in data.items() if k not in _HARMLESS}
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"n={value} is not supported: hostler generates one choice per request (n=1)")
+        return value
 
     @model_validator(mode="after")
-    def _one_choice(self) -> _Body:
-        if self.n != 1:
-            raise ValueError(f"n={self.n} is not supported: hostler returns exactly one choice (n=1)")
+    def _neutral(self) -> _GenerationRequest:
+        if self.logprobs not in (None, False, 0):
+            raise ValueError("logprobs are not supported by hostler; leave logprobs unset")
+        if self.logit_bias not in (None, {}):
+            raise ValueError("logit_bias is not supported by hostler; leave it unset")
+        return self
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters for hostler's client; unset ones keep the model's defaults."""
+        names = (
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+            "seed",
+            "stop",
+        )
+        return {name: value for name in names if (value := getattr(self, name)) is not None}
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class ChatMessageIn(BaseModel):
+    """One message; extra fields an SDK echoes back (refusal, annotations, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _text_only(self) -> ChatMessageIn:
+        if self.tool_calls:
+            raise ValueError("tool calls are not supported by hostler")
+        return self
+
+    def as_hostler(self) -> dict[str, str]:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        # OpenAI's newer name for the system role; chat templates know only 'system'.
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": content or ""}
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=10_000)
+    max_completion_tokens: int | None = Field(None, ge=1, le=131_072, description="OpenAI's newer max_tokens.")
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=0)
+
+    @model_validator(mode="after")
+    def _chat_neutral(self) -> ChatCompletionRequest:
+        if self.tools:
+            raise ValueError("tools are not supported by hostler; leave tools unset")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise ValueError("tool_choice is not supported by hostler; leave it unset")
+        if self.response_format not in (None, {"type": "text"}):
+            raise ValueError("only response_format {'type': 'text'} is supported by hostler")
         return self
 
     def sampling(self) -> dict[str, Any]:
-        """The body's sampling fields as SamplingParams keywords (unset ones keep hostler's defaults)."""
-        fields = self.model_dump(exclude_none=True, exclude={"model", "n", "stream", "stream_options", "prompt",
-                                                               "messages", "max_completion_tokens"})  # fmt: skip
-        return fields
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.get("include_usage"))
-
-
-class ChatCompletionBody(_Body):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-    def sampling(self) -> dict[str, Any]:
-        fields = super().sampling()
+        params = super().sampling()
         if self.max_completion_tokens is not None:
-            fields["max_tokens"] = self.max_completion_tokens
-        return fields
+            params["max_tokens"] = self.max_completion_tokens
+        return params
+
+    def hostler_messages(self) -> list[dict[str, str]]:
+        return [message.as_hostler() for message in self.messages]
 
 
-class CompletionBody(_Body):
-    prompt: str
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str] = Field(max_length=MAX_PROMPT_CHARS)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, le=1)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: hostler takes one prompt per request (a string, or a list of one string)")
+        if self.echo:
+            raise ValueError("echo is not supported by hostler; leave it unset")
+        if self.suffix:
+            raise ValueError("suffix is not supported by hostler; leave it unset")
+        return self
+
+    def text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
 
 
-def parse_body(url: str, body: Any) -> ChatCompletionBody | CompletionBody:
-    """The request body for an OpenAI URL; raises ValueError naming what is wrong."""
+def parse_body(url: str, body: Any) -> ChatCompletionRequest | CompletionRequest:
+    """The request body (already parsed JSON) for an OpenAI URL; raises ValueError naming what is wrong."""
     if url == CHAT_URL:
-        return _validate(ChatCompletionBody, body)
+        return _validate(ChatCompletionRequest, body)
     if url == COMPLETIONS_URL:
-        return _validate(CompletionBody, body)
+        return _validate(CompletionRequest, body)
     raise ValueError(f"unknown url {url!r}: use {' or '.join(OPENAI_URLS)}")
 
 
-def _validate(cls: type[ChatCompletionBody] | type[CompletionBody], body: Any) -> ChatCompletionBody | CompletionBody:
+def _validate(
+    cls: type[ChatCompletionRequest] | type[CompletionRequest], body: Any
+) -> ChatCompletionRequest | CompletionRequest:
     try:
-        parsed: ChatCompletionBody | CompletionBody = cls.model_validate(body)
+        parsed: ChatCompletionRequest | CompletionRequest = cls.model_validate(body)
         return parsed
     except ValidationError as exc:
         raise ValueError(describe_errors(exc)) from None

@@ -126,6 +126,8 @@ def through_hostler(url: str, models_dir: Path, cores: Sequence[int], docs: Sequ
                 )  # fmt: skip
             )
             seconds = time.perf_counter() - started
+            # Shows that every worker took its share (the warm-up jobs included).
+            print("    jobs per worker: " + ", ".join(str(w.jobs_done) for w in client.status().workers), flush=True)
     finally:
         for worker in workers:
             worker.terminate()

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from hostler.client import AsyncClient, AsyncStream, HostlerError
-from hostler.schemas import CompletionResult, finish_reason, response_body
+from hostler.schemas import ChatCompletionRequest, CompletionRequest, CompletionResult, finish_reason, response_body
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -31,7 +31,7 @@ class Completions:
         return {"timeout": self.settings.timeout_s, "start_within": self.settings.timeout_s}
 
     async def chat(self, request: Request) -> Response:
-        req: shapes.ChatCompletionRequest = shapes.parse(shapes.ChatCompletionRequest, await request.body())
+        req: ChatCompletionRequest = shapes.parse(ChatCompletionRequest, await request.body())
         ids = shapes.Ids("chatcmpl", req.model)
         messages = req.hostler_messages()
         if not req.stream:
@@ -43,7 +43,7 @@ class Completions:
         return await self._streamed(request, stream, _ChatChunks(ids, req.include_usage()))
 
     async def text(self, request: Request) -> Response:
-        req: shapes.CompletionRequest = shapes.parse(shapes.CompletionRequest, await request.body())
+        req: CompletionRequest = shapes.parse(CompletionRequest, await request.body())
         ids = shapes.Ids("cmpl", req.model)
         if not req.stream:
             result = await until_disconnected(
