@@ -192,7 +192,8 @@ def models(keys: Keys) -> Reads[tuple[list[ModelInfo], dict[str, list[ModelInfo]
                 "fits_on": [
                     h.host
                     for h in hosts
-                    if info.estimate_bytes is not None
+                    if info.available
+                    and info.estimate_bytes is not None
                     and info.id in h.models_on_disk
                     and (info.id in h.placed or h.free_bytes >= info.estimate_bytes)
                 ],

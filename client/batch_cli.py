@@ -44,6 +44,8 @@ def batch_run_command(
 
     Run the same command again after an interruption: lines already in OUTPUT are skipped
     and jobs already queued or finished are picked up, never run twice.
+
+    Example: hostler batch run requests.jsonl -o results.jsonl --model smollm2-135m
     """
     errors = errors if errors is not None else output.with_suffix(".errors.jsonl")
 
@@ -80,7 +82,10 @@ def batch_run_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @redis_option
 def batch_status_command(batch_id: str, as_json: bool, redis_url: str | None) -> None:
-    """Counts of a batch run's requests by state (the id is printed by `batch run`)."""
+    """Counts of a batch run's requests by state (the id is printed by `batch run`).
+
+    Example: hostler batch status batch_3f2a9c0d1e4b5a6f7c8d
+    """
 
     async def main() -> dict[str, object]:
         async with AsyncClient(redis_url) as client:
@@ -126,6 +131,8 @@ def summarize_command(
 
     Run the same command again after an interruption: documents already in OUTPUT are
     skipped and finished pieces are not summarized twice.
+
+    Example: hostler summarize notes/ report.md --model smollm2-135m -o summaries.jsonl
     """
     documents = read_documents(paths)
     done = read_done(output, key="id")

@@ -24,6 +24,11 @@ COMMANDS = [
     ["load"],
     ["unload"],
     ["status"],
+    ["batch"],
+    ["batch", "run"],
+    ["batch", "status"],
+    ["summarize"],
+    ["gateway"],
 ]
 
 
@@ -31,7 +36,7 @@ COMMANDS = [
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
-    if command != ["models"]:
+    if command not in (["models"], ["batch"]):
         assert "Example: hostler" in result.output
 
 

@@ -17,7 +17,6 @@ import uuid
 import zlib
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 import psutil
 import redis
@@ -473,12 +472,3 @@ class ModelWorker:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:  # noqa: BLE001 - the heartbeat thread must outlive surprises
                 log.exception("heartbeat crashed")
-
-
-def llama_factory() -> EngineFactory:
-    from .llama_engine import LlamaEngine
-
-    def factory(path: Any, params: LoadParams, *, chat_template: str | None) -> Engine:
-        return LlamaEngine(path, params, chat_template=chat_template)
-
-    return factory
