@@ -24,6 +24,7 @@ from hostler.schemas import (
     LoadParams,
     ModelSpec,
     SamplingParams,
+    describe_errors,
     parse_duration,
     rq_func_name,
 )
@@ -51,14 +52,7 @@ def check_job_id(job_id: str) -> str:
 
 
 def describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "request"
-        if item["type"] == "extra_forbidden":
-            parts.append(f"unknown parameter {where!r}")
-        else:
-            parts.append(f"invalid {where}: {item['msg']}")
-    return "; ".join(parts)
+    return describe_errors(error, whole="request", unknown="parameter")
 
 
 def validated(model_cls: type[SamplingParams] | type[LoadParams], params: Mapping[str, Any]) -> Any:

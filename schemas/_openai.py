@@ -195,12 +195,13 @@ def _validate(
         raise ValueError(describe_errors(exc)) from None
 
 
-def describe_errors(error: ValidationError) -> str:
+def describe_errors(error: ValidationError, *, whole: str = "body", unknown: str = "field") -> str:
+    """A validation error as one line naming each bad field (whole: what an empty path means)."""
     parts = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "body"
+        where = ".".join(str(p) for p in item["loc"]) or whole
         if item["type"] == "extra_forbidden":
-            parts.append(f"unknown field {where!r}")
+            parts.append(f"unknown {unknown} {where!r}")
         else:
             parts.append(f"invalid {where}: {item['msg']}")
     return "; ".join(parts)

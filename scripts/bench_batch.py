@@ -154,6 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=24, help="Documents to summarize.")
     parser.add_argument("--max-tokens", type=int, default=64, help="Tokens per summary at most.")
+    parser.add_argument(
+        "--no-cache-prompt",
+        action="store_true",
+        help="Workers evaluate every prompt from an empty KV cache (hostler's default) instead of reusing "
+        "the shared prefix as the in-process loop does.",
+    )
     args = parser.parse_args(argv)
     if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs taskset and at least two cores")
@@ -168,8 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One thread per worker: each worker is given one core.
         (folder / "model.yaml").write_text(
             f"id: {MODEL}\nengine: llama\nfile: {path.name}\nload:\n  n_ctx: {N_CTX}\n  n_threads: 1\n"
+            f"  cache_prompt: {'false' if args.no_cache_prompt else 'true'}\n"
         )
-        print(f"{len(docs)} documents, max_tokens {args.max_tokens}, SmolLM2-135M-Instruct, temperature 0", flush=True)
+        cache = "from an empty cache" if args.no_cache_prompt else "with cache_prompt (as the in-process loop)"
+        print(f"{len(docs)} documents, max_tokens {args.max_tokens}, SmolLM2-135M-Instruct, temperature 0; "
+              f"workers evaluate prompts {cache}", flush=True)  # fmt: skip
         phases = [in_process(path, docs, args.max_tokens)]
         print(f"  {phases[-1].name}: {phases[-1].docs_per_min:.1f} docs/min", flush=True)
         for cores in ([0], [0, 1]):

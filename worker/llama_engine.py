@@ -51,6 +51,7 @@ class LlamaEngine:
         self._path = path
         # The model's default seed (LoadParams.seed); without one every job draws its own.
         self._seed = params.seed
+        self._cache_prompt = params.cache_prompt
         self._template_source = chat_template or self._llm.metadata.get("tokenizer.chat_template")
         self._formatter: Any = None
 
@@ -121,10 +122,12 @@ class LlamaEngine:
         generation: Generation,
     ) -> Iterator[str]:
         llm = self._llm
-        # Start every job from an empty context. llama-cpp-python would otherwise reuse a
-        # cached prompt prefix, and evaluating the rest in a different batch shape changes
-        # the logits slightly: a job's text would depend on the job before it.
-        llm.reset()
+        # Start every job from an empty context unless the model was loaded with cache_prompt.
+        # llama-cpp-python would otherwise reuse a cached prompt prefix, and evaluating the
+        # rest in a different batch shape changes the logits slightly: a job's text would
+        # depend on the job before it.
+        if not self._cache_prompt:
+            llm.reset()
         seed = params.seed if params.seed is not None else self._seed
         llm.set_seed(seed if seed is not None else random.randrange(2**32))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
