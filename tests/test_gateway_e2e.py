@@ -154,8 +154,12 @@ def test_a_client_killed_mid_stream_stops_the_generation(
     assert client.stdout is not None
     for _ in range(5):
         assert client.stdout.readline(), "the client got pieces"
-    (worker,) = [w for w in smol_stack.client.status().workers if w.model == MODEL]
-    job_id = worker.current_job
+    # The worker's report names its current job; it is refreshed every 2 s, so wait for it.
+    job_id = None
+    deadline = time.monotonic() + 10
+    while job_id is None and time.monotonic() < deadline:
+        job_id = next((w.current_job for w in smol_stack.client.status().workers if w.model == MODEL), None)
+        time.sleep(0.1)
     assert job_id is not None
     client.send_signal(signal.SIGKILL)
     client.wait()
