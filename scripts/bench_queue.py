@@ -64,6 +64,7 @@ from hostler.schemas import Keys, TokenCountJob, rq_func_name
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.fetch import GEMMA3, SMOLLM2, PackagedModel, fetch
 from hostler.worker.host_agent import HostAgent
+from hostler.worker.llama_cpu import safe_llama_defaults
 from rq.job import Job as RqJob
 from rq.utils import utcparse
 
@@ -118,7 +119,8 @@ def load_inproc(path: Path, n_threads: int | None) -> tuple[llama_cpp.Llama, flo
     kwargs: dict[str, Any] = {"n_ctx": N_CTX, "verbose": False}
     if n_threads is not None:
         kwargs["n_threads"] = n_threads
-    llm = llama_cpp.Llama(str(path), **kwargs)
+    with safe_llama_defaults():
+        llm = llama_cpp.Llama(str(path), **kwargs)
     return llm, time.perf_counter() - started
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from conftest import Stack, start_stack, stop_stack
-
 from hostler import JobFailed
 
 pytestmark = pytest.mark.e2e
@@ -30,9 +29,11 @@ def real_stack(redis_url: str, tmp_path: Path, smollm2: Path, gemma3: Path) -> I
 
 
 def in_process(path: Path) -> Any:
+    from hostler.worker.llama_cpu import safe_llama_defaults
     from llama_cpp import Llama
 
-    return Llama(model_path=str(path), n_ctx=2048, verbose=False)
+    with safe_llama_defaults():
+        return Llama(model_path=str(path), n_ctx=2048, verbose=False)
 
 
 def test_queued_text_equals_in_process_text_at_temperature_0(real_stack: Stack, smollm2: Path, gemma3: Path) -> None:

@@ -19,6 +19,7 @@ from hostler.schemas import ChatMessage, LoadParams, SamplingParams
 
 from .decoding import context_budget, decode_pieces
 from .engine import Generation, LoadFailed, NoChatTemplate, ShouldStop
+from .llama_cpu import safe_llama_defaults
 
 GGUF_MAGIC = b"GGUF"
 
@@ -45,7 +46,8 @@ class LlamaEngine:
         if params.seed is not None:
             kwargs["seed"] = params.seed
         try:
-            self._llm = llama_cpp.Llama(**kwargs)
+            with safe_llama_defaults():
+                self._llm = llama_cpp.Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             raise LoadFailed(f"llama.cpp could not load {path.name}: {exc}") from None
         self._path = path

@@ -1,0 +1,66 @@
+"""How llama.cpp must be loaded on this CPU.
+
+llama.cpp built for the machine it runs on (llama-cpp-python's default source build) puts
+quantized weights in "extra" buffer types: repacked layouts for AVX2/AVX-512, and AMX tiles
+where the CPU has AMX. On AMX CPUs ggml's AMX matrix multiply crashes the process with
+SIGSEGV on the first prompt of more than one token (seen with llama-cpp-python 0.3.36 on
+SmolLM2-135M Q4_1 and on the tiny test models; gdb puts the fault in
+`ggml_backend_amx_mul_mat`). A crash takes every job of the worker with it, so on such CPUs
+models load without extra buffer types (llama-server's `--no-repack`). Elsewhere the
+repacked layouts stay on: they speed up prompt evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from .hardware import probe_cpu
+
+# HOSTLER_LLAMA_EXTRA_BUFFERS=1 (or 0) overrides the choice, for a llama.cpp build that fixed it.
+EXTRA_BUFFERS_ENV = "HOSTLER_LLAMA_EXTRA_BUFFERS"
+
+
+@functools.cache
+def extra_buffers_safe() -> bool:
+    override = os.environ.get(EXTRA_BUFFERS_ENV)
+    if override in ("0", "1"):
+        return override == "1"
+    return "AMX_INT8" not in probe_cpu().instruction_sets
+
+
+def model_params(lib: Any) -> Any:
+    """llama.cpp's default model params, made safe for this CPU (lib: the llama_cpp module)."""
+    params = lib.llama_model_default_params()
+    if not extra_buffers_safe():
+        params.use_extra_bufts = False
+    return params
+
+
+@contextlib.contextmanager
+def safe_llama_defaults() -> Iterator[None]:
+    """While open, llama_cpp.Llama(...) loads models with model_params() instead of the raw defaults.
+
+    Llama's constructor builds its model params from the library default and loads at once,
+    with no argument for extra buffer types; this is the one seam it leaves.
+    """
+    if extra_buffers_safe():
+        yield
+        return
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
