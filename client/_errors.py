@@ -4,7 +4,7 @@ HostlerError
  ├── ModelNotFound        unknown model id (raised before anything is enqueued)
  ├── InvalidRequest       a parameter failed validation (also a ValueError)
  ├── Timeout              a wait ran past its timeout (also a TimeoutError)
- ├── ConnectionFailed     Redis could not be reached
+ ├── ConnectionFailed     Redis could not be reached, or refused the credentials or a command (ACL)
  ├── QueueFull            the model's queue is at its bound (nothing was enqueued)
  └── JobFailed            the job ended with an error
       ├── ContextExceeded the prompt does not fit the model's context
@@ -37,7 +37,10 @@ class Timeout(HostlerError, TimeoutError):
 
 
 class ConnectionFailed(HostlerError, ConnectionError):
-    """Redis could not be reached."""
+    """Redis could not be reached, or refused the credentials or a command (ACL).
+
+    A refusal is final: it is never retried as if the server were down.
+    """
 
 
 class QueueFull(HostlerError):

@@ -18,6 +18,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
+from ._errors import ConnectionFailed
 from ._outcome import JobOutcome, decode_failure, encode_failure, queue_key, queue_keys
 from ._reads import job_outcome, run_sync
 
@@ -92,6 +93,8 @@ def waiting_jobs(connection: redis.Redis, keys: Keys, model: str) -> int:
 def fetch_job(connection: redis.Redis, job_id: str) -> RqJob | None:
     try:
         return RqJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except ConnectionFailed:
+        raise
     except Exception:  # noqa: BLE001 - a missing or unreadable record is the same to a reader
         return None
 

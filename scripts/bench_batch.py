@@ -27,12 +27,12 @@ from pathlib import Path
 
 import redis
 from bench_stack import PREFIX, HostReporter
+from hostler import Client, CompletionResult
 from hostler.schemas import Keys
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.fetch import SMOLLM2, fetch
-from hostler.worker.host_agent import HostAgent, worker_command
-
-from hostler import Client, CompletionResult
+from hostler.worker.host_agent import HostAgent, worker_command, worker_env
+from hostler.worker.llama_cpu import safe_llama_defaults
 
 MODEL = "sm"
 HOST_ID = "bench-batch"
@@ -85,7 +85,8 @@ def in_process(path: Path, docs: Sequence[str], max_tokens: int) -> Phase:
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {0})
     try:
-        llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, verbose=False)
+        with safe_llama_defaults():
+            llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, verbose=False)
         llm.create_chat_completion(messages(docs[0]), max_tokens=4, temperature=0)  # warm-up
         texts, tokens = [], 0
         started = time.perf_counter()
@@ -110,8 +111,10 @@ def through_hostler(url: str, models_dir: Path, cores: Sequence[int], docs: Sequ
     try:
         with HostReporter(agent), Client(url, prefix=PREFIX, timeout=1800) as client:
             for core in cores:
-                command = ["taskset", "-c", str(core), *worker_command(MODEL, models_dir, url, PREFIX, HOST_ID)]
-                workers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                command = ["taskset", "-c", str(core), *worker_command(MODEL, models_dir, PREFIX, HOST_ID)]
+                workers.append(
+                    subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=worker_env(url))
+                )
             _wait_workers(client, len(cores))
             # Warm-up: every worker loads the model (n_threads from model.yaml) before timing.
             list(client.map(MODEL, [messages(docs[0])] * 2 * len(cores), max_in_flight=2 * len(cores), max_tokens=4))

@@ -214,9 +214,11 @@ def wait_http(url: str, what: str, proc: subprocess.Popen[bytes], log: Path, tim
 
 
 @contextmanager
-def process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(cmd: list[str], log: Path, redis_url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    # A Redis URL goes by environment, never argv: `ps` shows every user a command line.
+    env = {**os.environ, "HOSTLER_REDIS_URL": redis_url} if redis_url else None
     with log.open("wb") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         yield proc
     finally:
@@ -252,15 +254,15 @@ def compare(args: argparse.Namespace) -> None:
         models.mkdir()
         (models / f"{MODEL}.gguf").symlink_to(path)
         gateway_port, llama_port = free_port(), free_port()
-        up_cmd = [*hostler, "up", "--redis", server.url, "--models", str(models), "--no-demo", "--host-id", "bench"]
-        gateway_cmd = [*hostler, "gateway", "--redis", server.url, "--port", str(gateway_port)]
+        up_cmd = [*hostler, "up", "--models", str(models), "--no-demo", "--host-id", "bench"]
+        gateway_cmd = [*hostler, "gateway", "--port", str(gateway_port)]
         llama_cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL]
         llama_cmd += ["--port", str(llama_port), "--n_ctx", str(N_CTX)]
         if args.threads:
             llama_cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
         with (
-            process(up_cmd, tmp / "up.log") as up,
-            process(gateway_cmd, tmp / "gateway.log") as gateway,
+            process(up_cmd, tmp / "up.log", server.url) as up,
+            process(gateway_cmd, tmp / "gateway.log", server.url) as gateway,
             process(llama_cmd, tmp / "llama.log") as llama,
         ):
             gateway_url = f"http://127.0.0.1:{gateway_port}"

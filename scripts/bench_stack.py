@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import redis
 from hostler.schemas import Keys
-from hostler.worker.host_agent import REPORT_EVERY_S, HostAgent, worker_command
+from hostler.worker.host_agent import REPORT_EVERY_S, HostAgent, worker_command, worker_env
 
 HOST_ID = "bench"
 # Explicit, so that a HOSTLER_PREFIX in the environment cannot split client and workers.
@@ -88,11 +88,14 @@ class WorkerProcesses:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, model: str) -> None:
-        cmd = worker_command(model, self.models_dir, self.redis_url, PREFIX, HOST_ID)
+        cmd = worker_command(model, self.models_dir, PREFIX, HOST_ID)
         with (self.logs_dir / f"{model}.log").open("wb") as log:
             # Own session: a terminal Ctrl-C reaches only this script, which then stops the
             # workers with SIGTERM (finish the job) instead of killing them mid-token.
-            self.procs[model] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # The URL by environment, never argv: `ps` shows every user a command line.
+            self.procs[model] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=worker_env(self.redis_url), start_new_session=True
+            )
 
     def wait_alive(self, connection: redis.Redis, keys: Keys, timeout: float) -> None:
         deadline = time.monotonic() + timeout

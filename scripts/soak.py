@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from hostler.client._connection import PREFIX_ENV
+from hostler import Client, HostlerError, JobFailed, JobHandle, QueueFull
+from hostler.client._connection import PREFIX_ENV, mask_url
 from hostler.client._rqstore import read_outcome
 from hostler.schemas import DEFAULT_PREFIX, PRIORITIES, CompletionResult, Keys
 from hostler.worker.embedded_redis import EmbeddedRedis
@@ -55,8 +56,6 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegis
 from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 from rq.worker import Worker as RqWorker
-
-from hostler import Client, HostlerError, JobFailed, JobHandle, QueueFull
 
 __all__ = ["SoakReport", "leftover_keys", "main", "run_soak", "started_stack"]
 
@@ -537,7 +536,7 @@ class SoakReport:
         per_stream = sorted(self.calls_per_stream) or [0]
         rate = self.finished / self.load_s if self.load_s > 0 else 0.0
         lines = [
-            f"soak on {self.model} at {self.url}: {self.duration_s:g} s, {self.streams} streaming clients, "
+            f"soak on {self.model} at {mask_url(self.url)}: {self.duration_s:g} s, {self.streams} streaming clients, "
             f"{self.batch} batch jobs",
             f"jobs: {self.total} ({self.stream_jobs} streamed, {self.batch_jobs} batch): finished {self.finished}, "
             f"failed {self.failed}, canceled {self.canceled}, lost {self.lost}",
@@ -649,7 +648,7 @@ class _UpProcess:
 
 
 def _start_up(url: str, models_dir: Path, log: Path) -> _UpProcess:
-    command = [sys.executable, "-m", "hostler.worker", "up", "--redis", url, "--models", str(models_dir)]
+    command = [sys.executable, "-m", "hostler.worker", "up", "--models", str(models_dir)]
     command += ["--no-demo", "--host-id", HOST_ID]
     with log.open("wb") as handle:
         # Own session: a Ctrl-C reaches this script, which then stops it with SIGTERM.
@@ -657,7 +656,8 @@ def _start_up(url: str, models_dir: Path, log: Path) -> _UpProcess:
             command,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            # The URL (maybe with a password) by environment: `ps` shows every user a command line.
+            env=dict(os.environ, PYTHONUNBUFFERED="1", HOSTLER_REDIS_URL=url),
             start_new_session=True,
         )
     up = _UpProcess(process, log)

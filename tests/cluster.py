@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from hostler.schemas import Assignment, Keys
-
+import psutil
 from hostler import Client
+from hostler.schemas import Assignment, Keys
 
 T = TypeVar("T")
 
@@ -32,11 +33,12 @@ class Cluster:
 
     def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         handle = (self.logs / f"{name}.log").open("ab")
+        # The URL by environment, never argv: `ps` shows every user a command line.
         process = subprocess.Popen(
-            [sys.executable, "-m", "hostler.worker", "-v", *args, "--redis", self.url],
+            [sys.executable, "-m", "hostler.worker", "-v", *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", HOSTLER_REDIS_URL=self.url),
             start_new_session=True,
         )
         handle.close()
@@ -98,4 +100,21 @@ class Cluster:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         # Workers of SIGKILLed agents end on their own; make sure none outlives the test.
-        subprocess.run(["pkill", "-f", f"hostler.worker worker .*--redis {self.url}"], check=False)
+        for worker in workers_of(self.url):
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
+
+
+def workers_of(url: str) -> list[psutil.Process]:
+    """This user's `hostler worker` processes serving the Redis at `url` (read from their environment)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "hostler.worker" not in cmdline or "worker" not in cmdline:
+            continue
+        try:
+            if process.environ().get("HOSTLER_REDIS_URL") == url:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found

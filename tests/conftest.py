@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from hostler import Client
 from hostler.schemas import Keys
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.fetch import GEMMA3, SMOLLM2, fetch
-
-from hostler import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -113,7 +112,8 @@ class Stack:
 
 
 def start_stack(url: str, models_dir: Path, log: Path) -> Stack:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The URL by environment, never argv: `ps` shows every user a command line.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HOSTLER_REDIS_URL=url)
     handle = log.open("wb")
     process = subprocess.Popen(
         [
@@ -122,8 +122,6 @@ def start_stack(url: str, models_dir: Path, log: Path) -> Stack:
             "hostler.worker",
             "-v",
             "up",
-            "--redis",
-            url,
             "--models",
             str(models_dir),
             "--no-demo",

@@ -48,14 +48,17 @@ class Gateway:
         return self.process.returncode
 
 
-def start_gateway(redis_url: str, log: Path, *args: str, env: dict[str, str] | None = None) -> Gateway:
+def start_gateway(
+    redis_url: str, log: Path, *args: str, env: dict[str, str] | None = None, verbose: bool = False
+) -> Gateway:
     port = free_port()
     handle = log.open("ab")
+    # The URL by environment, never argv: `ps` shows every user a command line.
     process = subprocess.Popen(
-        [sys.executable, "-m", "hostler.worker", "gateway", "--redis", redis_url, "--port", str(port), *args],
+        [sys.executable, "-m", "hostler.worker", *(["-v"] if verbose else []), "gateway", "--port", str(port), *args],
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "HOSTLER_REDIS_URL": redis_url, **(env or {})},
         start_new_session=True,
     )
     handle.close()

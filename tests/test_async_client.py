@@ -7,7 +7,6 @@ import time
 
 import pytest
 from conftest import Stack
-
 from hostler import AsyncClient, Client, CompletionResult, ContextExceeded, JobFailed
 
 

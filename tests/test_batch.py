@@ -12,9 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import Stack
-from hostler.client.batch import job_id_for, parse_lines, read_done
-
 from hostler import Client
+from hostler.client.batch import job_id_for, parse_lines, read_done
 
 
 def _chat_line(custom_id: str, text: str, model: str = "tiny", **body: object) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from conftest import Stack, start_stack, stop_stack
-
 from hostler import ContextExceeded, JobFailed, NoCapacity
 
 pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import Stack
+from hostler import Client, ContextExceeded, JobFailed, ModelNotFound, Timeout
 from hostler.client._rqstore import make_queue
 from hostler.worker import model_worker
-
-from hostler import Client, ContextExceeded, JobFailed, ModelNotFound, Timeout
 
 
 def test_complete_stream_and_count_agree(stack: Stack) -> None:

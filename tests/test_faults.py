@@ -12,10 +12,9 @@ from datetime import timezone
 
 import pytest
 from conftest import Stack
+from hostler import CompletionResult, JobFailed
 from hostler.client._rqstore import fetch_job, make_queue, read_outcome
 from rq.job import JobStatus
-
-from hostler import CompletionResult, JobFailed
 
 # Long enough that the tiny model is still generating when the test acts (about 14 s).
 LONG_CTX = 16_384

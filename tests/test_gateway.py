@@ -21,9 +21,8 @@ import redis
 from cluster import Cluster
 from conftest import Stack
 from gateway_proc import Gateway, start_gateway
-from hostler.client._rqstore import read_outcome
-
 from hostler import Client
+from hostler.client._rqstore import read_outcome
 
 MiB = 1024 * 1024
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}

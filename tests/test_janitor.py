@@ -14,6 +14,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 from fake_engine import FakeEngine
+from hostler import Client, InvalidRequest, JobFailed, QueueFull
 from hostler.client._rqstore import read_outcome
 from hostler.schemas import Keys
 from hostler.worker.cli import main
@@ -24,8 +25,6 @@ from hostler.worker.registry import scan
 from rq.job import Job as RqJob
 from rq.serializers import JSONSerializer
 from test_worker_logic import push_raw, wait_ended
-
-from hostler import Client, InvalidRequest, JobFailed, QueueFull
 
 T = TypeVar("T")
 

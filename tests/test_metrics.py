@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 from fake_engine import FakeEngine
+from hostler import Client, ContextExceeded
 from hostler.schemas import ErrorCode, Keys
 from hostler.worker.host_agent import HostAgent
 from hostler.worker.janitor import Janitor
@@ -21,8 +22,6 @@ from hostler.worker.jobstore import fail_queued
 from hostler.worker.metrics import DURATION_BUCKETS, JobMetrics, PieceClock, bucket_of, count_ended
 from hostler.worker.model_worker import ModelWorker
 from hostler.worker.registry import scan
-
-from hostler import Client, ContextExceeded
 
 KEYS = Keys()
 
@@ -141,12 +140,11 @@ def test_the_janitor_counts_the_queued_jobs_it_cancels(redis_url: str, models_di
 
 def test_the_gateway_renders_the_hashes_as_prometheus_text(served: tuple[Client, redis.Redis], redis_url: str) -> None:
     pytest.importorskip("prometheus_client")
+    from hostler import AsyncClient
     from hostler.worker.gateway.management import Management
     from hostler.worker.gateway.metrics_render import render
     from hostler.worker.gateway.settings import GatewaySettings
     from prometheus_client.parser import text_string_to_metric_families
-
-    from hostler import AsyncClient
 
     client, _ = served
     client.complete("tiny", "one two", max_tokens=6)

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Stack, start_stack, stop_stack
+from hostler import Client, HostlerError, InvalidRequest
 from hostler.client import _pull
 from hostler.schemas import PullProgressEvent
 from local_hub import LocalHub, serve_hub
-
-from hostler import Client, HostlerError, InvalidRequest
 
 REPO = "tester/Tiny-GGUF"
 

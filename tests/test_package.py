@@ -7,10 +7,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+import hostler
 import hostler.client
 import hostler.schemas
-
-import hostler
 
 ROOT = Path(__file__).resolve().parent.parent
 

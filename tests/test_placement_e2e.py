@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 from cluster import Cluster
+from hostler import Client, CompletionResult, JobFailed, NoCapacity
 from hostler.schemas import LoadParams
 from hostler.worker.controller import WORKER_BASE_BYTES
 from hostler.worker.memory import estimate
-
-from hostler import Client, CompletionResult, JobFailed, NoCapacity
 
 pytestmark = pytest.mark.e2e
 

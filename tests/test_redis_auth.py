@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import start_stack, stop_stack
+from hostler import Client, ConnectionFailed
 from hostler.client._connection import connect
 from hostler.worker.embedded_redis import find_server_binary, free_port
 from redis.backoff import NoBackoff
 from redis.connection import SSLConnection
 from redis.retry import Retry
-
-from hostler import Client, ConnectionFailed
 
 NO_RETRY = Retry(NoBackoff(), 0)
 
@@ -107,7 +106,7 @@ def test_rediss_url_gives_a_tls_connection_with_its_credentials() -> None:
     connection = connect(url)
     try:
         pool = connection.connection_pool
-        assert pool.connection_class is SSLConnection
+        assert issubclass(pool.connection_class, SSLConnection)
         assert pool.connection_kwargs["host"] == "example.invalid"
         assert pool.connection_kwargs["port"] == 6380
         assert pool.connection_kwargs["password"] == "pw"
@@ -115,4 +114,4 @@ def test_rediss_url_gives_a_tls_connection_with_its_credentials() -> None:
     finally:
         connection.close()
     with Client(url) as client:
-        assert client.connection.connection_pool.connection_class is SSLConnection
+        assert issubclass(client.connection.connection_pool.connection_class, SSLConnection)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import psutil
 from conftest import start_stack, stop_stack
+from hostler import CompletionResult, HostlerError, JobHandle
 from hostler.client._rqstore import fetch_job
 from hostler.worker.embedded_redis import EmbeddedRedis, free_port
-
-from hostler import CompletionResult, HostlerError, JobHandle
 
 JOBS = 20
 # Within redis-py's own retries (client/_connection.py, about 5 s): longer outages outlive the

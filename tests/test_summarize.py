@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 from cluster import Cluster
-from hostler.client.summarize import pack, split_units
-
 from hostler import Client
+from hostler.client.summarize import pack, split_units
 
 pytestmark = pytest.mark.e2e
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 from fake_engine import FakeEngine
+from hostler import Client, InvalidRequest, JobFailed, ModelNotFound
 from hostler.client._rqstore import make_queue, read_outcome
 from hostler.schemas import Keys
 from hostler.worker.host_agent import HostAgent
@@ -22,8 +23,6 @@ from hostler.worker.registry import scan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq.job import JobStatus
-
-from hostler import Client, InvalidRequest, JobFailed, ModelNotFound
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
-from hostler.client import Client, HostlerError
-from hostler.client._connection import PREFIX_ENV, connect, resolve_url
+import redis
+from hostler.client import Client, ConnectionFailed, HostlerError
+from hostler.client._connection import PREFIX_ENV, connect, mask_url, resolve_url
 from hostler.client._rqstore import DEFAULT_MAX_QUEUE
 from hostler.client.cli import CLIENT_COMMANDS, models_group, redis_option
 from hostler.schemas import DEFAULT_PREFIX, Keys, PlacementPolicy, parse_size
@@ -22,6 +24,9 @@ from hostler.schemas import DEFAULT_PREFIX, Keys, PlacementPolicy, parse_size
 from .hardware_cli import hardware_command
 from .models_cli import MODEL_COMMANDS
 from .registry import ALLOW_DIRS_ENV, DEFAULT_MODELS_DIR, ModelIdError, check_model_id, scan
+
+if TYPE_CHECKING:
+    from .host_agent import HostAgent
 
 DEMO_PROMPT = "In two sentences, what is a message queue good for?"
 
@@ -89,7 +94,18 @@ max_queue_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        # Refused credentials (or a command the ACL refuses) end any command with one line,
+        # not a traceback: retrying cannot fix them, the person running it can.
+        try:
+            return super().invoke(ctx)
+        except ConnectionFailed as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def main(verbose: int) -> None:
     """hostler: local LLMs served to many clients through Redis queues.
@@ -139,11 +155,9 @@ def up_command(
 
     Example: hostler up --models ~/models
     """
-    from .controller import Controller
     from .embedded_redis import EmbeddedRedis
     from .fetch import DEFAULT_MODEL, fetch
     from .host_agent import HostAgent
-    from .janitor import Janitor
 
     models_dir.mkdir(parents=True, exist_ok=True)
     first_run = not scan(models_dir).models
@@ -154,7 +168,7 @@ def up_command(
     if redis_url is None:
         server = EmbeddedRedis(data_dir=models_dir.parent / "redis", persistent=True).start()
         redis_url = server.url
-        click.echo(f"Started {server.binary.name} at {redis_url}")
+        click.echo(f"Started {server.binary.name} at {mask_url(redis_url)}")
     keys = Keys(prefix)
     agent = HostAgent(
         connection=connect(redis_url),
@@ -164,23 +178,47 @@ def up_command(
         host=host_id or socket.gethostname(),
         max_memory=max_memory,
     )
-    agent.rescan()
-    agent.report()
+    try:
+        agent.rescan()
+        agent.report()
+        demo_model = None
+        if demo or (demo is None and first_run) or exit_after_demo:
+            demo_model = DEFAULT_MODEL.model_id if first_run else sorted(agent.catalog.models)[0]
+        _serve_up(agent, redis_url, prefix, policy, max_queue, demo_model, exit_after_demo)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _serve_up(
+    agent: HostAgent,
+    redis_url: str,
+    prefix: str,
+    policy: PlacementPolicy,
+    max_queue: int | None,
+    demo_model: str | None,
+    exit_after_demo: bool,
+) -> None:
+    """Runs controller, host agent and janitor as threads until a signal (or the demo) ends them."""
+    from .controller import Controller
+    from .janitor import Janitor
+
+    keys = agent.keys
     controller = Controller(connection=connect(redis_url), keys=keys, policy=policy)
     janitor = Janitor(connection=connect(redis_url), keys=keys, max_queue=max_queue)
+    stop = _stop_on_signals()
+    refused: list[ConnectionFailed] = []
     threads = [
-        threading.Thread(target=controller.run, name="controller", daemon=True),
-        threading.Thread(target=agent.run, name="host-agent", daemon=True),
-        threading.Thread(target=janitor.run, name="janitor", daemon=True),
+        threading.Thread(target=_until_refused(run, refused, stop), name=name, daemon=True)
+        for name, run in (("controller", controller.run), ("host-agent", agent.run), ("janitor", janitor.run))
     ]
     for thread in threads:
         thread.start()
-    stop = _stop_on_signals()
-    click.echo(f"Serving {', '.join(sorted(agent.catalog.models))} from {models_dir}")
-    click.echo(f"Clients: HOSTLER_REDIS_URL={redis_url}")
+    click.echo(f"Serving {', '.join(sorted(agent.catalog.models))} from {agent.models_dir}")
+    click.echo(f"Clients: HOSTLER_REDIS_URL={mask_url(redis_url)}")
     try:
-        if demo or (demo is None and first_run) or exit_after_demo:
-            _demo(redis_url, prefix, DEFAULT_MODEL.model_id if first_run else sorted(agent.catalog.models)[0])
+        if demo_model is not None:
+            _demo(redis_url, prefix, demo_model)
         if not exit_after_demo:
             click.echo("Ctrl-C stops.")
             stop.wait()
@@ -190,8 +228,23 @@ def up_command(
         agent.stop()
         for thread in threads:
             thread.join(30)
-        if server is not None:
-            server.close()
+    if refused:
+        raise refused[0]
+
+
+def _until_refused(
+    run: Callable[[], None], refused: list[ConnectionFailed], stop: threading.Event
+) -> Callable[[], None]:
+    """`run`, but a refusal by Redis stops the whole of `hostler up` instead of one thread."""
+
+    def guarded() -> None:
+        try:
+            run()
+        except ConnectionFailed as exc:
+            refused.append(exc)
+            stop.set()
+
+    return guarded
 
 
 def _stop_on_signals() -> threading.Event:
@@ -420,8 +473,20 @@ def gateway_command(
     settings = GatewaySettings(
         redis_url=resolve_url(redis_url), prefix=prefix, api_keys=api_keys_from(api_keys), timeout_s=timeout
     )
+    _check_access(settings.redis_url, prefix)
     verbosity = ctx.find_root().params.get("verbose", 0)
     serve(settings, host=bind_host, port=port, log_level="debug" if verbosity >= 2 else "info")
+
+
+def _check_access(redis_url: str, prefix: str) -> None:
+    """Reads once what /management/processes reads, so refused credentials end the gateway
+    at its start (ConnectionFailed) instead of failing every request it would accept."""
+    try:
+        with Client(redis_url, prefix=prefix, timeout=10) as client:
+            client.status()
+    except redis.RedisError as exc:
+        # An outage is not a refusal: the gateway answers 503 until Redis is back.
+        logging.getLogger("hostler.gateway").warning("redis unavailable at start (%s)", exc)
 
 
 def _run_until_signal(run: Callable[[], None], stop: Callable[[], None]) -> None:

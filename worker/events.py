@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+from hostler.client._errors import ConnectionFailed
 from hostler.schemas import DoneEvent, ErrorEvent, JobResult, TokenEvent
 
 log = logging.getLogger("hostler.worker")
@@ -82,7 +83,7 @@ class EventSender:
     def listeners(self, channel: str) -> int:
         try:
             reply = self._connection.pubsub_numsub(channel)
-        except redis.RedisError:
+        except (redis.RedisError, ConnectionFailed):
             return 1  # cannot tell: keep generating rather than drop a listener's job
         return int(reply[0][1]) if reply else 0
 
@@ -118,7 +119,7 @@ class EventSender:
                 for job, payload in batch:
                     pipe.publish(job.channel, payload)
                 receivers = pipe.execute()
-        except redis.RedisError as exc:
+        except (redis.RedisError, ConnectionFailed) as exc:
             # Lost token events are a gap the client fills from the stored result.
             log.warning("could not publish %d event(s): %s", len(batch), exc)
             receivers = [1] * len(batch)

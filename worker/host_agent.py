@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 import redis
+from hostler.client._connection import URL_ENV
+from hostler.client._errors import ConnectionFailed
 from hostler.schemas import Assignment, HardwareReport, HostReport, HostWorker, Keys, ModelInfo
 from pydantic import ValidationError
 
@@ -43,17 +45,30 @@ MAX_BACKOFF_S = 30.0
 MAX_CRASHES = 5
 
 
-def worker_command(model: str, models_dir: Path, redis_url: str, prefix: str, host: str, *extra: str) -> list[str]:
-    """The command line of one model's worker process."""
+def worker_command(model: str, models_dir: Path, prefix: str, host: str, *extra: str) -> list[str]:
+    """The command line of one model's worker process; its Redis URL comes by worker_env().
+
+    -P (Python 3.11+) keeps the current directory off sys.path, so no folder named hostler
+    where the agent was started can shadow the installed package.
+    """
+    python = [sys.executable, "-P"] if sys.version_info >= (3, 11) else [sys.executable]
     return [
-        sys.executable, "-m", "hostler.worker", "worker",
+        *python, "-m", "hostler.worker", "worker",
         "--model", model,
         "--models", str(models_dir),
-        "--redis", redis_url,
         "--prefix", prefix,
         "--host-id", host,
         *extra,
     ]  # fmt: skip
+
+
+def worker_env(redis_url: str) -> dict[str, str]:
+    """A worker's environment: the agent's own plus the Redis URL.
+
+    Not on the command line: /proc/<pid>/cmdline (`ps`) is readable by every user of the
+    machine, a process's environment only by its owner.
+    """
+    return {**os.environ, URL_ENV: redis_url}
 
 
 @dataclass
@@ -75,7 +90,8 @@ class _CrashRecord:
 class HostAgent:
     connection: redis.Redis
     keys: Keys
-    redis_url: str
+    # Out of the dataclass's repr: the URL may hold a password.
+    redis_url: str = field(repr=False)
     models_dir: Path
     host: str = field(default_factory=socket.gethostname)
     max_memory: int | None = None
@@ -95,15 +111,18 @@ class HostAgent:
 
     def run(self) -> None:
         backoff = 0.1
-        while not self._stop.is_set():
-            try:
-                self.step()
-                backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-        self.shutdown()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.step()
+                    backoff = 0.1
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            # Also when Redis refuses the credentials (ConnectionFailed): no worker outlives its agent.
+            self.shutdown()
 
     def stop(self) -> None:
         self._stop.set()
@@ -226,18 +245,11 @@ class HostAgent:
 
     def _spawn(self, model: str) -> None:
         cmd = worker_command(
-            model,
-            self.models_dir,
-            self.redis_url,
-            self.keys.prefix,
-            self.host,
-            "--preload",
-            "--exit-with-parent",
-            *self.worker_args,
+            model, self.models_dir, self.keys.prefix, self.host, "--preload", "--exit-with-parent", *self.worker_args
         )
         # Own process group: a terminal's Ctrl-C reaches the agent, which then stops
         # workers in two stages instead of killing them mid-token.
-        process = subprocess.Popen(cmd, start_new_session=True)
+        process = subprocess.Popen(cmd, env=worker_env(self.redis_url), start_new_session=True)
         self.children[model] = _Child(model, process, time.monotonic())
         log.info("started worker for %s (pid %d)", model, process.pid)
 
@@ -290,7 +302,7 @@ class HostAgent:
                 pipe.delete(self.keys.host(self.host), self.keys.assignments(self.host), self.keys.wake(self.host))
                 pipe.srem(self.keys.hosts, self.host)
                 pipe.execute()
-        except redis.RedisError:
+        except (redis.RedisError, ConnectionFailed):
             pass
 
 

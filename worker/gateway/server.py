@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from hostler.client._connection import mask_url
+
 from .settings import GatewaySettings
 
 log = logging.getLogger("hostler.gateway")
@@ -21,7 +23,7 @@ def serve(settings: GatewaySettings, *, host: str, port: int, log_level: str = "
         "gateway on http://%s:%d in front of %s (%s)",
         host,
         port,
-        _without_password(settings.redis_url),
+        mask_url(settings.redis_url),
         f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys: open to anyone who can connect",
     )
     config = uvicorn.Config(
@@ -34,14 +36,3 @@ def serve(settings: GatewaySettings, *, host: str, port: int, log_level: str = "
         access_log=log_level == "debug",
     )
     uvicorn.Server(config).run()
-
-
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))

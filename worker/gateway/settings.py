@@ -14,7 +14,8 @@ DEFAULT_MAX_BODY_BYTES = 9 * 1024 * 1024
 class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    redis_url: str = Field(description="The Redis the queues live on (redis://, rediss://, unix://).")
+    # Out of the repr: the URL may hold a password.
+    redis_url: str = Field(description="The Redis the queues live on (redis://, rediss://, unix://).", repr=False)
     prefix: str | None = Field(None, description="Redis key prefix; None: $HOSTLER_PREFIX or 'hostler:'.")
     api_keys: tuple[SecretStr, ...] = Field(
         (), description="Bearer keys every endpoint but /health requires; empty: no authentication."
