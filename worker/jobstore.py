@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from hostler.client._rqstore import (
@@ -41,21 +42,61 @@ from .metrics import JobMetrics, PieceClock, count_ended
 
 log = logging.getLogger("hostler.worker")
 
+T = TypeVar("T")
+
 # How long a started job stays in the started registry without a heartbeat.
 STARTED_TTL = 60
 
 # Takes the next job id, interactive before batch, into the worker's taken list. With
 # nothing waiting it clears the bell, so that the next enqueue's ring wakes an idle worker;
 # a ring left from jobs another worker already took would only cost an empty look.
-# KEYS: queues in priority order..., taken list, bell. Returns {index of the queue, id} or nil.
+# An id already in the taken list is answered instead of taking another: the list holds at
+# most the one id a worker took and has not started, so an id there is one whose take
+# reply was lost (redis-py replays the call after a reconnect, and a worker that gave up
+# takes again). Taking more would strand it until the worker died.
+# KEYS: queues in priority order..., taken list, bell. ARGV: rq job key prefix, queue names in
+# the same order. Returns {index of the queue, id} or nil.
 _TAKE = """
 local n = #KEYS - 2
+local held = redis.call('LINDEX', KEYS[n + 1], 0)
+if held then
+  local origin = redis.call('HGET', ARGV[1] .. held, 'origin')
+  for i = 1, n do
+    if ARGV[i + 1] == origin then return {i, held} end
+  end
+  return {1, held}
+end
 for i = 1, n do
   local id = redis.call('LMOVE', KEYS[i], KEYS[n + 1], 'LEFT', 'RIGHT')
   if id then return {i, id} end
 end
 redis.call('DEL', KEYS[n + 2])
 return nil
+"""
+
+# Runs a worker's writes to a job only while the job is still that worker's: started by it,
+# or, for a claim (the taken list given as KEYS[2]), still in its taken list, whence it is
+# removed. A janitor that judged the worker dead (frozen, cut off) may have failed the job,
+# queued it again, or put it back unstarted; the worker's late writes must not undo that.
+# Every write is guarded, so a call replayed after a lost reply changes nothing twice.
+# KEYS: job hash[, taken list]. ARGV: started status, worker name, job id, then each
+# command as its word count and its words. Returns nil if the job is not the worker's,
+# else the replies of the commands.
+_IF_HELD = """
+local held = redis.call('HGET', KEYS[1], 'status') == ARGV[1]
+  and redis.call('HGET', KEYS[1], 'worker_name') == ARGV[2]
+if not held and KEYS[2] then
+  held = redis.call('LREM', KEYS[2], 1, ARGV[3]) == 1
+end
+if not held then return false end
+local replies = {}
+local i = 4
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  replies[#replies + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return replies
 """
 
 # A dead worker's taken ids back to the front of the queue each came from, newest first so
@@ -108,12 +149,29 @@ class Claimed:
     # For the metrics: the job's kind once parsed, and when it started and made its first piece.
     kind: str = "invalid"
     clock: PieceClock = field(default_factory=PieceClock)
+    # Set (by the heartbeat) once the job is found ended or queued again by someone else:
+    # this worker was judged dead, and whatever it still does with the job is dropped.
+    lost: bool = False
+    # Set as its end is written: a heartbeat refused from then on may only mean that end applied.
+    ending: bool = False
+
+
+@dataclass
+class _Claiming:
+    """A claim sent but not yet answered: its exact words, to send again if the reply is lost."""
+
+    index: int
+    job: RqJob
+    execution: Execution
+    started_at: datetime
+    args: list[Any]
 
 
 class JobStore:
     def __init__(self, connection: redis.Redis, keys: Keys, model: str, rq_worker: RqWorker, taken_key: str) -> None:
         self.connection = connection
         self.keys = keys
+        self.model = model
         # One rq queue per priority class, in the order they are served.
         self.queues = [make_queue(connection, keys.queue_name(model, p)) for p in PRIORITIES]
         # Per worker, not rq's shared intermediate list: replicas on several hosts share a
@@ -125,8 +183,11 @@ class JobStore:
         self._registries = {q.name: (q.finished_job_registry, q.failed_job_registry) for q in self.queues}
         self._take = connection.register_script(_TAKE)
         self._take_keys = [*(q.key for q in self.queues), taken_key, self.bell]
+        self._take_args = [RqJob.redis_job_namespace_prefix, *(q.name for q in self.queues)]
+        self._if_held = connection.register_script(_IF_HELD)
         # The job taken with the previous job's end, so a busy worker skips one round trip.
         self._prefetched: tuple[int, str] | None = None
+        self._claiming: _Claiming | None = None
         self._empty = False
         self.metrics = JobMetrics(keys, model)
 
@@ -141,13 +202,18 @@ class JobStore:
             return sum(int(n) for n in pipe.execute())
 
     def _taken(self, timeout: float) -> tuple[int, str] | None:
-        # After a look that found nothing (and cleared the bell), any new job rings the bell:
-        # an idle worker goes straight to waiting for it.
-        taken = None if self._empty else self._decode(self._take(keys=self._take_keys))
-        if taken is None:
-            # rq's own enqueue does not ring: a job pushed that way waits at most `timeout`.
-            self.connection.blpop([self.bell], timeout=timeout)
-            taken = self._decode(self._take(keys=self._take_keys))
+        try:
+            # After a look that found nothing (and cleared the bell), any new job rings the bell:
+            # an idle worker goes straight to waiting for it.
+            taken = None if self._empty else self._decode(self._take(keys=self._take_keys, args=self._take_args))
+            if taken is None:
+                # rq's own enqueue does not ring: a job pushed that way waits at most `timeout`.
+                self.connection.blpop([self.bell], timeout=timeout)
+                taken = self._decode(self._take(keys=self._take_keys, args=self._take_args))
+        except redis.RedisError:
+            # The take may have run with its reply lost: the next one answers what it took.
+            self._empty = False
+            raise
         self._empty = taken is None
         return taken
 
@@ -159,47 +225,90 @@ class JobStore:
         return int(index) - 1, raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def claim(self, timeout: float) -> Claimed | None:
-        """Waits up to timeout for the next job (interactive first, FIFO in a class) and marks it started."""
-        taken, self._prefetched = self._prefetched, None
-        if taken is None:
-            taken = self._taken(timeout)
-        if taken is None:
+        """Waits up to timeout for the next job (interactive first, FIFO in a class) and marks it started.
+
+        A claim that raised (its reply lost in an outage) is sent again, word for word, by the
+        next call, so the job it may already have started is not left started under a live
+        worker that forgot it.
+        """
+        if self._claiming is None:
+            taken, self._prefetched = self._prefetched, None
+            if taken is None:
+                taken = self._taken(timeout)
+            if taken is None:
+                return None
+            self._claiming = self._prepare_claim(*taken)
+        claiming = self._claiming
+        replies = self._if_held(keys=[claiming.job.key, self.taken_key], args=claiming.args)
+        self._claiming = None
+        if replies is None:
+            # Put back by a janitor that judged this worker dead between its take and now.
+            log.warning("job %s was put back on its queue before %s started it", claiming.job.id, self.worker_name)
+            self._empty = False
             return None
-        index, job_id = taken
-        queue = self.queues[index]
-        job = RqJob(id=job_id, connection=self.connection, serializer=JSONSerializer)
-        job.origin = queue.name
-        started_at = _now()
-        keys = self.keys
-        # Plain pipelines, not MULTI/EXEC: only this worker writes a job it has claimed, and a
-        # transaction doubles the replies to parse (a QUEUED per command).
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hgetall(job.key)
-            pipe.exists(keys.waiting(job_id))
-            pipe.exists(keys.start_by(job_id))
-            # Read above, then dropped: once started, the deadline has done its work.
-            pipe.delete(keys.start_by(job_id))
-            job.prepare_for_execution(self.worker_name, pipeline=pipe)
-            execution = Execution.create(job, STARTED_TTL, pipeline=pipe, worker_name=self.worker_name)
-            pipe.lrem(self.taken_key, 1, job_id)
-            pipe.hdel(keys.leases, job_id)
-            replies = pipe.execute()
+        raw, waited_for, in_time = replies[:3]
         return Claimed(
-            job=job,
-            execution=execution,
-            raw=replies[0],
-            started_at=started_at,
-            queue=queue,
-            waited_for=bool(replies[1]),
-            in_time=bool(replies[2]),
+            job=claiming.job,
+            execution=claiming.execution,
+            raw=dict(zip(raw[::2], raw[1::2], strict=True)),
+            started_at=claiming.started_at,
+            queue=self.queues[claiming.index],
+            waited_for=bool(waited_for),
+            in_time=bool(in_time),
         )
 
-    def succeed(self, claimed: Claimed, result: dict[str, Any], channel: str, done_event: str) -> None:
+    def _prepare_claim(self, index: int, job_id: str) -> _Claiming:
+        job = RqJob(id=job_id, connection=self.connection, serializer=JSONSerializer)
+        job.origin = self.queues[index].name
+        started_at = _now()
+        keys = self.keys
+
+        def build(pipe: Any) -> Execution:
+            pipe.hgetall(job.key)
+            pipe.exists(keys.waiting(job_id))
+            # Left to expire on its own: a claim sent again must read what the first read.
+            pipe.exists(keys.start_by(job_id))
+            job.prepare_for_execution(self.worker_name, pipeline=pipe)
+            execution = Execution.create(job, STARTED_TTL, pipeline=pipe, worker_name=self.worker_name)
+            pipe.hdel(keys.leases, job_id)
+            return execution
+
+        execution, commands = self._commands(build)
+        return _Claiming(index, job, execution, started_at, self._guarded(job_id, commands))
+
+    def _commands(self, build: Callable[[Any], T]) -> tuple[T, list[Any]]:
+        """What `build` (rq's own writers among it) queues on a pipeline, as words to guard."""
+        pipe = self.connection.pipeline(transaction=False)
+        try:
+            built = build(pipe)
+            words: list[Any] = []
+            for args, _options in pipe.command_stack:
+                words += [len(args), *args]
+            return built, words
+        finally:
+            pipe.reset()
+
+    def _guarded(self, job_id: str, commands: list[Any]) -> list[Any]:
+        return [JobStatus.STARTED.value, self.worker_name, job_id, *commands]
+
+    def holds(self, claimed: Claimed, pipe: Any) -> None:
+        """Queues the running job's heartbeat, written only while the job is still this worker's.
+
+        Its reply on the pipeline is None once the job was taken from this worker.
+        """
+        _, commands = self._commands(
+            lambda scratch: claimed.execution.heartbeat(claimed.job.started_job_registry, STARTED_TTL, scratch)
+        )
+        self._if_held(keys=[claimed.job.key], args=self._guarded(claimed.job.id, commands), client=pipe)
+
+    def succeed(self, claimed: Claimed, result: dict[str, Any], channel: str, done_event: str) -> bool:
+        """Stores a result and sends the done event; False if the job was no longer this worker's."""
         job = claimed.job
-        job.ended_at = _now()
-        with self.connection.pipeline(transaction=False) as pipe:
+        job.ended_at = ended_at = _now()
+
+        def build(pipe: Any) -> None:
             job.set_status(JobStatus.FINISHED, pipeline=pipe)
-            pipe.hset(job.key, "ended_at", utcformat(job.ended_at))
+            pipe.hset(job.key, "ended_at", utcformat(ended_at))
             Result.create(
                 job,
                 Result.Type.SUCCESSFUL,
@@ -209,21 +318,23 @@ class JobStore:
                 pipeline=pipe,
                 execution_id=claimed.execution.id,
                 execution_started_at=claimed.started_at,
-                execution_ended_at=job.ended_at,
+                execution_ended_at=ended_at,
             )
             self._registries[claimed.queue.name][0].add(job, RESULT_TTL, pipe)
             self._end(claimed, pipe, RESULT_TTL)
             self.metrics.finished(pipe, result, claimed.kind, claimed.clock)
             pipe.publish(channel, done_event)
-            self._prefetch(pipe)
 
-    def fail(self, claimed: Claimed, code: str, message: str, channel: str, error_event: str) -> None:
+        return self._end_held(claimed, build)
+
+    def fail(self, claimed: Claimed, code: str, message: str, channel: str, error_event: str) -> bool:
         job = claimed.job
-        job.ended_at = _now()
+        job.ended_at = ended_at = _now()
         reason = encode_failure(code, message)
-        with self.connection.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
-            pipe.hset(job.key, mapping={"ended_at": utcformat(job.ended_at), "exc_info": _compress(reason)})
+            pipe.hset(job.key, mapping={"ended_at": utcformat(ended_at), "exc_info": _compress(reason)})
             # rq's FailedJobRegistry.add would re-save the whole record, which a payload that
             # was refused unread (too large, not JSON) cannot be rebuilt into.
             pipe.zadd(self._registries[claimed.queue.name][1].key, {job.id: current_timestamp() + FAILURE_TTL})
@@ -235,45 +346,61 @@ class JobStore:
                 pipeline=pipe,
                 execution_id=claimed.execution.id,
                 execution_started_at=claimed.started_at,
-                execution_ended_at=job.ended_at,
+                execution_ended_at=ended_at,
             )
             self._end(claimed, pipe, FAILURE_TTL)
             self.metrics.ended(pipe, "failed", kind=claimed.kind, code=code, ran_s=claimed.clock.ran_s())
             pipe.publish(channel, error_event)
-            self._prefetch(pipe)
 
-    def cancel(self, claimed: Claimed, code: str, message: str, channel: str) -> None:
+        return self._end_held(claimed, build)
+
+    def cancel(self, claimed: Claimed, code: str, message: str, channel: str) -> bool:
         """Ends a claimed job that must not run (its client left, its start deadline passed)."""
-        with self.connection.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             end_canceled(claimed.job, pipe, self.keys, code, message)
             claimed.execution.delete(claimed.job, pipeline=pipe)
             self.metrics.ended(pipe, "canceled", kind=claimed.kind, code=code)
-            self._prefetch(pipe)
 
-    def _prefetch(self, pipe: Any) -> None:
-        self._take(keys=self._take_keys, client=pipe)
+        return self._end_held(claimed, build)
+
+    def _end_held(self, claimed: Claimed, build: Callable[[Any], None]) -> bool:
+        """One round trip: the job's end, guarded, and the take of the next job id."""
+        announced = self.metrics.announced
+        _, commands = self._commands(build)
+        args = self._guarded(claimed.job.id, commands)
         try:
-            self._prefetched = self._decode(pipe.execute()[-1])
-        except redis.exceptions.NoScriptError as exc:
-            # redis-py loads a pipeline's scripts once, then replays the pipeline after a
-            # reconnect; a Redis that restarted in between has none. Every command before the
-            # take was applied (the job has ended); the next claim takes the next job.
-            log.warning("ended a job but could not take the next one: %s", exc)
-            self._prefetched = None
-            self._empty = False
-            return
+            ended, taken = self._end_round_trip(claimed, args)
+        except redis.RedisError:
+            # Maybe not applied: the next try queues the once-per-process writes again.
+            self.metrics.announced = announced
+            raise
+        self._prefetched = self._decode(taken)
         self._empty = self._prefetched is None
+        if ended is None:
+            self.metrics.announced = announced
+            return False
+        return True
+
+    def _end_round_trip(self, claimed: Claimed, args: list[Any]) -> list[Any]:
+        try:
+            return self._send_end(claimed, args)
+        except redis.exceptions.NoScriptError:
+            # redis-py loads a pipeline's scripts once, then replays the pipeline after a
+            # reconnect; a Redis that restarted in between has none. Neither call changes
+            # anything twice, so the whole round trip is sent again (its scripts loaded first).
+            return self._send_end(claimed, args)
+
+    def _send_end(self, claimed: Claimed, args: list[Any]) -> list[Any]:
+        with self.connection.pipeline(transaction=False) as pipe:
+            self._if_held(keys=[claimed.job.key], args=args, client=pipe)
+            self._take(keys=self._take_keys, args=self._take_args, client=pipe)
+            return list(pipe.execute())
 
     def give_back(self) -> None:
-        """Returns a prefetched job to the head of its queue (the worker is exiting)."""
-        taken, self._prefetched = self._prefetched, None
-        if taken is not None:
-            index, job_id = taken
-            with self.connection.pipeline() as pipe:
-                pipe.lrem(self.taken_key, 1, job_id)
-                pipe.lpush(self.queues[index].key, job_id)
-                pipe.rpush(self.bell, "1")
-                pipe.execute()
+        """Returns a taken but unstarted job to the head of its queue (the worker is exiting)."""
+        self._prefetched = None
+        requeue_taken(self.connection, self.keys, self.model, self.worker_name)
 
     def _end(self, claimed: Claimed, pipe: Any, ttl: int) -> None:
         claimed.execution.delete(claimed.job, pipeline=pipe)

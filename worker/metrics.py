@@ -59,7 +59,9 @@ class JobMetrics:
         self.key = keys.metrics(model)
         self.models_key = keys.metric_models
         self.model = model
-        self._announced = False
+        # Whether this process has added the model to the set; a job end that did not apply
+        # (the job was no longer the worker's) sets it back.
+        self.announced = False
 
     def observe(self, pipe: Any, histogram: str, kind: str, seconds: float) -> None:
         seconds = max(0.0, seconds)
@@ -78,10 +80,10 @@ class JobMetrics:
         usage: dict[str, Any] | None = None,
     ) -> None:
         """One job's end: its outcome, its reason, its tokens and timings."""
-        if not self._announced:
+        if not self.announced:
             # Once per process: the set only tells a gateway which hashes to read.
             pipe.sadd(self.models_key, self.model)
-            self._announced = True
+            self.announced = True
         pipe.hincrby(self.key, f"jobs:{outcome}", 1)
         if code is not None:
             pipe.hincrby(self.key, f"code:{code}", 1)

@@ -20,6 +20,7 @@ from types import FrameType
 
 import psutil
 import redis
+from hostler.client._errors import ConnectionFailed
 from hostler.schemas import (
     JOB_ADAPTER,
     MAX_REQUEST_BYTES,
@@ -50,8 +51,7 @@ from rq.worker import Worker as RqWorker
 
 from .engine import Engine, EngineError, EngineFactory
 from .events import EventSender, JobEvents
-from .jobstore import STARTED_TTL, Claimed, JobStore, describe_payload, requeue_taken
-from .metrics import PieceClock
+from .jobstore import Claimed, JobStore, describe_payload
 from .registry import ModelManifest
 
 log = logging.getLogger("hostler.worker")
@@ -60,8 +60,6 @@ HEARTBEAT_S = 2.0
 REPORT_TTL_S = 10
 # A streaming job whose channel has had no subscriber this long is abandoned.
 LISTENER_GRACE_S = 2.0
-# How often an idle worker looks for jobs a lost reply left in its taken list (rare: Redis restarts).
-STRAY_CHECK_S = 5.0
 
 
 class InvalidJob(Exception):
@@ -125,7 +123,6 @@ class ModelWorker:
         self._hard = threading.Event()
         self._process = psutil.Process()
         self._heartbeat_thread: threading.Thread | None = None
-        self._strays_checked = 0.0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -158,8 +155,6 @@ class ModelWorker:
             while not self._graceful.is_set():
                 try:
                     claimed = self.store.claim(timeout=1.0)
-                    if claimed is None and time.monotonic() - self._strays_checked > STRAY_CHECK_S:
-                        self._requeue_strays()
                     backoff = 0.1
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
@@ -176,18 +171,6 @@ class ModelWorker:
                     break
         finally:
             self._shutdown()
-
-    def _requeue_strays(self) -> None:
-        """Puts back ids left in this worker's taken list while it holds none.
-
-        A take whose reply was lost (Redis stopped right after running it) is replayed by
-        redis-py on the restarted server and takes another id; the first stays in the taken
-        list, where only this worker's death would free it. Idle, with nothing prefetched,
-        the list must be empty, so whatever is in it is such a stray.
-        """
-        self._strays_checked = time.monotonic()
-        if requeue_taken(self.connection, self.keys, self.manifest.id, self.name):
-            log.warning("put back job(s) a lost reply had left in %s's taken list", self.name)
 
     def _preload(self) -> None:
         try:
@@ -206,7 +189,7 @@ class ModelWorker:
         self.events.close()
         try:
             self.store.give_back()
-        except redis.RedisError:
+        except (redis.RedisError, ConnectionFailed):
             log.warning("could not return a prefetched job; the host agent requeues it")
         if self.engine is not None:
             self.engine.close()
@@ -220,7 +203,7 @@ class ModelWorker:
                 pipe.delete(self.keys.alive(self.manifest.id))
                 pipe.execute()
             self.rq_worker.register_death()
-        except redis.RedisError:
+        except (redis.RedisError, ConnectionFailed):
             log.warning("could not deregister %s from redis", self.name)
 
     # -- one job ------------------------------------------------------------------
@@ -243,7 +226,7 @@ class ModelWorker:
                 message = f"not started within its start deadline of {job.start_within_s:g} s"
                 self._cancel(claimed, publisher, ErrorCode.EXPIRED, message)
                 return False
-            result = self._dispatch(job, publisher, claimed.clock)
+            result = self._dispatch(job, publisher, claimed)
             if isinstance(job, UnloadJob):
                 exit_after = self.store.waiting() == 0
             done = publisher.done(result)
@@ -256,7 +239,7 @@ class ModelWorker:
             self._fail(claimed, publisher, exc.code, str(exc))
         except JobTimeout as exc:
             self._fail(claimed, publisher, ErrorCode.TIMEOUT, str(exc))
-        except redis.RedisError:
+        except (redis.RedisError, ConnectionFailed):
             raise
         except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
             log.exception("job %s failed", claimed.job.id)
@@ -277,16 +260,24 @@ class ModelWorker:
     def _cancel(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
         self._end(claimed, lambda: self.store.cancel(claimed, code, message, publisher.channel))
 
-    def _end(self, claimed: Claimed, write: Callable[[], None]) -> None:
+    def _end(self, claimed: Claimed, write: Callable[[], bool]) -> None:
         """Stores a job's end, waiting out a Redis restart instead of exiting.
 
         The outcome exists only in this process: exiting would turn a finished generation into
-        worker_died. Only a second SIGTERM gives up.
+        worker_died. Only a second SIGTERM gives up. The write is refused when the job is no
+        longer this worker's (a janitor that judged it dead failed or retried it), and also when
+        it is sent again after a lost reply: either way the job has ended once.
         """
+        claimed.ending = True
         backoff = 0.1
         while True:
             try:
-                write()
+                if not write():
+                    log.warning(
+                        "job %s had already ended or been queued again when %s came to end it; its outcome stands",
+                        claimed.job.id,
+                        self.name,
+                    )
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if self._hard.is_set():
@@ -324,7 +315,7 @@ class ModelWorker:
             raise InvalidJob(f"job for model {job.model!r} is on the queue of {self.manifest.id!r}")
         return job
 
-    def _dispatch(self, job: Job, publisher: JobEvents, clock: PieceClock) -> JobResult:
+    def _dispatch(self, job: Job, publisher: JobEvents, claimed: Claimed) -> JobResult:
         if isinstance(job, LoadJob):
             return self._load(job.params)
         if isinstance(job, UnloadJob):
@@ -339,10 +330,10 @@ class ModelWorker:
         engine = self._engine()
         if isinstance(job, TokenCountJob):
             return TokenCountResult(model=self.manifest.id, count=engine.count_tokens(job.text))
-        return self._generate(engine, job, publisher, clock)
+        return self._generate(engine, job, publisher, claimed)
 
     def _generate(
-        self, engine: Engine, job: CompletionJob | ChatJob, publisher: JobEvents, clock: PieceClock
+        self, engine: Engine, job: CompletionJob | ChatJob, publisher: JobEvents, claimed: Claimed
     ) -> CompletionResult:
         stop_at = time.monotonic() + job.timeout_s if job.timeout_s is not None else None
         timed_out = False
@@ -353,15 +344,16 @@ class ModelWorker:
                 timed_out = True
                 return True
             # A job with a waiting client that stopped listening; a submitted job nobody streams runs on.
-            return self._hard.is_set() or ((job.stream or job.watched) and publisher.abandoned())
+            # A job taken from this worker (frozen past its heartbeat) is someone else's now.
+            return self._hard.is_set() or claimed.lost or ((job.stream or job.watched) and publisher.abandoned())
 
         if isinstance(job, CompletionJob):
             generation = engine.complete(job.prompt, job.params, should_stop)
         else:
             generation = engine.chat(job.messages, job.params, should_stop)
         for piece in generation:
-            clock.piece()
-            if job.stream:
+            claimed.clock.piece()
+            if job.stream and not claimed.lost:
                 publisher.token(piece)
         if timed_out:
             raise JobTimeout(
@@ -401,7 +393,9 @@ class ModelWorker:
     def _load(self, params: LoadParams, *, remember: bool = True) -> LoadResult:
         if self.engine is not None and self.load_params == params:
             return LoadResult(model=self.manifest.id, params=params, reloaded=False, seconds=0.0)
-        self._unload()
+        # Only the engine goes: the remembered params are what the next worker loads with,
+        # and a preload (remember=False) must not erase them.
+        self._close_engine()
         self.state = "loading"
         started = time.monotonic()
         self.engine = self.engine_factory(self.manifest.path, params, chat_template=self.manifest.chat_template)
@@ -417,11 +411,14 @@ class ModelWorker:
         )
 
     def _unload(self) -> None:
+        self._close_engine()
+        self.connection.delete(self.keys.load_params(self.manifest.id))
+
+    def _close_engine(self) -> None:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
             self.load_params = None
-        self.connection.delete(self.keys.load_params(self.manifest.id))
 
     # -- heartbeats ---------------------------------------------------------------
 
@@ -457,8 +454,15 @@ class ModelWorker:
             # rq's worker state follows the heartbeat, not every job: two commands saved per job.
             self.rq_worker.set_state("busy" if current is not None else "idle", pipeline=pipe)
             if current is not None:
-                current.execution.heartbeat(current.job.started_job_registry, STARTED_TTL, pipeline=pipe)
-            pipe.execute()
+                self.store.holds(current, pipe)
+            replies = pipe.execute()
+        if current is not None and replies[-1] is None and not (current.lost or current.ending):
+            # Back from a freeze (SIGSTOP, a stalled VM) longer than the report's TTL: the janitor
+            # ended or requeued the job meanwhile. Generating on would only be thrown away.
+            log.warning(
+                "job %s was taken from %s while it was not heartbeating; dropping it", current.job.id, self.name
+            )
+            current.lost = True
 
     def _heartbeat_loop(self) -> None:
         while not self._graceful.wait(HEARTBEAT_S):
@@ -468,7 +472,7 @@ class ModelWorker:
                 break
             try:
                 self._heartbeat()
-            except redis.RedisError as exc:
+            except (redis.RedisError, ConnectionFailed) as exc:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:  # noqa: BLE001 - the heartbeat thread must outlive surprises
                 log.exception("heartbeat crashed")
