@@ -29,10 +29,10 @@ import redis
 from bench_stack import PREFIX, HostReporter
 from hostler import Client, CompletionResult
 from hostler.schemas import Keys
+from hostler.worker.control.host_agent import HostAgent, worker_command, worker_env
 from hostler.worker.embedded_redis import EmbeddedRedis
-from hostler.worker.fetch import SMOLLM2, fetch
-from hostler.worker.host_agent import HostAgent, worker_command, worker_env
-from hostler.worker.llama_cpu import safe_llama_defaults
+from hostler.worker.engines.llama_cpu import safe_llama_defaults
+from hostler.worker.models.fetch import SMOLLM2, fetch
 
 MODEL = "sm"
 HOST_ID = "bench-batch"

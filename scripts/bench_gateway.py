@@ -8,7 +8,7 @@ requests per minute and aggregate generated tokens per second (from each reply's
 
 Compare mode runs, in one run, hostler (an embedded Redis, `hostler up`, `hostler gateway`)
 and llama-cpp-python's own server (`python -m llama_cpp.server`, from the `bench` extra) on
-the same GGUF (SmolLM2-135M-Instruct from hostler.worker.fetch), with the same prompts,
+the same GGUF (SmolLM2-135M-Instruct from hostler.worker.models.fetch), with the same prompts,
 max_tokens, temperature 0, context size and threads (llama.cpp's defaults, or --threads on
 both), and prints both and their ratio. A third row sends the same requests through
 hostler's AsyncClient straight to Redis, so the ratio to it is what HTTP adds. All stay up;
@@ -244,7 +244,7 @@ class Target:
 
 def compare(args: argparse.Namespace) -> None:
     from hostler.worker.embedded_redis import EmbeddedRedis
-    from hostler.worker.fetch import SMOLLM2, fetch
+    from hostler.worker.models.fetch import SMOLLM2, fetch
 
     path = fetch(SMOLLM2, quiet=True)
     hostler = [sys.executable, "-m", "hostler.worker"]

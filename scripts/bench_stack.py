@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import redis
 from hostler.schemas import Keys
-from hostler.worker.host_agent import REPORT_EVERY_S, HostAgent, worker_command, worker_env
+from hostler.worker.control.host_agent import REPORT_EVERY_S, HostAgent, worker_command, worker_env
 
 HOST_ID = "bench"
 # Explicit, so that a HOSTLER_PREFIX in the environment cannot split client and workers.

@@ -28,8 +28,8 @@ from pathlib import Path
 import llama_cpp  # noqa: F401  # imported before the baseline: it is not the model's memory
 import psutil
 from hostler.schemas import LoadParams, SamplingParams
-from hostler.worker.llama_engine import LlamaEngine
-from hostler.worker.memory import estimate_gguf
+from hostler.worker.engines.llama import LlamaEngine
+from hostler.worker.memory.estimate import estimate_gguf
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 

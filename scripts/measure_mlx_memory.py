@@ -27,14 +27,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import hostler.worker.cli  # noqa: F401  # what a worker process imports
-import hostler.worker.model_worker  # noqa: F401
+import hostler.worker.cli.main  # noqa: F401  # what a worker process imports
+import hostler.worker.serving.worker  # noqa: F401
 import mlx.core as mx
 import psutil
 from hostler.schemas import LoadParams, SamplingParams
-from hostler.worker.controller import WORKER_BASE_BYTES
-from hostler.worker.memory import estimate_mlx
-from hostler.worker.mlx_engine import MlxEngine
+from hostler.worker.control.controller import WORKER_BASE_BYTES
+from hostler.worker.engines.mlx import MlxEngine
+from hostler.worker.memory.estimate import estimate_mlx
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 

@@ -16,7 +16,7 @@ import redis
 from hostler import Client
 from hostler.schemas import Keys
 from hostler.worker.embedded_redis import EmbeddedRedis
-from hostler.worker.fetch import GEMMA3, SMOLLM2, fetch
+from hostler.worker.models.fetch import GEMMA3, SMOLLM2, fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))

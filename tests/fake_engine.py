@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams
-from hostler.worker.engine import ContextExceeded, Generation, LoadFailed, ShouldStop
+from hostler.worker.engines.protocol import ContextExceeded, Generation, LoadFailed, ShouldStop
 
 
 class FakeEngine:

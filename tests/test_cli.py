@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from conftest import Stack
-from hostler.worker.cli import main
+from hostler.worker.cli.main import main
 
 COMMANDS = [
     ["up"],

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hostler.worker.cli import main
+from hostler.worker.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

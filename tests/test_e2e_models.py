@@ -29,7 +29,7 @@ def real_stack(redis_url: str, tmp_path: Path, smollm2: Path, gemma3: Path) -> I
 
 
 def in_process(path: Path) -> Any:
-    from hostler.worker.llama_cpu import safe_llama_defaults
+    from hostler.worker.engines.llama_cpu import safe_llama_defaults
     from llama_cpp import Llama
 
     with safe_llama_defaults():

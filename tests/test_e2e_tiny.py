@@ -14,7 +14,7 @@ import pytest
 from conftest import Stack
 from hostler import Client, ContextExceeded, JobFailed, ModelNotFound, Timeout
 from hostler.client._rqstore import make_queue
-from hostler.worker import model_worker
+from hostler.worker.serving import worker as model_worker
 
 
 def test_complete_stream_and_count_agree(stack: Stack) -> None:

@@ -30,11 +30,11 @@ from hostler import Client
 from hostler.client._connection import connect
 from hostler.client._rqstore import fetch_job, make_queue, read_outcome
 from hostler.schemas import PRIORITIES, CompletionResult, Keys, LoadParams, WorkerReport
-from hostler.worker.host_agent import HostAgent
-from hostler.worker.janitor import Janitor
-from hostler.worker.jobstore import requeue_taken
-from hostler.worker.model_worker import ModelWorker
-from hostler.worker.registry import scan
+from hostler.worker.control.host_agent import HostAgent
+from hostler.worker.control.janitor import Janitor
+from hostler.worker.models.registry import scan
+from hostler.worker.serving.jobstore import requeue_taken
+from hostler.worker.serving.worker import ModelWorker
 from rq.results import Result
 from rq.serializers import JSONSerializer
 

@@ -79,7 +79,7 @@ def rq_jobs(connection: redis.Redis) -> list[str]:
 
 def test_the_client_and_the_cli_never_import_the_gateway_libraries() -> None:
     code = (
-        "import sys, hostler, hostler.worker.cli; from hostler import Client, AsyncClient; "
+        "import sys, hostler, hostler.worker.cli.main; from hostler import Client, AsyncClient; "
         "loaded = {'fastapi', 'uvicorn', 'starlette', 'prometheus_client'} & set(sys.modules); "
         "assert not loaded, loaded"
     )
@@ -88,7 +88,7 @@ def test_the_client_and_the_cli_never_import_the_gateway_libraries() -> None:
 
 def test_the_gateway_command_documents_itself() -> None:
     from click.testing import CliRunner
-    from hostler.worker.cli import main
+    from hostler.worker.cli.main import main
 
     result = CliRunner().invoke(main, ["gateway", "--help"])
     assert result.exit_code == 0 and "Example: hostler gateway" in result.output

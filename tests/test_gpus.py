@@ -7,7 +7,7 @@ import types
 from dataclasses import dataclass
 
 import pytest
-from hostler.worker import gpus
+from hostler.worker.hardware import gpus
 
 
 @dataclass

@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import Stack
 from hostler.schemas import GpuInfo, HardwareReport
-from hostler.worker import gpus, hardware
-from hostler.worker.cli import main
-from hostler.worker.engines import engine_availability
-from hostler.worker.hardware_cli import hardware_lines
+from hostler.worker.cli.hardware import hardware_lines
+from hostler.worker.cli.main import main
+from hostler.worker.engines.available import engine_availability
+from hostler.worker.hardware import cpu as hardware
+from hostler.worker.hardware import gpus
 
 
 def _x86_processor(index: int, physical: int, core: int, flags: str) -> str:
@@ -118,7 +119,7 @@ def test_empty_or_garbled_text_is_an_unknown_cpu_not_a_crash() -> None:
 
 
 def test_probe_of_this_machine_matches_what_the_os_says() -> None:
-    report = hardware.probe()
+    report = hardware.probe(engine_availability())
     assert report.ram_total_bytes >= report.ram_available_bytes > 0
     assert report.cores_logical >= 1
     assert report.engines == engine_availability()
@@ -147,7 +148,7 @@ def test_gpus_carry_the_driver_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     assert gpus.probe() == [GpuInfo(index=0, name="NVIDIA H100 80GB HBM3", total_bytes=_Memory.total,
                                     free_bytes=_Memory.free, driver="550.54.15")]  # fmt: skip
-    report = hardware.probe()
+    report = hardware.probe(engine_availability())
     assert [g.driver for g in report.gpus] == ["550.54.15"]
     lines = "\n".join(hardware_lines(report))
     assert "NVIDIA H100 80GB HBM3, driver 550.54.15: 79.0 GiB free of 80.0 GiB" in lines

@@ -17,11 +17,11 @@ from fake_engine import FakeEngine
 from hostler import Client, InvalidRequest, JobFailed, QueueFull
 from hostler.client._rqstore import read_outcome
 from hostler.schemas import Keys
-from hostler.worker.cli import main
-from hostler.worker.host_agent import HostAgent
-from hostler.worker.janitor import Janitor
-from hostler.worker.model_worker import ModelWorker
-from hostler.worker.registry import scan
+from hostler.worker.cli.main import main
+from hostler.worker.control.host_agent import HostAgent
+from hostler.worker.control.janitor import Janitor
+from hostler.worker.models.registry import scan
+from hostler.worker.serving.worker import ModelWorker
 from rq.job import Job as RqJob
 from rq.serializers import JSONSerializer
 from test_worker_logic import push_raw, wait_ended

@@ -26,9 +26,9 @@ from hostler import Client
 from hostler.client._connection import connect
 from hostler.client._rqstore import fetch_job, make_queue, read_outcome
 from hostler.schemas import PRIORITIES, Keys
-from hostler.worker.host_agent import HostAgent
-from hostler.worker.model_worker import ModelWorker
-from hostler.worker.registry import scan
+from hostler.worker.control.host_agent import HostAgent
+from hostler.worker.models.registry import scan
+from hostler.worker.serving.worker import ModelWorker
 
 # Longer than redis-py's retries in client/_connection.py (about 5 s): the worker's call raises.
 OUTAGE_S = 8.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from hostler.schemas import LoadParams
-from hostler.worker.memory import EstimateError, MemoryEstimate, estimate, estimate_gguf, estimate_mlx
+from hostler.worker.memory.estimate import EstimateError, MemoryEstimate, estimate, estimate_gguf, estimate_mlx
 from make_tiny_gguf import N_EMBD, N_HEAD, N_HEAD_KV, N_LAYER
 
 MiB = 1024**2

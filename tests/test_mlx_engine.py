@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams
-from hostler.worker.engine import ContextExceeded, LoadFailed, NoChatTemplate
+from hostler.worker.engines.protocol import ContextExceeded, LoadFailed, NoChatTemplate
 
 pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")
 
-from hostler.worker.mlx_engine import MlxEngine  # noqa: E402
+from hostler.worker.engines.mlx import MlxEngine  # noqa: E402
 
 PROMPT = "Hello world, the cat"
 GREEDY = SamplingParams(max_tokens=40, temperature=0)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from hostler.schemas import LoadParams
-from hostler.worker import engines
-from hostler.worker.engines import EngineUnavailable, engine_availability, engine_factory, unavailable_reason
-from hostler.worker.memory import MLX_RUNTIME_BYTES, estimate_mlx
-from hostler.worker.registry import scan
+from hostler.worker.engines import available as engines
+from hostler.worker.engines.available import EngineUnavailable, engine_availability, engine_factory, unavailable_reason
+from hostler.worker.memory.estimate import MLX_RUNTIME_BYTES, estimate_mlx
+from hostler.worker.models.registry import scan
 from make_tiny_mlx import main, write_tiny_mlx
 
 pytest.importorskip("tokenizers", reason="make_tiny_mlx builds its tokenizer with the tokenizers library")
@@ -125,8 +125,8 @@ def test_an_operator_can_turn_an_engine_off(fresh_availability: None, monkeypatc
 
 
 def test_the_factory_picks_the_engine_by_name(fresh_availability: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hostler.worker.llama_engine import LlamaEngine
-    from hostler.worker.mlx_engine import MlxEngine
+    from hostler.worker.engines.llama import LlamaEngine
+    from hostler.worker.engines.mlx import MlxEngine
 
     monkeypatch.delenv(engines.DISABLE_ENV, raising=False)
     assert engine_factory("mlx") is MlxEngine

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from hostler.worker.manifest_formats import jinja_from_prompt_template
-from hostler.worker.registry import scan
+from hostler.worker.models.formats import jinja_from_prompt_template
+from hostler.worker.models.registry import scan
 
 TINYLLAMA_TEMPLATE = "<|system|>\n{system_message}</s>\n<|user|>\n{prompt}</s>\n<|assistant|>"
 

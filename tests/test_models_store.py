@@ -11,9 +11,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import Stack, start_stack, stop_stack
-from hostler.worker.cli import main
-from hostler.worker.model_store import ModelStoreError, import_model, remove_model
-from hostler.worker.registry import scan
+from hostler.worker.cli.main import main
+from hostler.worker.models.registry import scan
+from hostler.worker.models.store import ModelStoreError, import_model, remove_model
 
 
 @pytest.fixture

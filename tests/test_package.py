@@ -31,7 +31,7 @@ def test_issue_surface_is_exported() -> None:
 
 def test_client_never_imports_llama_cpp() -> None:
     code = (
-        "import sys, hostler, hostler.worker.cli; from hostler import Client; "
+        "import sys, hostler, hostler.worker.cli.main; from hostler import Client; "
         "assert 'llama_cpp' not in sys.modules, 'llama_cpp imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -47,5 +47,8 @@ def test_wheel_has_only_the_hostler_namespace(tmp_path: Path) -> None:
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"hostler"}
     names = zipfile.ZipFile(wheel).namelist()
-    assert "hostler/client/_client.py" in names and "hostler/worker/model_worker.py" in names
+    assert "hostler/client/_client.py" in names and "hostler/worker/serving/worker.py" in names
     assert "hostler/schemas/_jobs.py" in names
+    # Every sub-package of the source folders is in the wheel (pyproject lists them one by one).
+    for init in ROOT.glob("worker/*/__init__.py"):
+        assert f"hostler/worker/{init.parent.name}/__init__.py" in names, init

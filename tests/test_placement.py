@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hostler.worker.placement import (
+from hostler.worker.control.placement import (
     HostView,
     NoFit,
     Placement,

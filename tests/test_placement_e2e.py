@@ -20,8 +20,8 @@ import redis
 from cluster import Cluster
 from hostler import Client, CompletionResult, JobFailed, NoCapacity
 from hostler.schemas import LoadParams
-from hostler.worker.controller import WORKER_BASE_BYTES
-from hostler.worker.memory import estimate
+from hostler.worker.control.controller import WORKER_BASE_BYTES
+from hostler.worker.memory.estimate import estimate
 
 pytestmark = pytest.mark.e2e
 
@@ -229,8 +229,8 @@ def test_a_model_that_keeps_crashing_is_reported_not_restarted_forever(
     redis_url: str, tmp_path: Path, smollm2: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hostler.schemas import HostReport, Keys
-    from hostler.worker import host_agent
-    from hostler.worker.controller import Controller
+    from hostler.worker.control import host_agent
+    from hostler.worker.control.controller import Controller
 
     monkeypatch.setattr(host_agent, "MAX_BACKOFF_S", 0.1)
     connection = redis.Redis.from_url(redis_url)

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import start_stack, stop_stack
-from hostler.worker.cli import main
-from hostler.worker.pull import PullError, PullProgress, plan_pull, pull
-from hostler.worker.registry import scan
+from hostler.worker.cli.main import main
+from hostler.worker.models.pull import PullError, PullProgress, plan_pull, pull
+from hostler.worker.models.registry import scan
 from local_hub import Fault, LocalHub, serve_hub
 
 MiB = 1024 * 1024

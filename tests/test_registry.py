@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hostler.worker.registry import ModelIdError, check_model_id, scan
+from hostler.worker.models.registry import ModelIdError, check_model_id, scan
 
 
 def test_ids_come_from_stems_and_manifests(tmp_path: Path, model_files: dict[str, Path]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hostler.worker.stops import StopScanner
+from hostler.worker.engines.stops import StopScanner
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -17,9 +17,9 @@ from fake_engine import FakeEngine
 from hostler import Client, InvalidRequest, JobFailed, ModelNotFound
 from hostler.client._rqstore import make_queue, read_outcome
 from hostler.schemas import Keys
-from hostler.worker.host_agent import HostAgent
-from hostler.worker.model_worker import ModelWorker
-from hostler.worker.registry import scan
+from hostler.worker.control.host_agent import HostAgent
+from hostler.worker.models.registry import scan
+from hostler.worker.serving.worker import ModelWorker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq.job import JobStatus

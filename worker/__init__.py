@@ -4,11 +4,11 @@ controller, memory estimates, models on disk.
 Importing this package does not import llama.cpp; the engine modules do, when used.
 """
 
-from .controller import Autoscale, Controller
-from .engine import ContextExceeded, Engine, EngineError, Generation, LoadFailed, NoChatTemplate
-from .host_agent import HostAgent
-from .model_worker import ModelWorker
-from .registry import ModelManifest, scan
+from hostler.worker.control.controller import Autoscale, Controller
+from hostler.worker.control.host_agent import HostAgent
+from hostler.worker.engines.protocol import ContextExceeded, Engine, EngineError, Generation, LoadFailed, NoChatTemplate
+from hostler.worker.models.registry import ModelManifest, scan
+from hostler.worker.serving.worker import ModelWorker
 
 __all__ = [
     "Autoscale",

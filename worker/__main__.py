@@ -1,3 +1,3 @@
-from hostler.worker.cli import main
+from hostler.worker.cli.main import main
 
 main()

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from hostler.schemas import Status
+from hostler.worker.serving.metrics import BUCKETS, OUTCOMES, bound_label
 from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
@@ -20,8 +21,6 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-
-from ..metrics import BUCKETS, OUTCOMES, bound_label
 
 HISTOGRAM_NAMES = {
     "ttft": ("hostler_time_to_first_token_seconds", "From a worker starting a generation to its first piece."),

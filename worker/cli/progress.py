@@ -8,8 +8,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from hostler.schemas import format_bytes
-
-from .pull import PullProgress
+from hostler.worker.models.pull import PullProgress
 
 # Without a terminal (a log, CI), a line at most this often, and at each file's end.
 LINE_EVERY_S = 2.0

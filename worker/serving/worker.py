@@ -45,14 +45,14 @@ from hostler.schemas import (
     WorkerReport,
     WorkerState,
 )
+from hostler.worker.engines.protocol import Engine, EngineError, EngineFactory
+from hostler.worker.models.registry import ModelManifest
 from pydantic import ValidationError
 from rq.serializers import JSONSerializer
 from rq.worker import Worker as RqWorker
 
-from .engine import Engine, EngineError, EngineFactory
 from .events import EventSender, JobEvents
 from .jobstore import Claimed, JobStore, describe_payload
-from .registry import ModelManifest
 
 log = logging.getLogger("hostler.worker")
 

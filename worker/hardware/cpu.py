@@ -16,7 +16,6 @@ import psutil
 from hostler.schemas import HardwareReport
 
 from . import gpus
-from .engines import engine_availability
 
 __all__ = ["CpuFacts", "parse_cpuinfo", "parse_sysctl", "probe", "probe_cpu"]
 
@@ -152,8 +151,11 @@ def probe_cpu() -> CpuFacts:
     return facts
 
 
-def probe() -> HardwareReport:
-    """The whole report: CPU, RAM, GPUs (through NVML), engines."""
+def probe(engines: dict[str, str | None]) -> HardwareReport:
+    """The whole report: CPU, RAM, GPUs (through NVML), and the engines the caller found usable.
+
+    engines comes from the caller (engines.available) so that hardware facts stay below the engines.
+    """
     cpu = probe_cpu()
     memory = psutil.virtual_memory()
     logical = cpu.cores_logical or os.cpu_count() or 1
@@ -168,7 +170,7 @@ def probe() -> HardwareReport:
         ram_total_bytes=memory.total,
         ram_available_bytes=memory.available,
         gpus=gpus.probe(),
-        engines=engine_availability(),
+        engines=engines,
     )
 
 

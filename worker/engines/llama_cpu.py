@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .hardware import probe_cpu
+from hostler.worker.hardware.cpu import probe_cpu
 
 # HOSTLER_LLAMA_EXTRA_BUFFERS=1 (or 0) overrides the choice, for a llama.cpp build that fixed it.
 EXTRA_BUFFERS_ENV = "HOSTLER_LLAMA_EXTRA_BUFFERS"

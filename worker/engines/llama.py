@@ -18,8 +18,8 @@ from typing import Any
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams
 
 from .decoding import context_budget, decode_pieces
-from .engine import Generation, LoadFailed, NoChatTemplate, ShouldStop
 from .llama_cpu import safe_llama_defaults
+from .protocol import Generation, LoadFailed, NoChatTemplate, ShouldStop
 
 GGUF_MAGIC = b"GGUF"
 

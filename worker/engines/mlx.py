@@ -23,7 +23,7 @@ from typing import Any
 from hostler.schemas import ChatMessage, ErrorCode, LoadParams, SamplingParams
 
 from .decoding import context_budget, decode_pieces
-from .engine import EngineError, Generation, LoadFailed, NoChatTemplate, ShouldStop
+from .protocol import EngineError, Generation, LoadFailed, NoChatTemplate, ShouldStop
 
 # llama-cpp-python's default penalty window (Llama(last_n_tokens_size=64)), so a penalty
 # means the same on both engines.

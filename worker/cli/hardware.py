@@ -15,9 +15,10 @@ def hardware_command(as_json: bool) -> None:
 
     Example: hostler hardware --json
     """
-    from .hardware import probe
+    from hostler.worker.engines.available import engine_availability
+    from hostler.worker.hardware.cpu import probe
 
-    report = probe()
+    report = probe(engine_availability())
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return

@@ -25,15 +25,14 @@ import redis
 from hostler.client._connection import URL_ENV
 from hostler.client._errors import ConnectionFailed
 from hostler.schemas import Assignment, HardwareReport, HostReport, HostWorker, Keys, ModelInfo
+from hostler.worker.engines.available import engine_availability
+from hostler.worker.hardware import gpus
+from hostler.worker.hardware.cpu import probe as probe_hardware
+from hostler.worker.memory.estimate import EstimateError, estimate
+from hostler.worker.models.pull_agent import PullService
+from hostler.worker.models.registry import Catalog, ModelManifest, scan
+from hostler.worker.serving.jobstore import fail_orphans
 from pydantic import ValidationError
-
-from . import gpus
-from .engines import engine_availability
-from .hardware import probe as probe_hardware
-from .jobstore import fail_orphans
-from .memory import EstimateError, estimate
-from .pull_agent import PullService
-from .registry import Catalog, ModelManifest, scan
 
 log = logging.getLogger("hostler.host")
 
@@ -155,7 +154,7 @@ class HostAgent:
     def report(self) -> None:
         memory = psutil.virtual_memory()
         if self._hardware is None:
-            self._hardware = probe_hardware()
+            self._hardware = probe_hardware(engine_availability())
         gpus_now = gpus.probe()
         report = HostReport(
             host=self.host,

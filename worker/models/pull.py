@@ -27,8 +27,8 @@ from urllib.parse import urlparse
 
 import yaml
 
-from .model_store import MANIFEST, ModelStoreError, existing_entry, suggest_id
 from .registry import check_model_id
+from .store import MANIFEST, ModelStoreError, existing_entry, suggest_id
 
 __all__ = ["PullError", "PullPlan", "PullProgress", "Pulled", "RemoteFile", "plan_pull", "pull"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hostler.worker.memory.estimate import EstimateError, _read_gguf, estimate
 
-from .manifest_formats import MANIFEST_NAMES
-from .memory import EstimateError, _read_gguf, estimate
+from .formats import MANIFEST_NAMES
 from .registry import ModelManifest
 
 

@@ -35,10 +35,10 @@ from hostler.schemas import (
     WorkerReport,
     format_bytes,
 )
+from hostler.worker.memory.estimate import kv_cells
+from hostler.worker.serving.jobstore import fail_orphans, fail_queued
 from pydantic import ValidationError
 
-from .jobstore import fail_orphans, fail_queued
-from .memory import kv_cells
 from .outage import OutageGuard
 from .placement import (
     HostView,

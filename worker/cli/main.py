@@ -20,13 +20,13 @@ from hostler.client._connection import PREFIX_ENV, connect, mask_url, resolve_ur
 from hostler.client._rqstore import DEFAULT_MAX_QUEUE
 from hostler.client.cli import CLIENT_COMMANDS, models_group, redis_option
 from hostler.schemas import DEFAULT_PREFIX, Keys, PlacementPolicy, parse_size
+from hostler.worker.models.registry import ALLOW_DIRS_ENV, DEFAULT_MODELS_DIR, ModelIdError, check_model_id, scan
 
-from .hardware_cli import hardware_command
-from .models_cli import MODEL_COMMANDS
-from .registry import ALLOW_DIRS_ENV, DEFAULT_MODELS_DIR, ModelIdError, check_model_id, scan
+from .hardware import hardware_command
+from .models import MODEL_COMMANDS
 
 if TYPE_CHECKING:
-    from .host_agent import HostAgent
+    from hostler.worker.control.host_agent import HostAgent
 
 DEMO_PROMPT = "In two sentences, what is a message queue good for?"
 
@@ -155,9 +155,9 @@ def up_command(
 
     Example: hostler up --models ~/models
     """
-    from .embedded_redis import EmbeddedRedis
-    from .fetch import DEFAULT_MODEL, fetch
-    from .host_agent import HostAgent
+    from hostler.worker.control.host_agent import HostAgent
+    from hostler.worker.embedded_redis import EmbeddedRedis
+    from hostler.worker.models.fetch import DEFAULT_MODEL, fetch
 
     models_dir.mkdir(parents=True, exist_ok=True)
     first_run = not scan(models_dir).models
@@ -200,8 +200,8 @@ def _serve_up(
     exit_after_demo: bool,
 ) -> None:
     """Runs controller, host agent and janitor as threads until a signal (or the demo) ends them."""
-    from .controller import Controller
-    from .janitor import Janitor
+    from hostler.worker.control.controller import Controller
+    from hostler.worker.control.janitor import Janitor
 
     keys = agent.keys
     controller = Controller(connection=connect(redis_url), keys=keys, policy=policy)
@@ -298,8 +298,8 @@ def worker_command(
 
     Example: hostler worker --model smollm2-135m --models ~/models --redis redis://127.0.0.1:6379/0
     """
-    from .engines import EngineUnavailable, engine_factory
-    from .model_worker import ModelWorker
+    from hostler.worker.engines.available import EngineUnavailable, engine_factory
+    from hostler.worker.serving.worker import ModelWorker
 
     try:
         check_model_id(model_id)
@@ -344,7 +344,7 @@ def host_command(
 
     Example: hostler host --redis redis://10.0.0.5:6379/0 --models ~/models --max-memory 12GiB
     """
-    from .host_agent import HostAgent
+    from hostler.worker.control.host_agent import HostAgent
 
     url = resolve_url(redis_url)
     agent = HostAgent(
@@ -380,7 +380,7 @@ def controller_command(
 
     Example: hostler controller --redis redis://10.0.0.5:6379/0 --policy best-fit --autoscale
     """
-    from .controller import Autoscale, Controller
+    from hostler.worker.control.controller import Autoscale, Controller
 
     controller = Controller(
         connection=connect(resolve_url(redis_url)),
@@ -401,7 +401,7 @@ def janitor_command(redis_url: str | None, prefix: str, max_queue: int | None) -
 
     Example: hostler janitor --redis redis://10.0.0.5:6379/0 --max-queue 500
     """
-    from .janitor import Janitor
+    from hostler.worker.control.janitor import Janitor
 
     janitor = Janitor(connection=connect(resolve_url(redis_url)), keys=Keys(prefix), max_queue=max_queue)
     _run_until_signal(janitor.run, janitor.stop)
@@ -418,7 +418,7 @@ def clean_up_command(redis_url: str | None, prefix: str, model: str, older_than:
 
     Example: hostler clean-up --model smollm2-135m --older-than 3600
     """
-    from .janitor import clean_up
+    from hostler.worker.control.janitor import clean_up
 
     try:
         check_model_id(model)
@@ -467,8 +467,8 @@ def gateway_command(
     missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(name) is None]
     if missing:
         raise click.UsageError(f"the gateway needs {', '.join(missing)}: pip install 'hostler[gateway]'")
-    from .gateway.server import serve
-    from .gateway.settings import GatewaySettings, api_keys_from
+    from hostler.worker.gateway.server import serve
+    from hostler.worker.gateway.settings import GatewaySettings, api_keys_from
 
     settings = GatewaySettings(
         redis_url=resolve_url(redis_url), prefix=prefix, api_keys=api_keys_from(api_keys), timeout_s=timeout

@@ -22,12 +22,12 @@ from datetime import datetime, timezone
 import redis
 from hostler.client._rqstore import cancel_queued, make_queue, queue_keys
 from hostler.schemas import PRIORITIES, ErrorCode, Keys, Lease
+from hostler.worker.serving.jobstore import fail_orphans
+from hostler.worker.serving.metrics import count_ended
 from pydantic import ValidationError
 from rq.job import Job as RqJob
 from rq.queue import Queue
 
-from .jobstore import fail_orphans
-from .metrics import count_ended
 from .outage import OutageGuard
 
 log = logging.getLogger("hostler.janitor")

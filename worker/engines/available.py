@@ -11,7 +11,7 @@ import os
 import sys
 from functools import cache
 
-from .engine import EngineFactory
+from .protocol import EngineFactory
 
 ENGINES = ("llama", "mlx")
 # Comma-separated engines an operator turns off on this host (e.g. a broken Metal driver).
@@ -75,9 +75,9 @@ def engine_factory(engine: str) -> EngineFactory:
     if reason is not None:
         raise EngineUnavailable(f"this host cannot run the {engine} engine: {reason}")
     if engine == "mlx":
-        from .mlx_engine import MlxEngine
+        from .mlx import MlxEngine
 
         return MlxEngine
-    from .llama_engine import LlamaEngine
+    from .llama import LlamaEngine
 
     return LlamaEngine

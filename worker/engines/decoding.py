@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from .engine import ContextExceeded, Generation, ShouldStop
+from .protocol import ContextExceeded, Generation, ShouldStop
 from .stops import StopScanner
 
 

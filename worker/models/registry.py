@@ -21,7 +21,7 @@ import yaml
 from hostler.schemas import MODEL_ID_PATTERN, LoadParams, ModelInfo
 from pydantic import ValidationError
 
-from .manifest_formats import MANIFEST_NAMES, read_manifest
+from .formats import MANIFEST_NAMES, read_manifest
 
 Engine = Literal["llama", "mlx"]
 # How deep below the models directory folders of model folders are looked into.

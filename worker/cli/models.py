@@ -17,11 +17,11 @@ import redis
 from hostler.client import Client, HostlerError
 from hostler.client.cli import redis_option
 from hostler.schemas import format_bytes
+from hostler.worker.models.details import details
+from hostler.worker.models.registry import DEFAULT_MODELS_DIR, ModelIdError, check_model_id, scan
+from hostler.worker.models.store import ModelStoreError, import_model, remove_model
 
-from .model_details import details
-from .model_store import ModelStoreError, import_model, remove_model
 from .progress import ProgressPrinter
-from .registry import DEFAULT_MODELS_DIR, ModelIdError, check_model_id, scan
 
 UNLOAD_WAIT_S = 60.0
 
@@ -60,7 +60,7 @@ def pull_command(
 
     Example: hostler models pull bartowski/SmolLM2-135M-Instruct-GGUF --quant Q4_K_M
     """
-    from .pull import PullError, plan_pull, pull
+    from hostler.worker.models.pull import PullError, plan_pull, pull
 
     try:
         plan = plan_pull(repo, file=file_name, quant=quant, revision=revision, model_id=model_id)

@@ -1,0 +1,66 @@
+"""The package's shape, as docs/architecture.md draws it: which sub-package may import which."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = ROOT / "worker"
+
+# The arrows of docs/architecture.md ("worker/ reads as the architecture"). Every sub-package may
+# also import hostler.schemas and hostler.client's shared modules.
+ALLOWED: dict[str, set[str]] = {
+    "engines": {"hardware"},
+    "serving": {"engines", "models"},
+    "control": {"serving", "engines", "models", "memory", "hardware"},
+    "models": {"memory"},
+    "memory": set(),
+    "hardware": set(),
+    "gateway": {"serving"},
+    "cli": {"control", "engines", "gateway", "hardware", "models", "serving", "embedded_redis"},
+}
+
+
+def worker_imports(path: Path) -> set[str]:
+    """The worker sub-packages (or top modules) a file imports, relative imports resolved."""
+    package = path.parent.relative_to(WORKER).parts
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - (node.level - 1)]) if node.level > 1 else list(package)
+                module = ".".join(["hostler", "worker", *base, *(node.module.split(".") if node.module else [])])
+            else:
+                module = node.module or ""
+            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[:2] == ["hostler", "worker"] and len(parts) > 2:
+                found.add(parts[2])
+    return found
+
+
+def test_every_sub_package_is_drawn() -> None:
+    packages = {p.parent.name for p in WORKER.glob("*/__init__.py")}
+    assert packages == set(ALLOWED), "docs/architecture.md and ALLOWED must name every worker sub-package"
+
+
+def test_sub_packages_import_only_along_the_drawn_arrows() -> None:
+    wrong = []
+    for package, allowed in ALLOWED.items():
+        for path in sorted((WORKER / package).rglob("*.py")):
+            for target in worker_imports(path) - allowed - {package}:
+                wrong.append(f"{path.relative_to(ROOT)} imports hostler.worker.{target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_schemas_import_pydantic_only() -> None:
+    for path in (ROOT / "schemas").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                assert not node.module.startswith("hostler."), f"{path.name} imports {node.module}"

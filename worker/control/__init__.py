@@ -1,0 +1,7 @@
+"""The control plane: who runs what, and what happens when something dies.
+
+`controller` (the leader that places models) and `placement` (its pure policy), `host_agent`
+(one per machine: starts and stops workers to match assignments), `janitor` (queued jobs
+nobody waits for, jobs of dead workers), `outage` (when a missing heartbeat means a dead
+process), `endings` (ending a job that someone else may also end, shared by the three).
+"""

@@ -1,0 +1,1 @@
+"""What this machine has: CPU (one /proc/cpuinfo and sysctl parser), memory and GPUs (NVML)."""

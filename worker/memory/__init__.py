@@ -1,0 +1,5 @@
+"""How much memory a model needs, computed from its files without loading it.
+
+`estimate` (the policy: weights + KV cache + compute buffer + the worker process), `gguf` and
+`safetensors` (readers of the facts the policy needs from each format).
+"""
