@@ -1,6 +1,7 @@
 """hostler's Python client library."""
 
-from ._async import AsyncClient, AsyncJobHandle, AsyncStream
+from ._async import AsyncClient
+from ._async_handle import AsyncJobHandle, AsyncStream
 from ._client import Client
 from ._errors import (
     ConnectionFailed,
@@ -14,6 +15,7 @@ from ._errors import (
     Timeout,
 )
 from ._handle import JobHandle
+from ._pieces import Stream
 
 __all__ = [
     "AsyncClient",
@@ -29,5 +31,6 @@ __all__ = [
     "ModelNotFound",
     "NoCapacity",
     "QueueFull",
+    "Stream",
     "Timeout",
 ]

@@ -4,7 +4,7 @@ A process with thousands of jobs in flight must not hold thousands of connection
 tasks renewing keys, so the AsyncClient multiplexes: an EventHub owns a single pub/sub
 connection and routes each message to the queue of its job's channel; WaitingKeys renews
 every waiting key in one pipelined round trip. Ordering, gaps and silence are handled as
-in the sync client: sequence numbers, then the stored record.
+in the sync client, by the same EventOrder (_follow).
 """
 
 from __future__ import annotations
@@ -18,17 +18,13 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from hostler.schemas import EVENT_ADAPTER, StreamEvent, TokenEvent
+from hostler.schemas import JobResult, StreamEvent, as_text
 
-from . import _reads as reads
-from ._errors import ConnectionFailed, Timeout
-from ._events import RENEW_EVERY_S, SILENCE_POLL_S, WAITING_TTL_S, event_from_outcome
-from ._outcome import JobOutcome
+from ._errors import ConnectionFailed, HostlerError
+from ._follow import RENEW_EVERY_S, EventOrder, FollowedJob, ending, waiting_ttl_ms
+from ._steps import run_async
 
 log = logging.getLogger(__name__)
-# Silence polls back off to this: with thousands of queued jobs, polling each every second
-# would be thousands of reads a second for events that mostly arrive by pub/sub anyway.
-MAX_SILENCE_POLL_S = 5.0
 SUBSCRIBE_TIMEOUT_S = 10.0
 
 
@@ -83,7 +79,7 @@ class EventHub:
                 continue
             if message is None:
                 continue
-            channel = reads.text(message["channel"])
+            channel = as_text(message["channel"])
             if message["type"] == "subscribe":
                 confirmed = self._confirmations.pop(channel, None)
                 if confirmed is not None and not confirmed.done():
@@ -111,10 +107,6 @@ class WaitingKeys:
         self._deadlines: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
-    @staticmethod
-    def ttl_ms(deadline: float) -> int:
-        return max(1, int(min(WAITING_TTL_S, deadline - time.monotonic()) * 1000))
-
     def watch(self, key: str, deadline: float) -> None:
         self._deadlines[key] = deadline
         if self._task is None or self._task.done():
@@ -140,7 +132,7 @@ class WaitingKeys:
             try:
                 async with self._connection.pipeline(transaction=False) as pipe:
                     for key, deadline in live:
-                        pipe.set(key, "1", px=self.ttl_ms(deadline))
+                        pipe.set(key, "1", px=waiting_ttl_ms(deadline))
                     await pipe.execute()
             except (redis.RedisError, OSError) as exc:
                 log.debug("renewing waiting keys failed: %s", exc)  # the next round tries again
@@ -153,51 +145,54 @@ class WaitingKeys:
                 await self._task
 
 
-async def follow(
-    connection: redis.asyncio.Redis, queue: asyncio.Queue[bytes], job_id: str, deadline: float
-) -> AsyncIterator[StreamEvent]:
-    """Yields a job's events in order and always ends with a done or error event."""
-    expected = 0
-    poll = SILENCE_POLL_S
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Timeout(f"job {job_id} did not finish within its timeout")
-        try:
-            raw = await asyncio.wait_for(queue.get(), min(remaining, poll))
-        except TimeoutError:
-            outcome = await _read_outcome(connection, job_id)
-            if outcome is not None:
-                yield event_from_outcome(outcome, expected)
-                return
-            poll = min(poll * 1.5, MAX_SILENCE_POLL_S)
-            continue
-        poll = SILENCE_POLL_S
-        event = EVENT_ADAPTER.validate_json(raw)
-        if event.seq != expected:
-            yield event_from_outcome(await wait_outcome(connection, job_id, deadline), expected)
+class AsyncFollowed(FollowedJob):
+    """One job this client follows: its channel's queue and, when it waits on the job, its
+    waiting key (None for a submitted job followed through its handle)."""
+
+    def __init__(
+        self,
+        connection: redis.asyncio.Redis,
+        hub: EventHub,
+        channel: str,
+        queue: asyncio.Queue[bytes],
+        order: EventOrder,
+        waiting: tuple[WaitingKeys, str] | None,
+    ) -> None:
+        super().__init__(order)
+        self._connection = connection
+        self._hub = hub
+        self._channel = channel
+        self._queue = queue
+        self._waiting = waiting
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """The job's events in order; the last is its done or error event."""
+        while not self._order.ended:
+            wait_s = self._order.wait_s()
+            try:
+                message: bytes | None = await asyncio.wait_for(self._queue.get(), wait_s)
+            except TimeoutError:
+                message = None
+            event = await run_async(self._connection, self._order.next_event(message))
+            if event is not None:
+                yield event
+
+    async def result(self) -> JobResult:
+        """The job's result; raises its error if it failed, Timeout past the deadline."""
+        async for event in self.events():
+            result = ending(self.job_id, event)
+            if result is not None:
+                return result
+        raise HostlerError(f"job {self.job_id} ended without a result")  # pragma: no cover - errors raise
+
+    async def aclose(self) -> None:
+        if not self._first_close():
             return
-        expected += 1
-        yield event
-        if not isinstance(event, TokenEvent):
-            return
-
-
-async def _read_outcome(connection: redis.asyncio.Redis, job_id: str) -> JobOutcome | None:
-    try:
-        return await reads.run_async(connection, reads.job_outcome(job_id))
-    except (redis.RedisError, OSError):
-        return None  # Redis is away: treated as "not ended yet", the next poll tries again
-
-
-async def wait_outcome(connection: redis.asyncio.Redis, job_id: str, deadline: float) -> JobOutcome:
-    pause = 0.02
-    while True:
-        outcome = await _read_outcome(connection, job_id)
-        if outcome is not None:
-            return outcome
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Timeout(f"job {job_id} did not finish within its timeout")
-        await asyncio.sleep(min(pause, remaining))
-        pause = min(pause * 2, 0.5)
+        if self._waiting is not None:
+            keys, key = self._waiting
+            if self._order.ended:
+                keys.forget(key)
+            else:
+                # Gave up (timeout, cancellation, aclose): a job still queued is canceled now.
+                await keys.release(key)
+        await self._hub.unsubscribe(self._channel)

@@ -1,81 +1,46 @@
-"""The synchronous Python client: validate, enqueue on the model's queue, follow the stream."""
+"""The synchronous Python client: ClientCore's calls and steps, run on a sync Redis connection."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import os
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from typing import Any, Literal, TypeVar, overload
+from collections.abc import Iterable, Iterator
+from typing import Literal, TypeVar, overload
 
 import redis
-from hostler.schemas import (
-    DEFAULT_KEEP_ALIVE_S,
-    DEFAULT_PREFIX,
-    ChatMessage,
-    CompletionResult,
-    DoneEvent,
-    ErrorEvent,
-    Job,
-    JobResult,
-    Keys,
-    LoadResult,
-    ModelInfo,
-    Priority,
-    PullProgressEvent,
-    PullResult,
-    Status,
-    TokenCountJob,
-    TokenCountResult,
-    UnloadJob,
-    UnloadResult,
-    WorkerReport,
-)
-from rq.queue import Queue
+from hostler.schemas import CompletionResult, LoadResult, ModelInfo, PullResult, Status, UnloadResult, WorkerReport
 
 from . import _pull
 from . import _reads as reads
-from ._connection import PREFIX_ENV, connect
-from ._errors import HostlerError, JobFailed, ModelNotFound, QueueFull, job_error
-from ._events import PubSubPool, Subscription, Waiter, follow
+from ._connection import connect
+from ._core import DEFAULT_TIMEOUT_S, Call, ClientCore, R
+from ._errors import HostlerError, JobFailed
+from ._events import Followed, PubSubPool, Subscription, Waiter
+from ._follow import SILENCE_POLL_S, EventOrder
 from ._handle import JobHandle
-from ._options import Options
-from ._pieces import Stream, completion, stream_pieces
-from ._progress import MapProgress
-from ._requests import (
-    ACCEPTED,
-    EXISTS,
-    Messages,
-    backoff_pause,
-    build,
-    chat_job,
-    check_in_flight,
-    check_job_id,
-    completion_job,
-    enqueue_call,
-    generation_job,
-    load_request,
-    new_job_id,
-    prompt_or_messages,
-    retry_after,
-)
-from ._rqstore import ENQUEUE_SCRIPT, make_queue
+from ._kwargs import CompleteKwargs, LoadKwargs, MapKwargs, PullKwargs, StreamKwargs, SubmitKwargs, Unpack
+from ._map import InOrder
+from ._pieces import Stream, completion
+from ._requests import Messages, new_job_id
+from ._steps import Steps, run_sync
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT_S = 600.0
-# Host reports change slowly; re-reading them for every job would double its round trips.
-CATALOG_CACHE_S = 2.0
 
-
-class Client:
+class Client(ClientCore):
     """Submits jobs to hostler workers through Redis.
 
     >>> client = Client("redis://127.0.0.1:6379/0")
     >>> client.complete("smollm2-135m", "Once upon a time", max_tokens=32).text
+
+    Every generation method takes SamplingParams' fields as keywords (max_tokens,
+    temperature, top_p, top_k, min_p, stop, seed, repeat_penalty, presence_penalty,
+    frequency_penalty), and how the job is queued: priority ('interactive' jobs are always
+    taken before 'batch' ones), start_within (a job not started by then expires), job_timeout
+    (longest generation time) and wait_when_full (wait out a full queue instead of raising
+    QueueFull: True for as long as the call may wait, or at most that many seconds).
+    timeout is the longest wait for the result (the client's timeout by default).
     """
 
     def __init__(
@@ -87,294 +52,136 @@ class Client:
         connection: redis.Redis | None = None,
     ) -> None:
         self.connection = connection if connection is not None else connect(url)
-        self.keys = Keys(prefix or os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX)
-        self.timeout = timeout
+        super().__init__(prefix=prefix, timeout=timeout, rq_connection=self.connection)
         self._pubsubs = PubSubPool(self.connection)
-        self._queues: dict[str, Queue] = {}
-        self._catalog: dict[str, list[ModelInfo]] = {}
-        self._catalog_at = 0.0
-        self._lock = threading.Lock()
-        self._enqueue_script = self.connection.register_script(ENQUEUE_SCRIPT)
 
     # -- generation ---------------------------------------------------------------
 
-    def complete(
-        self,
-        model: str,
-        prompt: str,
-        *,
-        timeout: float | None = None,
-        priority: Priority = "interactive",
-        start_within: float | str | None = None,
-        job_timeout: float | str | None = None,
-        retries: int = 0,
-        **params: Any,
-    ) -> CompletionResult:
-        """Generate a completion and wait for it.
+    def complete(self, model: str, prompt: str, **kwargs: Unpack[CompleteKwargs]) -> CompletionResult:
+        """Generate a completion and wait for it. retries: times the job is queued again if
+        its worker dies while running it."""
+        return self._run(self._completion(model, prompt, kwargs, stream=False))
 
-        priority: 'interactive' jobs are always taken before 'batch' ones. start_within: a
-        job not started by then expires. job_timeout: longest generation time. retries: times
-        the job is queued again if its worker dies while running it.
-        """
-        options = Options.of(priority, start_within, retries)
-        job = completion_job(model, prompt, params, job_timeout=job_timeout)
-        return completion(self._run(job, timeout, options))
-
-    def stream(
-        self,
-        model: str,
-        prompt: str,
-        *,
-        timeout: float | None = None,
-        priority: Priority = "interactive",
-        start_within: float | str | None = None,
-        job_timeout: float | str | None = None,
-        **params: Any,
-    ) -> Iterator[str]:
-        """Generate a completion and yield its text as it is made; see complete() for the options."""
-        options = Options.of(priority, start_within, 0)
-        job = completion_job(model, prompt, params, stream=True, job_timeout=job_timeout)
-        return self._pieces(job, timeout, options)
+    def stream(self, model: str, prompt: str, **kwargs: Unpack[StreamKwargs]) -> Stream:
+        """Generate a completion and yield its text as it is made; the job is queued when this
+        returns. The stream's job_id names the job, its result is the whole result at the end."""
+        return Stream(self._start(self._completion(model, prompt, kwargs, stream=True)))
 
     @overload
     def chat(
-        self,
-        model: str,
-        messages: Sequence[Mapping[str, str] | ChatMessage],
-        *,
-        stream: Literal[False] = False,
-        timeout: float | None = None,
-        priority: Priority = "interactive",
-        start_within: float | str | None = None,
-        job_timeout: float | str | None = None,
-        **params: Any,
+        self, model: str, messages: Messages, *, stream: Literal[False] = False, **kwargs: Unpack[StreamKwargs]
     ) -> CompletionResult: ...
 
     @overload
     def chat(
-        self,
-        model: str,
-        messages: Sequence[Mapping[str, str] | ChatMessage],
-        *,
-        stream: Literal[True],
-        timeout: float | None = None,
-        priority: Priority = "interactive",
-        start_within: float | str | None = None,
-        job_timeout: float | str | None = None,
-        **params: Any,
-    ) -> Iterator[str]: ...
+        self, model: str, messages: Messages, *, stream: Literal[True], **kwargs: Unpack[StreamKwargs]
+    ) -> Stream: ...
 
     def chat(
-        self,
-        model: str,
-        messages: Sequence[Mapping[str, str] | ChatMessage],
-        *,
-        stream: bool = False,
-        timeout: float | None = None,
-        priority: Priority = "interactive",
-        start_within: float | str | None = None,
-        job_timeout: float | str | None = None,
-        **params: Any,
-    ) -> CompletionResult | Iterator[str]:
-        """Chat through the model's own chat template; stream=True yields text pieces.
+        self, model: str, messages: Messages, *, stream: bool = False, **kwargs: Unpack[StreamKwargs]
+    ) -> CompletionResult | Stream:
+        """Chat through the model's own chat template; stream=True returns a Stream of pieces."""
+        call = self._chat(model, messages, kwargs, stream=stream)
+        return Stream(self._start(call)) if stream else self._run(call)
 
-        The options are complete()'s.
-        """
-        options = Options.of(priority, start_within, 0)
-        job = chat_job(model, messages, params, stream=stream, job_timeout=job_timeout)
-        if stream:
-            return self._pieces(job, timeout, options)
-        return completion(self._run(job, timeout, options))
-
-    def submit(
-        self,
-        model: str,
-        prompt: str | None = None,
-        *,
-        messages: Sequence[Mapping[str, str] | ChatMessage] | None = None,
-        priority: Priority = "batch",
-        start_within: float | str | None = None,
-        job_timeout: float | str | None = None,
-        retries: int = 0,
-        stream: bool = False,
-        job_id: str | None = None,
-        **params: Any,
-    ) -> JobHandle:
-        """Enqueue a completion (prompt) or chat (messages) without waiting; returns its handle.
+    def submit(self, model: str, prompt: str | None = None, **kwargs: Unpack[SubmitKwargs]) -> JobHandle:
+        """Enqueue a completion (prompt) or chat (messages=) without waiting; returns its handle.
 
         Nobody waits on a submitted job, so it runs even if this process exits; it is a
         batch job unless priority says otherwise. stream=True publishes its pieces as they
         are made, for handle.stream(). job_id: pick the id yourself (a batch run derives
         them); if a job with that id exists already, nothing is enqueued and its handle is
-        returned. Raises QueueFull when the queue is at its bound.
+        returned. Raises QueueFull when the queue is at its bound, unless wait_when_full
+        (True: up to the client's timeout) waits for room.
         """
-        options = Options.of(priority, start_within, retries)
-        job = generation_job(model, prompt, messages, params, stream=stream, job_timeout=job_timeout)
-        job_id = new_job_id() if job_id is None else check_job_id(job_id)
-        self._require_model(job.model)
-        self._enqueue(job, job_id, options, waiting_ms=0)
-        return JobHandle(self.connection, self.keys, job_id, job.model)
+        call, job_id = self._submission(model, prompt, kwargs)
+        self._do(self._submit(call, job_id))
+        return JobHandle(self, job_id, call.job.model)
 
     def map(
-        self,
-        model: str,
-        inputs: Iterable[str | Messages],
-        *,
-        max_in_flight: int = 16,
-        priority: Priority = "batch",
-        job_timeout: float | str | None = None,
-        retries: int = 0,
-        timeout: float | None = None,
-        return_exceptions: bool = False,
-        on_progress: Callable[[int, int | None], None] | None = None,
-        progress: bool = False,
-        **params: Any,
+        self, model: str, inputs: Iterable[str | Messages], **kwargs: Unpack[MapKwargs]
     ) -> Iterator[CompletionResult | JobFailed]:
         """Results of many prompts (strings) or message lists, in input order.
 
-        Keeps up to max_in_flight jobs queued ahead of the one being waited on. A failed job
-        raises JobFailed, or is yielded as one with return_exceptions=True. on_progress gets
-        (finished, total or None) after each; progress=True draws a bar on stderr. Jobs still
-        queued when the iterator is closed are canceled. timeout: longest wait for one result.
+        Keeps up to max_in_flight (16) jobs queued ahead of the one being waited on, waiting
+        out a full queue. A failed job raises JobFailed, or is yielded as one with
+        return_exceptions=True. on_progress gets (finished, total or None) after each;
+        progress=True draws a bar on stderr. Jobs still queued when the iterator is closed are
+        canceled. timeout: longest wait for one result. priority is 'batch' unless given.
         """
-        check_in_flight(max_in_flight)
-        report = MapProgress(len(inputs) if isinstance(inputs, Sized) else None, on_progress, progress)
-        items = iter(inputs)
+        window = InOrder(inputs, kwargs, max_in_flight=16, timeout=self.timeout)
         pending: deque[JobHandle] = deque()
-        wait_s = self.timeout if timeout is None else timeout
 
-        def submit(item: str | Messages) -> JobHandle:
-            prompt, messages = prompt_or_messages(item)
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    return self.submit(
-                        model,
-                        prompt,
-                        messages=messages,
-                        priority=priority,
-                        job_timeout=job_timeout,
-                        retries=retries,
-                        **params,
-                    )
-                except QueueFull as full:
-                    time.sleep(backoff_pause(full, deadline))
+        def fill() -> None:
+            for prompt, messages in window.more(len(pending)):
+                pending.append(self.submit(model, prompt, messages=messages, **window.submit_kwargs))
 
         try:
-            pending.extend(submit(item) for item in itertools.islice(items, max_in_flight))
+            fill()
             while pending:
                 handle = pending.popleft()
                 outcome: CompletionResult | JobFailed
                 try:
-                    outcome = completion(handle.result(timeout=wait_s))
+                    outcome = completion(handle.result(timeout=window.wait_s))
                 except JobFailed as exc:
-                    if not return_exceptions:
-                        raise
-                    outcome = exc
-                pending.extend(submit(item) for item in itertools.islice(items, max_in_flight - len(pending)))
-                report.record(outcome.usage.completion_tokens if isinstance(outcome, CompletionResult) else None)
-                yield outcome
+                    outcome = window.failed(exc)
+                fill()
+                yield window.record(outcome)
         finally:
-            report.close()
+            window.close()
             for handle in pending:
-                with contextlib.suppress(HostlerError, redis.RedisError):
+                with contextlib.suppress(HostlerError):
                     handle.cancel()
 
     def job(self, job_id: str) -> JobHandle:
         """The handle of a job submitted earlier (by any client)."""
-        origin = self._read(reads.job_origin(job_id))
-        if origin is None:
-            raise HostlerError(f"job {job_id} does not exist (it ended more than its TTL ago, or never was)")
-        model = self.keys.model_of_queue(origin)
-        if model is None:
-            raise HostlerError(f"job {job_id} is not on a hostler queue (origin {origin!r})")
-        return JobHandle(self.connection, self.keys, job_id, model)
+        return JobHandle(self, job_id, self._do(self._model_of(job_id)))
 
     def count_tokens(self, model: str, text: str, *, timeout: float | None = None) -> int:
         """Tokens the model makes of text, exactly as complete() counts usage.prompt_tokens."""
-        result = self._run(build(TokenCountJob, model=model, text=text), timeout, Options())
-        assert isinstance(result, TokenCountResult)
-        return result.count
+        return self._run(self._counting(model, text, timeout)).count
 
     # -- model lifecycle ----------------------------------------------------------
 
-    def load(
-        self,
-        model: str,
-        *,
-        replicas: int = 1,
-        keep_alive: float | str = DEFAULT_KEEP_ALIVE_S,
-        pinned: bool = False,
-        timeout: float | None = None,
-        **params: Any,
-    ) -> LoadResult:
-        """Load a model with params (n_ctx, n_batch, ...); later jobs use them until unload.
+    def load(self, model: str, **kwargs: Unpack[LoadKwargs]) -> LoadResult:
+        """Load a model with LoadParams (n_ctx, n_batch, ...); later jobs use them until unload.
 
         replicas: workers to keep, each on its own host. keep_alive: idle time before it is
         unloaded (seconds or '5m', '1h'; -1 never). pinned: never evicted for another model.
         Raises NoCapacity when no host has the memory.
         """
-        job, spec = load_request(model, replicas=replicas, keep_alive=keep_alive, pinned=pinned, params=params)
-        self._require_model(model)
-        # The spec first: the controller reads it when the load job makes it place the model.
-        self.connection.set(self.keys.spec(model), spec.model_dump_json())
-        result = self._run(job, timeout, Options())
-        assert isinstance(result, LoadResult)
-        return result
+        call, spec = self._loading(model, kwargs)
+        self._do(self._place(model, spec))
+        return self._run(call)
 
     def unload(self, model: str, *, timeout: float | None = None) -> UnloadResult:
         """Free the model's memory once the jobs queued before this have run."""
-        result = self._run(build(UnloadJob, model=model), timeout, Options())
-        assert isinstance(result, UnloadResult)
-        return result
+        return self._run(self._unloading(model, timeout))
 
-    def pull(
-        self,
-        repo: str,
-        *,
-        file: str | None = None,
-        quant: str | None = None,
-        revision: str = "main",
-        model_id: str | None = None,
-        host: str | None = None,
-        progress: Callable[[PullProgressEvent], None] | None = None,
-        timeout: float | None = None,
-    ) -> PullResult:
+    def pull(self, repo: str, **kwargs: Unpack[PullKwargs]) -> PullResult:
         """Have a host download `repo` from the Hugging Face hub, as `hostler models pull` does.
 
-        host: which live host pulls (needed when there are several). progress: called with
-        each progress event (bytes done and total). timeout: longest wait in seconds (None: as
-        long as the host keeps reporting). Returns once the host lists the model.
+        file or quant pick the file; revision (main), model_id. host: which live host pulls
+        (needed when there are several). progress: called with each progress event (bytes
+        done and total). timeout: longest wait in seconds (None: as long as the host keeps
+        reporting). Returns once the host lists the model.
         """
-        return _pull.pull(
-            self.connection,
-            self.keys,
-            repo,
-            file=file,
-            quant=quant,
-            revision=revision,
-            model_id=model_id,
-            host=host,
-            progress=progress,
-            timeout=timeout,
-        )
+        return _pull.pull(self.connection, self.keys, repo, **kwargs)
 
     # -- inspection ---------------------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
         """Every model on the disk of a live host: engine, size, memory estimate, loaded state,
         and the hosts with room for it now (as the controller counts free memory)."""
-        listing, found = self._read(reads.models(self.keys))
-        self._remember(found)
-        return listing
+        return self._do(self._models())
 
     def status(self) -> Status:
         """Hosts (RAM, VRAM, what is placed and free), placements, workers and queue lengths."""
-        return self._read(reads.status(self.keys))
+        return self._do(reads.status(self.keys))
 
     def queue_length(self, model: str) -> int:
         """Jobs waiting for the model, both priority classes together."""
-        return self._read(reads.queue_length(self.keys, model))
+        return self._do(reads.queue_length(self.keys, model))
 
     def close(self) -> None:
         self._pubsubs.close()
@@ -386,92 +193,33 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- internals ----------------------------------------------------------------
+    # -- I/O ------------------------------------------------------------------------
 
-    def _queue(self, model: str, priority: Priority) -> Queue:
-        name = self.keys.queue_name(model, priority)
-        queue = self._queues.get(name)
-        if queue is None:
-            queue = self._queues[name] = make_queue(self.connection, name)
-        return queue
-
-    def _read(self, reader: reads.Reads[T]) -> T:
-        return reads.run_sync(self.connection, reader)
-
-    def _remember(self, found: dict[str, list[ModelInfo]]) -> None:
-        with self._lock:
-            self._catalog, self._catalog_at = found, time.monotonic()
-
-    def _require_model(self, model: str) -> None:
-        with self._lock:
-            fresh = time.monotonic() - self._catalog_at < CATALOG_CACHE_S
-            known = model in self._catalog
-        if fresh and known:
-            return
-        found = self._read(reads.catalog(self.keys))
-        self._remember(found)
-        if model not in found:
-            raise ModelNotFound(model, sorted(found))
+    def _do(self, steps: Steps[T]) -> T:
+        return run_sync(self.connection, steps)
 
     def _worker_reports(self) -> list[WorkerReport]:
-        return self._read(reads.worker_reports(self.keys))
+        return self._do(reads.worker_reports(self.keys))
 
-    def _enqueue(self, job: Job, job_id: str, options: Options, *, waiting_ms: int) -> bool:
-        """Writes the job and pushes it on its class's queue in one atomic step, or raises QueueFull.
-
-        False when a job with this id exists already (nothing was written).
-        """
-        call = enqueue_call(
-            self._queue(job.model, options.priority), self.keys, job, job_id, options, waiting_ms=waiting_ms
-        )
-        accepted, length, bound, alive = self._enqueue_script(keys=call.keys, args=call.args)
-        if accepted == EXISTS:
-            return False
-        if accepted != ACCEPTED:
-            reports = [r for r in self._worker_reports() if r.model == job.model]
-            hint = retry_after(int(length), int(bound), [r.mean_job_s or 0.0 for r in reports], len(reports))
-            raise QueueFull(job.model, int(bound), int(length), hint)
-        if not alive:
-            # No worker serves this model: ask the controller to place one.
-            self.connection.rpush(self.keys.demand, job.model)
-        return True
-
-    def _start(self, job: Job, deadline: float, options: Options) -> tuple[str, Subscription, Waiter]:
-        self._require_model(job.model)
+    def _start(self, call: Call[R]) -> Followed:
+        """Enqueues a job this client waits on, subscribed to its channel first."""
+        deadline = time.monotonic() + call.timeout_s
+        self._do(self._require_model(call.job.model))
         job_id = new_job_id()
         subscription = Subscription(self._pubsubs, self.keys.channel(job_id))
         try:
-            self._enqueue(job, job_id, options, waiting_ms=Waiter.ttl_ms(deadline))
+            self._do(self._enqueue(call, job_id, watch_until=deadline))
         except BaseException:
             subscription.close()
             raise
-        return job_id, subscription, Waiter(self.connection, self.keys.waiting(job_id), deadline)
+        waiter = Waiter(self.connection, self.keys.waiting(job_id), deadline)
+        return Followed(self.connection, subscription, EventOrder(job_id, deadline, max_poll_s=SILENCE_POLL_S), waiter)
 
-    def _deadline(self, timeout: float | None) -> float:
-        return time.monotonic() + (self.timeout if timeout is None else timeout)
+    def _run(self, call: Call[R]) -> R:
+        with contextlib.closing(self._start(call)) as followed:
+            return call.result(followed.result())
 
-    def _run(self, job: Job, timeout: float | None, options: Options) -> JobResult:
-        deadline = self._deadline(timeout)
-        job_id, subscription, waiter = self._start(job, deadline, options)
-        ended = False
-        try:
-            for event in follow(self.connection, subscription, job_id, deadline, waiter):
-                if isinstance(event, DoneEvent):
-                    ended = True
-                    return event.result
-                if isinstance(event, ErrorEvent):
-                    ended = True
-                    raise job_error(job_id, event.code, event.message)
-        finally:
-            if not ended:
-                # Gave up (timeout, interrupt): a job still queued is canceled now, not at expiry.
-                # An ended job's key just lapses, which saves a round trip per job.
-                waiter.release()
-            subscription.close()
-        raise HostlerError(f"job {job_id} ended without a result")  # pragma: no cover - follow always ends
-
-    def _pieces(self, job: Job, timeout: float | None, options: Options) -> Iterator[str]:
-        # Submitted eagerly, so that the job is queued even before the first next().
-        deadline = self._deadline(timeout)
-        job_id, subscription, waiter = self._start(job, deadline, options)
-        return Stream(stream_pieces(self.connection, subscription, job_id, deadline, waiter), subscription, waiter)
+    def _follow(self, job_id: str, timeout: float) -> Followed:
+        """Follows a job submitted earlier; it may have ended already."""
+        order = EventOrder(job_id, time.monotonic() + timeout, max_poll_s=SILENCE_POLL_S, check_first=True)
+        return Followed(self.connection, Subscription(self._pubsubs, self.keys.channel(job_id)), order, None)

@@ -1,8 +1,7 @@
-"""Following one job's stream: pub/sub events in order, with the stored result as a fallback.
+"""The sync client's I/O for following jobs: a pooled pub/sub connection per job.
 
-Pub/sub loses messages across a reconnect, so every event carries a sequence number;
-a gap, or a long silence, sends the reader to the job record in rq, which always has
-the whole result once the job has ended.
+What the events mean (order, gaps, silence) is _follow's EventOrder; this module only
+listens, and renews the waiting key of a job its client waits on.
 """
 
 from __future__ import annotations
@@ -13,19 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
-from hostler.schemas import EVENT_ADAPTER, DoneEvent, ErrorEvent, StreamEvent, TokenEvent
+from hostler.schemas import JobResult, StreamEvent, as_text
 from redis.client import PubSub
 
-from ._errors import ConnectionFailed, Timeout
-from ._rqstore import JobOutcome, read_outcome
-
-# After this long without an event the reader checks the job record; a prompt being
-# evaluated is silent, so this is a poll interval, not a failure.
-SILENCE_POLL_S = 1.0
-# A waiting client renews its job's waiting key this often, with this TTL: a client that
-# dies or stops reading lets it lapse, and its job is canceled before a worker runs it.
-WAITING_TTL_S = 6.0
-RENEW_EVERY_S = 2.0
+from ._errors import ConnectionFailed, HostlerError
+from ._follow import RENEW_EVERY_S, EventOrder, FollowedJob, ending, waiting_ttl_ms
+from ._steps import run_sync
 
 
 @dataclass
@@ -37,16 +29,12 @@ class Waiter:
     deadline: float
     _renewed_at: float = field(default_factory=time.monotonic, init=False)
 
-    @staticmethod
-    def ttl_ms(deadline: float) -> int:
-        return max(1, int(min(WAITING_TTL_S, deadline - time.monotonic()) * 1000))
-
     def renew(self) -> None:
         now = time.monotonic()
         if now - self._renewed_at < RENEW_EVERY_S or now >= self.deadline:
             return
         try:
-            self.connection.set(self.key, "1", px=self.ttl_ms(self.deadline))
+            self.connection.set(self.key, "1", px=waiting_ttl_ms(self.deadline))
             self._renewed_at = now
         except redis.RedisError:
             pass  # Redis is away; the next renewal tries again.
@@ -116,7 +104,7 @@ class Subscription:
         # The SUBSCRIBE must be in effect before the enqueue reaches a worker.
         while time.monotonic() < deadline:
             message = self.pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if message and message["type"] == "subscribe" and _text(message["channel"]) == self.channel:
+            if message and message["type"] == "subscribe" and as_text(message["channel"]) == self.channel:
                 return
         raise ConnectionFailed(f"no confirmation of SUBSCRIBE {self.channel} from Redis")
 
@@ -133,7 +121,7 @@ class Subscription:
                 # Treated as silence: the caller falls back to the stored record.
                 time.sleep(min(remaining, 0.2))
                 return None
-            if message and message["type"] == "message" and _text(message["channel"]) == self.channel:
+            if message and message["type"] == "message" and as_text(message["channel"]) == self.channel:
                 data = message["data"]
                 return data if isinstance(data, bytes) else str(data).encode()
 
@@ -143,60 +131,43 @@ class Subscription:
             self.pool.release(self.pubsub, self.channel, healthy=self._healthy)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+class Followed(FollowedJob):
+    """One job this client follows on its own subscription; a closed one stops waiting.
 
-
-def follow(
-    connection: redis.Redis,
-    subscription: Subscription,
-    job_id: str,
-    deadline: float,
-    waiter: Waiter | None = None,
-) -> Iterator[StreamEvent]:
-    """Yields a job's events in order and always ends with a done or error event.
-
-    On a gap in sequence numbers, or silence, it reads the job record instead and ends
-    with a done or error event rebuilt from what the record stores.
+    waiter is None for a job nobody waits on (a submitted one, followed through its handle).
     """
-    expected = 0
-    while True:
-        if waiter is not None:
-            waiter.renew()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Timeout(f"job {job_id} did not finish within its timeout")
-        raw = subscription.next_message(min(remaining, SILENCE_POLL_S))
-        if raw is None:
-            outcome = read_outcome(connection, job_id)
-            if outcome is not None:
-                yield event_from_outcome(outcome, expected)
-                return
-            continue
-        event = EVENT_ADAPTER.validate_json(raw)
-        if event.seq != expected:
-            yield event_from_outcome(wait_outcome(connection, job_id, deadline), expected)
+
+    def __init__(
+        self, connection: redis.Redis, subscription: Subscription, order: EventOrder, waiter: Waiter | None
+    ) -> None:
+        super().__init__(order)
+        self._connection = connection
+        self._subscription = subscription
+        self._waiter = waiter
+
+    def events(self) -> Iterator[StreamEvent]:
+        """The job's events in order; the last is its done or error event."""
+        while not self._order.ended:
+            if self._waiter is not None:
+                self._waiter.renew()
+            message = self._subscription.next_message(self._order.wait_s())
+            event = run_sync(self._connection, self._order.next_event(message))
+            if event is not None:
+                yield event
+
+    def result(self) -> JobResult:
+        """The job's result; raises its error if it failed, Timeout past the deadline."""
+        for event in self.events():
+            result = ending(self.job_id, event)
+            if result is not None:
+                return result
+        raise HostlerError(f"job {self.job_id} ended without a result")  # pragma: no cover - errors raise
+
+    def close(self) -> None:
+        if not self._first_close():
             return
-        expected += 1
-        yield event
-        if not isinstance(event, TokenEvent):
-            return
-
-
-def wait_outcome(connection: redis.Redis, job_id: str, deadline: float) -> JobOutcome:
-    pause = 0.02
-    while True:
-        outcome = read_outcome(connection, job_id)
-        if outcome is not None:
-            return outcome
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Timeout(f"job {job_id} did not finish within its timeout")
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 2, 0.5)
-
-
-def event_from_outcome(outcome: JobOutcome, seq: int) -> DoneEvent | ErrorEvent:
-    if outcome.result is not None:
-        return DoneEvent(seq=seq, result=outcome.result)
-    return ErrorEvent(seq=seq, code=outcome.code or "internal", message=outcome.message or outcome.status)
+        if self._waiter is not None and not self._order.ended:
+            # Gave up (timeout, interrupt): a job still queued is canceled now, not at expiry.
+            # An ended job's key just lapses, which saves a round trip per job.
+            self._waiter.release()
+        self._subscription.close()

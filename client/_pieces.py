@@ -1,64 +1,79 @@
-"""A streamed job's text pieces, as the client hands them out."""
+"""A streamed job's text pieces: what both clients hand out, and the sync client's Stream."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import AbstractContextManager
 
-import redis
-from hostler.schemas import CompletionResult, ErrorEvent, JobResult, TokenEvent
+from hostler.schemas import CompletionResult, JobResult, StreamEvent, TokenEvent
 
-from ._errors import HostlerError, job_error
-from ._events import Subscription, Waiter, follow
+from ._errors import HostlerError
+from ._events import Followed
+from ._follow import ending
 
 
-class Stream(Iterator[str]):
-    """A job's text pieces; close() stops waiting even before the first piece was read.
+class TextPieces:
+    """The text pieces of one job's events; `result` is the whole result once it has ended."""
 
-    (A generator closed before it started never runs its finally block.)
-    """
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.result: CompletionResult | None = None
+        self._sent = 0
 
-    def __init__(self, pieces: Iterator[str], subscription: Subscription, waiter: Waiter | None) -> None:
-        self._pieces = pieces
-        self._subscription = subscription
-        self._waiter = waiter
+    def piece(self, event: StreamEvent) -> str | None:
+        """The text to hand out for an event (None: none); raises the job's error if it failed."""
+        result = ending(self.job_id, event)
+        if result is None:
+            assert isinstance(event, TokenEvent)
+            self._sent += len(event.text)
+            return event.text
+        self.result = completion(result)
+        # After a gap the done event comes from the stored result: send what was missed.
+        text = self.result.text
+        return text[self._sent :] if len(text) > self._sent else None
+
+
+class Pieces:
+    """What both clients' streams share: `job_id` names the job; `result` holds the whole
+    result (finish reason, usage) once the last piece has been read."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._text = TextPieces(job_id)
+
+    @property
+    def result(self) -> CompletionResult | None:
+        return self._text.result
+
+
+class Stream(Pieces, Iterator[str], AbstractContextManager["Stream"]):
+    """A job's text pieces: `for piece in stream`; close() stops waiting, even before the
+    first piece was read."""
+
+    def __init__(self, followed: Followed) -> None:
+        super().__init__(followed.job_id)
+        self._followed = followed
+        self._pieces = self._generate()
 
     def __next__(self) -> str:
         return next(self._pieces)
 
+    def _generate(self) -> Generator[str, None, None]:
+        try:
+            for event in self._followed.events():
+                piece = self._text.piece(event)
+                if piece is not None:
+                    yield piece
+        finally:
+            self._followed.close()
+
     def close(self) -> None:
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
-        if self._waiter is not None:
-            self._waiter.release()
-        self._subscription.close()
+        # A generator closed before it started never runs its finally block.
+        self._pieces.close()
+        self._followed.close()
 
-
-def stream_pieces(
-    connection: redis.Redis, subscription: Subscription, job_id: str, deadline: float, waiter: Waiter | None
-) -> Iterator[str]:
-    """A job's text pieces; waiter is None for a job nobody waits on (a submitted one)."""
-    emitted: list[str] = []
-    ended = False
-    try:
-        for event in follow(connection, subscription, job_id, deadline, waiter):
-            if isinstance(event, TokenEvent):
-                emitted.append(event.text)
-                yield event.text
-            elif isinstance(event, ErrorEvent):
-                ended = True
-                raise job_error(job_id, event.code, event.message)
-            else:
-                ended = True
-                # After a gap the done event comes from the stored result: send what was missed.
-                result = completion(event.result)
-                sent = "".join(emitted)
-                if len(result.text) > len(sent):
-                    yield result.text[len(sent) :]
-    finally:
-        if not ended and waiter is not None:
-            waiter.release()
-        subscription.close()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def completion(result: JobResult) -> CompletionResult:

@@ -23,6 +23,8 @@ from hostler.schemas import (
     PullProgressEvent,
     PullRequest,
     PullResult,
+    as_text,
+    field_errors,
 )
 from pydantic import ValidationError
 
@@ -42,13 +44,13 @@ def pull(
     keys: Keys,
     repo: str,
     *,
-    file: str | None,
-    quant: str | None,
-    revision: str,
-    model_id: str | None,
-    host: str | None,
-    progress: PullCallback | None,
-    timeout: float | None,
+    file: str | None = None,
+    quant: str | None = None,
+    revision: str = "main",
+    model_id: str | None = None,
+    host: str | None = None,
+    progress: PullCallback | None = None,
+    timeout: float | None = None,
 ) -> PullResult:
     target = _choose_host(connection, keys, host)
     try:
@@ -62,8 +64,8 @@ def pull(
             requested_at=time.time(),
         )
     except ValidationError as exc:
-        item = exc.errors()[0]
-        raise InvalidRequest(f"invalid {'.'.join(map(str, item['loc']))}: {item['msg']}") from None
+        first = field_errors(exc)[0]
+        raise InvalidRequest(f"invalid {first.path}: {first.message}") from None
     if file is not None and quant is not None:
         raise InvalidRequest("give file or quant, not both")
     new_pubsub: Callable[[], redis.client.PubSub] = connection.pubsub  # redis-py leaves it unannotated
@@ -82,7 +84,7 @@ def pull(
 
 
 def _choose_host(connection: redis.Redis, keys: Keys, host: str | None) -> str:
-    names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in connection.smembers(keys.hosts))
+    names = sorted(as_text(m) for m in connection.smembers(keys.hosts))
     blobs = connection.mget([keys.host(n) for n in names]) if names else []
     live = sorted(HostReport.model_validate_json(b).host for b in blobs if b is not None)
     if host is not None:

@@ -1,17 +1,15 @@
 """What the clients read from Redis, written once as sans-I/O generators.
 
 Each reader yields a batch of Redis commands, gets their replies back (one pipelined round
-trip per batch) and finally returns its value. `run_sync` and `run_async` drive the same
-reader over a sync or an asyncio connection, so Client and AsyncClient cannot drift apart.
+trip per batch) and finally returns its value; `_steps.run_sync` and `_steps.run_async` drive
+the same reader over a sync or an asyncio connection (see _steps).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-import redis
-import redis.asyncio
 from hostler.schemas import (
     RESULT_ADAPTER,
     Assignment,
@@ -23,52 +21,19 @@ from hostler.schemas import (
     Status,
     WorkerReport,
     WorkerStatus,
+    as_text,
+    free_memory,
 )
 from rq.job import JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from ._outcome import JobOutcome, decode_failure, queue_keys
-
-T = TypeVar("T")
-Command = tuple[Any, ...]
-Reads = Generator[list[Command], list[Any], T]
+from ._steps import Reads as Reads
+from ._steps import run_async as run_async
+from ._steps import run_sync as run_sync
 
 _ENDED_AS_FAILURE = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
-
-
-def run_sync(connection: redis.Redis, reads: Reads[T]) -> T:
-    try:
-        batch = next(reads)
-        while True:
-            with connection.pipeline(transaction=False) as pipe:
-                for command in batch:
-                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-                replies = pipe.execute() if batch else []
-            batch = reads.send(replies)
-    except StopIteration as stop:
-        value: T = stop.value
-        return value
-
-
-async def run_async(connection: redis.asyncio.Redis, reads: Reads[T]) -> T:
-    try:
-        batch = next(reads)
-        while True:
-            replies: list[Any] = []
-            if batch:
-                async with connection.pipeline(transaction=False) as pipe:
-                    for command in batch:
-                        pipe.execute_command(*command)
-                    replies = await pipe.execute()
-            batch = reads.send(replies)
-    except StopIteration as stop:
-        value: T = stop.value
-        return value
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # -- jobs ---------------------------------------------------------------------------
@@ -81,13 +46,13 @@ def job_key(job_id: str) -> str:
 def job_status(job_id: str) -> Reads[str]:
     """queued, started, finished, failed or canceled; 'missing' once its record expired."""
     (status,) = yield [("HGET", job_key(job_id), "status")]
-    return text(status) if status is not None else "missing"
+    return as_text(status) if status is not None else "missing"
 
 
 def job_origin(job_id: str) -> Reads[str | None]:
     """The rq queue a job was put on, or None when there is no such job."""
     (origin,) = yield [("HGET", job_key(job_id), "origin")]
-    return text(origin) if origin is not None else None
+    return as_text(origin) if origin is not None else None
 
 
 def job_outcome(job_id: str) -> Reads[JobOutcome | None]:
@@ -98,7 +63,7 @@ def job_outcome(job_id: str) -> Reads[JobOutcome | None]:
     ]
     if status_raw is None:
         return JobOutcome(status="missing", code="job_missing", message=f"job {job_id} no longer exists")
-    status = text(status_raw)
+    status = as_text(status_raw)
     result = _latest_result(job_id, latest)
     if status == JobStatus.FINISHED.value:
         if result is None or result.return_value is None:
@@ -118,7 +83,7 @@ def _latest_result(job_id: str, entries: list[Any]) -> Result | None:
         return None
     result_id, payload = entries[0]
     # rq's own decoding of its result stream entry; the connection is only stored, not used.
-    restored: Result = Result.restore(job_id, text(result_id), payload, connection=None, serializer=JSONSerializer)  # type: ignore[arg-type]
+    restored: Result = Result.restore(job_id, as_text(result_id), payload, connection=None, serializer=JSONSerializer)  # type: ignore[arg-type]
     return restored
 
 
@@ -132,25 +97,27 @@ def queue_length(keys: Keys, model: str) -> Reads[int]:
 
 
 def worker_reports(keys: Keys) -> Reads[list[WorkerReport]]:
-    (members,) = yield [("SMEMBERS", keys.workers)]
-    names = sorted(text(m) for m in members)
-    if not names:
-        return []
-    (blobs,) = yield [("MGET", *[keys.worker(n) for n in names])]
-    gone = [n for n, blob in zip(names, blobs, strict=True) if blob is None]
-    if gone:
-        yield [("SREM", keys.workers, *gone)]
-    return [WorkerReport.model_validate_json(b) for b in blobs if b is not None]
+    blobs = yield from _live_reports(keys.workers, keys.worker, prune=True)
+    return [WorkerReport.model_validate_json(b) for b in blobs]
 
 
 def host_reports(keys: Keys) -> Reads[list[HostReport]]:
-    (members,) = yield [("SMEMBERS", keys.hosts)]
-    host_ids = sorted(text(m) for m in members)
-    if not host_ids:
-        return []
-    (blobs,) = yield [("MGET", *[keys.host(h) for h in host_ids])]
     # An expired report is a host that is gone.
-    return [HostReport.model_validate_json(b) for b in blobs if b is not None]
+    blobs = yield from _live_reports(keys.hosts, keys.host, prune=False)
+    return [HostReport.model_validate_json(b) for b in blobs]
+
+
+def _live_reports(members: str, key_of: Callable[[str], str], *, prune: bool) -> Reads[list[bytes]]:
+    """The reports of a set's members that have not expired; prune: drop the expired from the set."""
+    (names_raw,) = yield [("SMEMBERS", members)]
+    names = sorted(as_text(m) for m in names_raw)
+    if not names:
+        return []
+    (blobs,) = yield [("MGET", *[key_of(n) for n in names])]
+    gone = [n for n, blob in zip(names, blobs, strict=True) if blob is None]
+    if gone and prune:
+        yield [("SREM", members, *gone)]
+    return [b for b in blobs if b is not None]
 
 
 def catalog(keys: Keys) -> Reads[dict[str, list[ModelInfo]]]:
@@ -172,7 +139,7 @@ def host_statuses(keys: Keys) -> Reads[tuple[ClusterView | None, list[HostStatus
     return None, [
         HostStatus.of(
             r,
-            free_bytes=min(r.capacity_bytes - sum(w.rss_bytes for w in r.workers), r.ram_available_bytes),
+            free_bytes=free_memory(r.capacity_bytes, r.ram_available_bytes, sum(w.rss_bytes for w in r.workers)),
             placed={w.model: w.rss_bytes for w in r.workers},
         )
         for r in reports
@@ -250,17 +217,17 @@ def batch_state(keys: Keys, batch_id: str) -> Reads[dict[str, Any]]:
     meta, jobs = yield [("HGETALL", keys.batch(batch_id)), ("HGETALL", keys.batch_jobs(batch_id))]
     if not meta:
         return {}
-    job_ids = [text(j) for j in jobs.values()]
+    job_ids = [as_text(j) for j in jobs.values()]
     statuses = (yield [("HGET", job_key(j), "status") for j in job_ids]) if job_ids else []
     counts: dict[str, int] = {}
     for status in statuses:
-        name = text(status) if status is not None else "expired"
+        name = as_text(status) if status is not None else "expired"
         counts[name] = counts.get(name, 0) + 1
     requests = int(meta.get(b"requests", 0))
     counts["not_submitted"] = requests - len(job_ids)
     return {
         "batch_id": batch_id,
-        "input": text(meta.get(b"input", b"")),
+        "input": as_text(meta.get(b"input", b"")),
         "requests": requests,
         "started_at": float(meta.get(b"started_at", 0)),
         "states": counts,

@@ -73,27 +73,25 @@ def build(job_cls: type[Job], **fields: Any) -> Job:
 def completion_job(
     model: str, prompt: str, params: Mapping[str, Any], *, stream: bool = False, job_timeout: float | str | None
 ) -> Job:
-    return build(
-        CompletionJob,
-        model=model,
-        prompt=prompt,
-        params=validated(SamplingParams, params),
-        stream=stream,
-        timeout_s=seconds(job_timeout),
-    )
+    return _generation(CompletionJob, model, params, stream, job_timeout, prompt=prompt)
 
 
 def chat_job(
     model: str, messages: Messages, params: Mapping[str, Any], *, stream: bool = False, job_timeout: float | str | None
 ) -> Job:
-    return build(
-        ChatJob,
-        model=model,
-        messages=list(messages),
-        params=validated(SamplingParams, params),
-        stream=stream,
-        timeout_s=seconds(job_timeout),
-    )
+    return _generation(ChatJob, model, params, stream, job_timeout, messages=list(messages))
+
+
+def _generation(
+    job_cls: type[Job],
+    model: str,
+    params: Mapping[str, Any],
+    stream: bool,
+    job_timeout: float | str | None,
+    **text: Any,
+) -> Job:
+    sampling = validated(SamplingParams, params)
+    return build(job_cls, model=model, **text, params=sampling, stream=stream, timeout_s=seconds(job_timeout))
 
 
 def generation_job(
@@ -216,9 +214,29 @@ def check_in_flight(max_in_flight: int) -> int:
     return max_in_flight
 
 
-def backoff_pause(full: QueueFull, deadline: float) -> float:
-    """How long to wait out a full queue before submitting again; re-raises past the deadline."""
-    pause = min(full.retry_after, 5.0)
-    if time.monotonic() + pause > deadline:
+# The longest single wait out of a full queue: retry_after is only an estimate.
+MAX_FULL_PAUSE_S = 5.0
+
+
+def room_wait_s(wait_when_full: bool | float, limit: float) -> float:
+    """Seconds to wait out a full queue: none for False, `limit` for True, else the number."""
+    if wait_when_full is True:
+        return limit
+    if wait_when_full is False:
+        return 0.0
+    if not 0 <= wait_when_full < float("inf"):
+        raise InvalidRequest(f"invalid wait_when_full {wait_when_full!r}: use True, False or a number of seconds")
+    return float(wait_when_full)
+
+
+def full_queue_pause(full: QueueFull, started: float, wait_s: float) -> float:
+    """How long to wait before enqueueing again; past the wait, the QueueFull that ends it."""
+    pause = min(full.retry_after, MAX_FULL_PAUSE_S)
+    if wait_s <= 0:
         raise full
+    if time.monotonic() + pause > started + wait_s:
+        gave_up = QueueFull(full.model, full.bound, full.length, full.retry_after)
+        gave_up.args = (f"{full}; gave up after waiting {time.monotonic() - started:.0f} s for room "
+                        f"(wait_when_full allows {wait_s:g} s)",)  # fmt: skip
+        raise gave_up from full
     return pause

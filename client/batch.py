@@ -32,10 +32,10 @@ from hostler.schemas import (
 from pydantic import ValidationError
 
 from . import _reads as reads
-from ._async import AsyncClient, AsyncJobHandle
-from ._errors import HostlerError, JobFailed, ModelNotFound, QueueFull, Timeout
+from ._async import AsyncClient
+from ._async_handle import AsyncJobHandle
+from ._errors import HostlerError, JobFailed, ModelNotFound, Timeout
 from ._progress import Progress
-from ._requests import backoff_pause
 
 # A batch's bookkeeping in Redis outlives its jobs' results (kept an hour) by a day.
 BATCH_TTL_S = 25 * 3600
@@ -312,11 +312,11 @@ async def _submit(client: AsyncClient, request: Request, job_id: str, deadline: 
     body = request.body
     prompt = body.text() if isinstance(body, CompletionRequest) else None
     messages = body.hostler_messages() if isinstance(body, ChatCompletionRequest) else None
-    while True:
-        try:
-            return await client.submit(request.model, prompt, messages=messages, job_id=job_id, **body.sampling())
-        except QueueFull as full:
-            await asyncio.sleep(backoff_pause(full, deadline))
+    # A full queue is waited out until the run's deadline.
+    room_s = max(0.0, deadline - time.monotonic())
+    return await client.submit(
+        request.model, prompt, messages=messages, job_id=job_id, wait_when_full=room_s, **body.sampling()
+    )
 
 
 async def _known_models(client: AsyncClient, requests: list[Request]) -> tuple[list[Request], list[BadLine]]:
@@ -342,4 +342,4 @@ async def _register(client: AsyncClient, batch_id: str, input_path: Path, lines:
 
 async def batch_status(client: AsyncClient, batch_id: str) -> dict[str, Any]:
     """A batch's requests counted by job state, from Redis."""
-    return await client._read(reads.batch_state(client.keys, batch_id))
+    return await client._do(reads.batch_state(client.keys, batch_id))

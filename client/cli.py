@@ -7,15 +7,19 @@ import sys
 from typing import Any
 
 import click
-from hostler.schemas import format_bytes
+from hostler.schemas import SamplingParams, format_bytes
 
 from ._cli_options import redis_option, timeout_option
 from ._client import Client
+from ._core import DEFAULT_TIMEOUT_S
 from ._errors import HostlerError
 from .batch_cli import batch_group, summarize_command
 
+# What a job gets for a sampling parameter left out; the options show the same defaults.
+DEFAULTS = SamplingParams()
 
-def _client(redis_url: str | None, timeout: float = 600.0) -> Client:
+
+def _client(redis_url: str | None, timeout: float = DEFAULT_TIMEOUT_S) -> Client:
     return Client(redis_url, timeout=timeout)
 
 
@@ -27,8 +31,8 @@ def _fail(exc: HostlerError) -> None:
 @click.command("complete", short_help="Complete a prompt, streaming to the terminal.")
 @click.argument("model")
 @click.argument("prompt")
-@click.option("--max-tokens", type=int, default=128, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--max-tokens", type=int, default=DEFAULTS.max_tokens, show_default=True)
+@click.option("--temperature", type=float, default=DEFAULTS.temperature, show_default=True)
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @redis_option
@@ -61,8 +65,8 @@ def complete_command(
 @click.command("chat", short_help="Chat with a model interactively.")
 @click.argument("model")
 @click.option("--system", default=None, help="A system message.")
-@click.option("--max-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--max-tokens", type=int, default=DEFAULTS.max_tokens, show_default=True)
+@click.option("--temperature", type=float, default=DEFAULTS.temperature, show_default=True)
 @redis_option
 @timeout_option
 def chat_command(

@@ -21,9 +21,8 @@ from typing import Any
 from hostler.schemas import CompletionResult, LoadParams, ModelSpec
 
 from ._async import AsyncClient
-from ._errors import ContextExceeded, HostlerError, QueueFull
+from ._errors import ContextExceeded, HostlerError
 from ._progress import Progress
-from ._requests import backoff_pause
 
 DEFAULT_INSTRUCTION = "Summarize the following text in a few sentences. Keep names, numbers and conclusions."
 # Room kept free beside a piece for the chat template and the instruction's own wording.
@@ -98,6 +97,7 @@ class Summarizer:
         max_tokens: int = 128,
         instruction: str = DEFAULT_INSTRUCTION,
         max_in_flight: int = 16,
+        wait_when_full: float | None = None,
         **params: Any,
     ) -> None:
         self.client = client
@@ -106,6 +106,9 @@ class Summarizer:
         self.max_tokens = max_tokens
         self.instruction = instruction
         self.params = {"temperature": 0.0, **params}
+        # How long a piece waits for room on a full queue (the client's timeout unless given);
+        # past it, the document fails with a QueueFull that says how long it waited.
+        self.wait_when_full = client.timeout if wait_when_full is None else wait_when_full
         self._slots = asyncio.Semaphore(max_in_flight)
         self._bos: int | None = None
         self._budget: int | None = None
@@ -175,14 +178,14 @@ class Summarizer:
     async def _job(self, messages: list[dict[str, str]]) -> CompletionResult:
         job_id = "sum-" + hashlib.sha256((self._settings + json.dumps(messages)).encode()).hexdigest()[:40]
         async with self._slots:
-            while True:
-                try:
-                    handle = await self.client.submit(
-                        self.model, messages=messages, job_id=job_id, max_tokens=self.max_tokens, **self.params
-                    )
-                    break
-                except QueueFull as full:
-                    await asyncio.sleep(backoff_pause(full, float("inf")))
+            handle = await self.client.submit(
+                self.model,
+                messages=messages,
+                job_id=job_id,
+                max_tokens=self.max_tokens,
+                wait_when_full=self.wait_when_full,
+                **self.params,
+            )
             result = await handle.result(timeout=self.client.timeout)
         assert isinstance(result, CompletionResult)
         return result

@@ -30,7 +30,7 @@ from ._jobs import (
     UnloadJob,
     rq_func_name,
 )
-from ._keys import DEFAULT_PREFIX, Keys
+from ._keys import DEFAULT_PREFIX, Keys, as_text
 from ._openai import (
     CHAT_URL,
     COMPLETIONS_URL,
@@ -39,7 +39,6 @@ from ._openai import (
     ChatMessageIn,
     CompletionRequest,
     StreamOptions,
-    describe_errors,
     finish_reason,
     parse_body,
     response_body,
@@ -71,9 +70,11 @@ from ._reports import (
     WorkerReport,
     WorkerState,
     WorkerStatus,
+    free_memory,
 )
 from ._results import CompletionResult, FinishReason, LoadResult, TokenCountResult, UnloadResult, Usage
 from ._units import format_bytes, parse_duration, parse_size
+from ._validation import FieldError, describe_errors, field_errors
 
 __all__ = [
     "CHAT_URL",
@@ -88,6 +89,8 @@ __all__ = [
     "usage_body",
     "finish_reason",
     "describe_errors",
+    "field_errors",
+    "FieldError",
     "DEFAULT_KEEP_ALIVE_S",
     "DEFAULT_PREFIX",
     "EVENT_ADAPTER",
@@ -145,7 +148,9 @@ __all__ = [
     "WorkerReport",
     "WorkerState",
     "WorkerStatus",
+    "as_text",
     "format_bytes",
+    "free_memory",
     "parse_duration",
     "parse_size",
     "rq_func_name",

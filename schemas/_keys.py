@@ -1,4 +1,5 @@
-"""Every Redis key and channel hostler uses, built in one place.
+"""Every Redis key and channel hostler uses, built in one place, and `as_text`, the one way a
+name read back from Redis (a member, a list entry, a hash field) becomes a str.
 
 rq's own keys (rq:queue:*, rq:job:*, registries) stay rq's so that `rq info` and
 rq-dashboard work on hostler queues; hostler only chooses the queue *names*.
@@ -9,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "hostler:"
+
+
+def as_text(value: object) -> str:
+    """A value read back from Redis as text: redis-py answers bytes, or str when its connection
+    decodes responses (NVML answers either too)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,18 @@ refuse gets onto a queue. A result becomes the body OpenAI's clients parse.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._jobs import MAX_PROMPT_CHARS
-from ._params import MAX_STOP_SEQUENCES
+from ._params import MAX_STOP_SEQUENCES, SamplingParams, StopString, sampling_bounds
 from ._results import CompletionResult
+from ._validation import describe_errors
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
 OPENAI_URLS = (CHAT_URL, COMPLETIONS_URL)
-
-StopString = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class StreamOptions(BaseModel):
@@ -38,15 +37,16 @@ class _GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=128, description="A hostler model id.")
-    max_tokens: int | None = Field(None, ge=1, le=131_072)
-    temperature: float | None = Field(None, ge=0.0, le=5.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0, le=100_000, description="llama.cpp extra.")
-    min_p: float | None = Field(None, ge=0.0, le=1.0, description="llama.cpp extra.")
-    repeat_penalty: float | None = Field(None, ge=0.0, le=10.0, description="llama.cpp extra.")
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    # SamplingParams' bounds, read from it.
+    max_tokens: int | None = Field(None, **sampling_bounds("max_tokens"))
+    temperature: float | None = Field(None, **sampling_bounds("temperature"))
+    top_p: float | None = Field(None, **sampling_bounds("top_p"))
+    top_k: int | None = Field(None, description="llama.cpp extra.", **sampling_bounds("top_k"))
+    min_p: float | None = Field(None, description="llama.cpp extra.", **sampling_bounds("min_p"))
+    repeat_penalty: float | None = Field(None, description="llama.cpp extra.", **sampling_bounds("repeat_penalty"))
+    presence_penalty: float | None = Field(None, **sampling_bounds("presence_penalty"))
+    frequency_penalty: float | None = Field(None, **sampling_bounds("frequency_penalty"))
+    seed: int | None = Field(None, **sampling_bounds("seed"))
     stop: StopString | list[StopString] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
     n: int = Field(1, description="Choices to generate; hostler makes exactly one.")
     stream: bool = False
@@ -80,19 +80,7 @@ class _GenerationRequest(BaseModel):
 
     def sampling(self) -> dict[str, Any]:
         """The sampling parameters for hostler's client; unset ones keep the model's defaults."""
-        names = (
-            "max_tokens",
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "repeat_penalty",
-            "presence_penalty",
-            "frequency_penalty",
-            "seed",
-            "stop",
-        )
-        return {name: value for name in names if (value := getattr(self, name)) is not None}
+        return {name: value for name in SamplingParams.model_fields if (value := getattr(self, name)) is not None}
 
 
 class TextPart(BaseModel):
@@ -129,7 +117,9 @@ class ChatMessageIn(BaseModel):
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=10_000)
-    max_completion_tokens: int | None = Field(None, ge=1, le=131_072, description="OpenAI's newer max_tokens.")
+    max_completion_tokens: int | None = Field(
+        None, description="OpenAI's newer max_tokens.", **sampling_bounds("max_tokens")
+    )
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -193,18 +183,6 @@ def _validate(
         return parsed
     except ValidationError as exc:
         raise ValueError(describe_errors(exc)) from None
-
-
-def describe_errors(error: ValidationError, *, whole: str = "body", unknown: str = "field") -> str:
-    """A validation error as one line naming each bad field (whole: what an empty path means)."""
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or whole
-        if item["type"] == "extra_forbidden":
-            parts.append(f"unknown {unknown} {where!r}")
-        else:
-            parts.append(f"invalid {where}: {item['msg']}")
-    return "; ".join(parts)
 
 
 def usage_body(result: CompletionResult) -> dict[str, int]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 16
+# One stop sequence, as SamplingParams and OpenAI's request bodies take it.
+StopString = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class SamplingParams(BaseModel):
@@ -19,7 +21,7 @@ class SamplingParams(BaseModel):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(40, ge=0, le=100_000, description="Keep the k most likely tokens; 0 keeps all.")
     min_p: float = Field(0.05, ge=0.0, le=1.0, description="Drop tokens below min_p times the top one.")
-    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+    stop: list[StopString] = Field(
         default_factory=list,
         max_length=MAX_STOP_SEQUENCES,
         description="Generation ends before the first of these strings; it is not returned.",
@@ -36,6 +38,18 @@ class SamplingParams(BaseModel):
         return [value] if isinstance(value, str) else value
 
 
+def sampling_bounds(name: str) -> dict[str, Any]:
+    """A SamplingParams field's numeric bounds as Field() keywords (ge, gt, le, lt), for models
+    that restate the field (OpenAI's request bodies) without restating its numbers."""
+    bounds: dict[str, Any] = {}
+    for constraint in SamplingParams.model_fields[name].metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            value = getattr(constraint, key, None)
+            if value is not None:
+                bounds[key] = value
+    return bounds
+
+
 class LoadParams(BaseModel):
     """How a model is loaded; a load with different params reloads it."""
 
@@ -50,4 +64,10 @@ class LoadParams(BaseModel):
         False,
         description="Reuse the KV cache of the prompt prefix a job shares with the one before (faster for "
         "shared instructions; a temperature-0 text may then depend on the job before it).",
+    )
+    n_parallel: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Sequences decoded together (slots, continuous batching); each gets n_ctx tokens of context.",
     )

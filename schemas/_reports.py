@@ -103,7 +103,13 @@ class WorkerReport(BaseModel):
     state: WorkerState
     cpu_percent: float
     rss_bytes: int
-    current_job: str | None = None
+    current_job: str | None = Field(None, description="The longest-running job in flight (None: idle).")
+    running_jobs: list[str] = Field(default_factory=list, description="Every job in flight, oldest first.")
+    slots: int = Field(1, description="Jobs the loaded engine runs at once (continuous batching).")
+    prompt_tokens_received: int = Field(0, description="Prompt tokens of the generations this process ran.")
+    prompt_tokens_evaluated: int = Field(
+        0, description="Of those, the tokens evaluated; the rest came from the prompt cache."
+    )
     loaded: bool = False
     load_params: dict[str, object] | None = None
     jobs_done: int = 0
@@ -138,6 +144,13 @@ class HostReport(BaseModel):
         if self.memory_limit_bytes is None:
             return self.ram_total_bytes
         return min(self.memory_limit_bytes, self.ram_total_bytes)
+
+
+def free_memory(capacity: int, available: int, held: int, not_yet_taken: int = 0) -> int:
+    """What a host can still give another model: its capacity less what placed models hold,
+    and no more than the RAM the OS has free less the part of their reservations the workers
+    have not taken yet (the OS's figure already lacks what they took). Negative when over."""
+    return min(capacity - held, available - not_yet_taken)
 
 
 class Assignment(BaseModel):

@@ -60,7 +60,7 @@ from bench_report import (
 from bench_stack import HOST_ID, N_CTX, OTHER, PREFIX, PROMPTS, SEED, CpuMeter, HostReporter, WorkerProcesses
 from hostler.client import Client
 from hostler.client._rqstore import FAILURE_TTL, QUEUED_TTL, RESULT_TTL, make_queue
-from hostler.schemas import Keys, TokenCountJob, rq_func_name
+from hostler.schemas import Keys, TokenCountJob, as_text, rq_func_name
 from hostler.worker.control.host_agent import HostAgent
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.engines.llama_cpu import safe_llama_defaults
@@ -342,8 +342,7 @@ def _record_time(connection: redis.Redis, job_id: str, name: str) -> float:
     raw = connection.hget(RqJob.key_for(job_id), name)
     if not raw:
         raise RuntimeError(f"job {job_id} has no {name} in its record")
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return float(utcparse(text).timestamp())
+    return float(utcparse(as_text(raw)).timestamp())
 
 
 def _await_psubscribe(pubsub: Any) -> None:

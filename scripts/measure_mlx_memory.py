@@ -32,9 +32,8 @@ import hostler.worker.serving.worker  # noqa: F401
 import mlx.core as mx
 import psutil
 from hostler.schemas import LoadParams, SamplingParams
-from hostler.worker.control.controller import WORKER_BASE_BYTES
 from hostler.worker.engines.mlx import MlxEngine
-from hostler.worker.memory.estimate import estimate_mlx
+from hostler.worker.memory.estimate import WORKER_BASE_BYTES, estimate_mlx
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 

@@ -43,13 +43,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 from hostler import Client, HostlerError, JobFailed, JobHandle, QueueFull
 from hostler.client._connection import PREFIX_ENV, mask_url
 from hostler.client._rqstore import read_outcome
-from hostler.schemas import DEFAULT_PREFIX, PRIORITIES, CompletionResult, Keys
+from hostler.schemas import DEFAULT_PREFIX, PRIORITIES, CompletionResult, Keys, as_text
 from hostler.worker.embedded_redis import EmbeddedRedis
 from rq.job import Job as RqJob
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
@@ -67,8 +66,6 @@ TEMPERATURE = 0.7
 CALL_TIMEOUT_S = 120.0
 # After the load: how long every job may take to end before the rest count as lost.
 SETTLE_TIMEOUT_S = 300.0
-# Longest pause of a client that the queue bound refused; retry_after is only an estimate.
-MAX_BACKOFF_S = 2.0
 STACK_START_S = 60.0
 STACK_STOP_S = 30.0
 # Pipelined reads per round trip in the audit (a 60 s soak ends with thousands of jobs).
@@ -92,21 +89,6 @@ def _prompt(kind: str, index: int, call: int) -> str:
 
 
 # -- the load -----------------------------------------------------------------------
-
-
-class _RecordingClient(Client):
-    """A Client that remembers the id of the last job it started.
-
-    stream() does not return its job id, and the audit needs it to compare what the client
-    received with what rq stored; _start is where the client makes that id.
-    """
-
-    last_job_id: str | None = None
-
-    def _start(self, *args: Any, **kwargs: Any) -> Any:
-        started = super()._start(*args, **kwargs)
-        self.last_job_id = started[0]
-        return started
 
 
 @dataclass
@@ -135,10 +117,10 @@ class _Load:
         with self.lock:
             self.client_errors[what] += 1
 
-    def refused(self, exc: QueueFull) -> None:
+    def refused(self) -> None:
+        """A call that waited for room on the full queue (wait_when_full) until its bound."""
         with self.lock:
             self.queue_full += 1
-        time.sleep(min(max(exc.retry_after, 0.05), MAX_BACKOFF_S))
 
 
 @dataclass(frozen=True)
@@ -150,9 +132,10 @@ class _Settings:
     call_timeout: float
 
 
-def _stream_one(client: _RecordingClient, settings: _Settings, prompt: str, seed: int) -> _StreamCall:
-    """One streamed completion; raises QueueFull when the queue bound refused it (nothing was enqueued)."""
-    client.last_job_id = None
+def _stream_one(client: Client, settings: _Settings, prompt: str, seed: int, until: float) -> _StreamCall:
+    """One streamed completion, waiting out a full queue until `until` (or its call timeout);
+    raises QueueFull when the queue is still full then (nothing was enqueued)."""
+    job_id: str | None = None
     pieces: list[str] = []
     first: float | None = None
     error: str | None = None
@@ -165,7 +148,10 @@ def _stream_one(client: _RecordingClient, settings: _Settings, prompt: str, seed
             temperature=TEMPERATURE,
             seed=seed,
             timeout=settings.call_timeout,
+            wait_when_full=max(0.0, until - time.monotonic()),
         )
+        # The audit compares what the client received with what rq stored under this id.
+        job_id = stream.job_id
         for piece in stream:
             if first is None:
                 first = time.monotonic() - started
@@ -176,22 +162,22 @@ def _stream_one(client: _RecordingClient, settings: _Settings, prompt: str, seed
         error = f"JobFailed({exc.code})"
     except HostlerError as exc:
         error = type(exc).__name__
-    if client.last_job_id is None:
+    if job_id is None:
         # Raised before anything was enqueued (no job id): nothing to audit, only to report.
         raise RuntimeError(error or "stream() started no job")
-    return _StreamCall(client.last_job_id, "".join(pieces), time.monotonic() - started, first, error)
+    return _StreamCall(job_id, "".join(pieces), time.monotonic() - started, first, error)
 
 
 def _stream_loop(settings: _Settings, index: int, deadline: float, load: _Load) -> None:
     calls = 0
     rng = random.Random(index)
-    client = _RecordingClient(settings.url, prefix=settings.prefix, timeout=settings.call_timeout)
+    client = Client(settings.url, prefix=settings.prefix, timeout=settings.call_timeout)
     try:
         while time.monotonic() < deadline:
             try:
-                call = _stream_one(client, settings, _prompt("stream", index, calls), rng.randrange(2**32))
-            except QueueFull as exc:
-                load.refused(exc)
+                call = _stream_one(client, settings, _prompt("stream", index, calls), rng.randrange(2**32), deadline)
+            except QueueFull:
+                load.refused()
                 continue
             calls += 1
             with load.lock:
@@ -219,9 +205,10 @@ def _feed(client: Client, settings: _Settings, count: int, deadline: float, load
                     temperature=TEMPERATURE,
                     seed=rng.randrange(2**32),
                     priority="batch",
+                    wait_when_full=max(0.0, deadline - time.monotonic()),
                 )
-            except QueueFull as exc:
-                load.refused(exc)
+            except QueueFull:
+                load.refused()
                 continue
             submitted += 1
             with load.lock:
@@ -408,23 +395,19 @@ def _allowed_without_ttl(keys: Keys) -> list[tuple[str, bool, str]]:
 ALLOWED_WITHOUT_TTL = _allowed_without_ttl(Keys())
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _dangling_members(connection: redis.Redis, keys: Keys, key: str) -> list[str]:
     """Members of a set of live things (or of a host's assignments) whose own key is gone."""
     if key == keys.hosts:
-        members = [_text(m) for m in connection.smembers(key)]
+        members = [as_text(m) for m in connection.smembers(key)]
         return [f"{key} names host {m!r}, which has no report" for m in members if not connection.exists(keys.host(m))]
     if key == keys.workers:
-        members = [_text(m) for m in connection.smembers(key)]
+        members = [as_text(m) for m in connection.smembers(key)]
         return [f"{key} names {m!r}, which has no report" for m in members if not connection.exists(keys.worker(m))]
     if key.startswith(keys.prefix + "assign:"):
         host = key.removeprefix(keys.prefix + "assign:")
         return [] if connection.exists(keys.host(host)) else [f"{key}: assignments of host {host!r}, which is gone"]
     if key == RqWorker.redis_workers_keys or key.startswith(RqWorker.redis_workers_keys + ":"):
-        members = [_text(m) for m in connection.smembers(key)]
+        members = [as_text(m) for m in connection.smembers(key)]
         return [f"{key} names {m!r}, which has no rq worker hash" for m in members if not connection.exists(m)]
     return []
 
@@ -442,7 +425,7 @@ def leftover_keys(connection: redis.Redis, keys: Keys, *, live: bool = True) -> 
     clean shutdown none of them should.
     """
     rules = [(re.compile(pattern), only_live) for pattern, only_live, _ in _allowed_without_ttl(keys)]
-    names = sorted(_text(k) for k in connection.scan_iter(count=1000))
+    names = sorted(as_text(k) for k in connection.scan_iter(count=1000))
     problems: list[str] = []
     for chunk in _chunks(names):
         with connection.pipeline(transaction=False) as pipe:
@@ -451,7 +434,7 @@ def leftover_keys(connection: redis.Redis, keys: Keys, *, live: bool = True) -> 
                 pipe.type(name)
             replies = pipe.execute()
         for n, name in enumerate(chunk):
-            ttl, kind = int(replies[2 * n]), _text(replies[2 * n + 1])
+            ttl, kind = int(replies[2 * n]), as_text(replies[2 * n + 1])
             if ttl != -1:
                 continue  # expires (> 0) or already gone (-2)
             allowed = [only_live for rule, only_live in rules if rule.fullmatch(name)]
@@ -549,7 +532,8 @@ class SoakReport:
             f"p99 {_ms(_percentile(self.batch_latency_s, 99))}",
             f"throughput: {rate:.1f} jobs/s ({self.finished} finished in {self.load_s:.1f} s, first enqueue to "
             f"last end)",
-            f"queue full refusals: {self.queue_full}; batch jobs not submitted: {self.not_submitted}",
+            f"calls refused by the full queue after waiting: {self.queue_full}; "
+            f"batch jobs not submitted: {self.not_submitted}",
         ]
         if self.end_codes:
             lines.append("ended without a result: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.end_codes.items())))

@@ -33,7 +33,7 @@ from hostler.schemas import PRIORITIES, CompletionResult, Keys, LoadParams, Work
 from hostler.worker.control.host_agent import HostAgent
 from hostler.worker.control.janitor import Janitor
 from hostler.worker.models.registry import scan
-from hostler.worker.serving.jobstore import requeue_taken
+from hostler.worker.serving.taken import requeue_taken
 from hostler.worker.serving.worker import ModelWorker
 from rq.results import Result
 from rq.serializers import JSONSerializer

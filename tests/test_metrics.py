@@ -16,10 +16,10 @@ import redis
 from fake_engine import FakeEngine
 from hostler import Client, ContextExceeded
 from hostler.schemas import ErrorCode, Keys
+from hostler.worker.control.endings import fail_queued
 from hostler.worker.control.host_agent import HostAgent
 from hostler.worker.control.janitor import Janitor
 from hostler.worker.models.registry import scan
-from hostler.worker.serving.jobstore import fail_queued
 from hostler.worker.serving.metrics import DURATION_BUCKETS, JobMetrics, PieceClock, bucket_of, count_ended
 from hostler.worker.serving.worker import ModelWorker
 

@@ -20,8 +20,7 @@ import redis
 from cluster import Cluster
 from hostler import Client, CompletionResult, JobFailed, NoCapacity
 from hostler.schemas import LoadParams
-from hostler.worker.control.controller import WORKER_BASE_BYTES
-from hostler.worker.memory.estimate import estimate
+from hostler.worker.memory.estimate import WORKER_BASE_BYTES, estimate
 
 pytestmark = pytest.mark.e2e
 

@@ -18,6 +18,7 @@ from hostler.client import (
     ModelNotFound,
     NoCapacity,
     QueueFull,
+    Stream,
     Timeout,
 )
 from hostler.schemas import (
@@ -58,6 +59,7 @@ __all__ = [
     "Priority",
     "SamplingParams",
     "Status",
+    "Stream",
     "Timeout",
     "UnloadResult",
     "Usage",

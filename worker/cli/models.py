@@ -18,23 +18,13 @@ from hostler.client import Client, HostlerError
 from hostler.client.cli import redis_option
 from hostler.schemas import format_bytes
 from hostler.worker.models.details import details
-from hostler.worker.models.registry import DEFAULT_MODELS_DIR, ModelIdError, check_model_id, scan
+from hostler.worker.models.registry import ModelIdError, check_model_id, scan
 from hostler.worker.models.store import ModelStoreError, import_model, remove_model
 
+from .options import models_option
 from .progress import ProgressPrinter
 
 UNLOAD_WAIT_S = 60.0
-
-# The same option as the server commands' (worker/cli.py), which imports this module.
-models_option = click.option(
-    "--models",
-    "models_dir",
-    envvar="HOSTLER_MODELS",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_MODELS_DIR,
-    show_default=True,
-    help="The models directory.",
-)
 
 
 def _fail(message: str) -> None:

@@ -2,11 +2,13 @@
 
 Several may run; one leads (a Redis lock with an expiry it keeps renewing) and the rest
 wait to take over. Each step the leader reads the hosts' reports, the assignments, the
-worker reports, the specs written by `client.load` and the queue lengths, then:
-buries hosts whose report expired, fails jobs of workers that stopped heartbeating,
+worker reports, the specs written by `client.load` and the queue lengths (`snapshot.py`),
+then: buries hosts whose report expired (failing the jobs their workers were running),
 unloads models past their keep_alive and surplus replicas, and places models that jobs
-wait for (evicting idle ones if needed, or failing the jobs with NoCapacity). The policy
-itself is in `placement.py`; this module only reads and writes Redis.
+wait for (evicting idle ones if needed, or failing the jobs with NoCapacity). Jobs of a
+single worker that stopped heartbeating are the janitor's. The policy itself is in
+`placement.py`, the memory a worker needs in `memory.estimate`; this module only decides
+and writes Redis.
 """
 
 from __future__ import annotations
@@ -15,48 +17,31 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 
 import redis
-from hostler.client._rqstore import queue_keys
 from hostler.schemas import (
     DEFAULT_KEEP_ALIVE_S,
     Assignment,
     ClusterView,
     ErrorCode,
-    HostReport,
     HostStatus,
     Keys,
-    ModelInfo,
-    ModelSpec,
     PlacementPolicy,
-    WorkerReport,
-    format_bytes,
+    as_text,
 )
-from hostler.worker.memory.estimate import kv_cells
-from hostler.worker.serving.jobstore import fail_orphans, fail_queued
-from pydantic import ValidationError
+from hostler.worker.memory.estimate import worker_need
+from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff, OutageGuard
 
-from .outage import OutageGuard
-from .placement import (
-    HostView,
-    NoFit,
-    Placement,
-    Resident,
-    choose_host,
-    fits_once_settled,
-    keep_alive_expired,
-)
+from .endings import fail_orphans, fail_queued
+from .placement import NoFit, Placement, choose_host, fits_once_settled, keep_alive_expired
+from .snapshot import Snapshot, read_snapshot
 
 log = logging.getLogger("hostler.controller")
 
 LOCK_TTL_S = 5.0
 VIEW_TTL_S = 10
-# A worker process before it loads anything (Python, llama.cpp, redis client), measured on
-# Linux x86-64 (66 MiB after importing llama_cpp); the memory estimate covers what loading adds.
-WORKER_BASE_BYTES = 72 * 1024**2
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -83,36 +68,6 @@ class Autoscale:
 
 
 @dataclass
-class Snapshot:
-    now: float
-    reports: dict[str, HostReport]
-    dead: list[str]
-    assignments: dict[str, dict[str, Assignment]]
-    workers: dict[tuple[str, str], WorkerReport]
-    specs: dict[str, ModelSpec]
-    queues: dict[str, int]
-
-    def models(self) -> set[str]:
-        known = {m.id for r in self.reports.values() for m in r.models}
-        return known | set(self.queues) | {m for a in self.assignments.values() for m in a}
-
-    def placed(self, model: str) -> list[Assignment]:
-        return [
-            a[model]
-            for host, a in sorted(self.assignments.items())
-            if model in a and model not in self.reports[host].crashing
-        ]
-
-    def info(self, model: str) -> ModelInfo | None:
-        for report in self.reports.values():
-            for info in report.models:
-                if info.id == model and info.estimate_bytes is not None:
-                    return info
-        # A model whose files no host could estimate still has a size.
-        return next((i for r in self.reports.values() for i in r.models if i.id == model), None)
-
-
-@dataclass
 class Controller:
     connection: redis.Redis
     keys: Keys
@@ -133,20 +88,18 @@ class Controller:
     # -- leadership ---------------------------------------------------------------
 
     def run(self) -> None:
-        backoff = 0.1
+        backoff = OutageBackoff(log, self._stop.wait)
         while not self._stop.is_set():
             try:
                 if self.lead():
                     self.step()
                 else:
                     self._stop.wait(1.0)
-                backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                backoff.succeeded()
+            except REDIS_OUTAGE as exc:
                 self._outage.lost_redis()
                 self.leading = False
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff.failed(exc)
         self.resign()
 
     def stop(self) -> None:
@@ -198,47 +151,12 @@ class Controller:
         # Many clients may have asked for the same model: one placement answers them all.
         while (more := self.connection.lpop(self.keys.demand)) is not None:
             raw.append(more)
-        return {r.decode() if isinstance(r, bytes) else str(r) for r in raw}
+        return {as_text(r) for r in raw}
 
     def read(self) -> Snapshot:
-        keys = self.keys
-        hosts = sorted(_text(h) for h in self.connection.smembers(keys.hosts))
-        worker_names = sorted(_text(w) for w in self.connection.smembers(keys.workers))
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.mget([keys.host(h) for h in hosts]) if hosts else pipe.echo("")
-            for host in hosts:
-                pipe.hgetall(keys.assignments(host))
-            pipe.mget([keys.worker(w) for w in worker_names]) if worker_names else pipe.echo("")
-            replies = pipe.execute()
-        reports: dict[str, HostReport] = {}
-        dead: list[str] = []
-        assignments: dict[str, dict[str, Assignment]] = {}
-        for i, host in enumerate(hosts):
-            blob = replies[0][i] if hosts else None
-            if blob is None:
-                dead.append(host)
-                continue
-            reports[host] = HostReport.model_validate_json(blob)
-            assignments[host] = _assignments(replies[1 + i])
-        workers: dict[tuple[str, str], WorkerReport] = {}
-        for blob in replies[-1] if worker_names else []:
-            if blob is not None:
-                report = WorkerReport.model_validate_json(blob)
-                workers[(report.host, report.model)] = report
-        models = sorted(
-            {m.id for r in reports.values() for m in r.models} | {m for a in assignments.values() for m in a}
-        )
-        with self.connection.pipeline(transaction=False) as pipe:
-            for model in models:
-                for key in queue_keys(keys, model):
-                    pipe.llen(key)
-                pipe.get(keys.spec(model))
-            lengths = pipe.execute()
-        queues = {m: int(lengths[3 * i]) + int(lengths[3 * i + 1]) for i, m in enumerate(models)}
-        specs = {m: spec for i, m in enumerate(models) if (spec := _spec(lengths[3 * i + 2])) is not None}
-        return Snapshot(time.time(), reports, dead, assignments, workers, specs, queues)
+        return read_snapshot(self.connection, self.keys)
 
-    # -- hosts and workers that died ----------------------------------------------
+    # -- hosts that died ------------------------------------------------------------
 
     def _bury(self, host: str, snap: Snapshot) -> None:
         assigned = self.connection.hgetall(self.keys.assignments(host))
@@ -247,7 +165,7 @@ class Controller:
             pipe.srem(self.keys.hosts, host)
             pipe.execute()
         failed = 0
-        for model in sorted(snap.models() | {_text(m) for m in assigned}):
+        for model in sorted(snap.models() | {as_text(m) for m in assigned}):
             failed += fail_orphans(
                 self.connection,
                 self.keys,
@@ -271,7 +189,7 @@ class Controller:
                 continue
             spec = snap.specs.get(model)
             keep_alive = spec.keep_alive_s if spec is not None else DEFAULT_KEEP_ALIVE_S
-            residents = [self._resident(host, a, snap) for host, a in placed]
+            residents = [snap.resident(host, a) for host, a in placed]
             newest = max(residents, key=lambda r: r.last_used)
             if not all(keep_alive_expired(r, keep_alive, snap.now) for r in residents):
                 continue
@@ -296,9 +214,9 @@ class Controller:
         idle = [
             a
             for a in placed
-            if not (r := self._resident(a.host, a, snap)).busy and not r.pinned and snap.queues.get(model, 0) == 0
+            if not (r := snap.resident(a.host, a)).busy and not r.pinned and snap.queues.get(model, 0) == 0
         ]
-        idle.sort(key=lambda a: self._resident(a.host, a, snap).last_used)
+        idle.sort(key=lambda a: snap.resident(a.host, a).last_used)
         for assignment in idle[:surplus]:
             log.info("removing a surplus replica of %s from %s", model, assignment.host)
             self._unassign(assignment.host, model, snap)
@@ -363,30 +281,15 @@ class Controller:
 
     def _need(self, model: str, snap: Snapshot) -> tuple[int, str]:
         """Bytes a new worker of the model reserves, and how that adds up."""
-        info = snap.info(model)
-        base = f"worker process {format_bytes(WORKER_BASE_BYTES)}"
-        if info is None:
-            return WORKER_BASE_BYTES, base
-        if info.estimate_bytes is None:
-            # Unreadable files: place it anyway so the worker fails its jobs with the reason.
-            need = info.size_bytes + WORKER_BASE_BYTES
-            return need, f"{format_bytes(need)} (file size {format_bytes(info.size_bytes)} + {base})"
-        need = info.estimate_bytes + WORKER_BASE_BYTES
-        text = f"{info.estimate} + {base}"
         spec = snap.specs.get(model)
-        if spec is not None and info.kv_bytes_per_cell and info.estimate_n_ctx is not None:
-            kv_delta = (kv_cells(spec.params.n_ctx) - kv_cells(info.estimate_n_ctx)) * info.kv_bytes_per_cell
-            if kv_delta:
-                need += kv_delta
-                text += f", KV cache resized to n_ctx {spec.params.n_ctx}: {kv_delta / 2**20:+.0f} MiB"
-        return need, f"{format_bytes(need)} ({text})"
+        return worker_need(snap.info(model), spec.params.n_ctx if spec is not None else None)
 
     def _settling(self, model: str, snap: Snapshot) -> bool:
-        return fits_once_settled(model, self._need(model, snap)[0], self._views(snap))
+        return fits_once_settled(model, self._need(model, snap)[0], snap.views())
 
     def _choose(self, model: str, snap: Snapshot) -> Placement | NoFit:
         need, text = self._need(model, snap)
-        return choose_host(model, need, self._views(snap), self.policy, need_text=text)
+        return choose_host(model, need, snap.views(), self.policy, need_text=text)
 
     def _refuse(self, model: str, message: str, snap: Snapshot) -> None:
         crashing = {h: r.crashing[model] for h, r in snap.reports.items() if model in r.crashing}
@@ -422,78 +325,10 @@ class Controller:
             pipe.execute()
         snap.assignments.get(host, {}).pop(model, None)
 
-    # -- the cluster as the policy sees it ----------------------------------------
-
-    def _resident(self, host: str, assignment: Assignment, snap: Snapshot) -> Resident:
-        model = assignment.model
-        worker = snap.workers.get((host, model))
-        rss = worker.rss_bytes if worker is not None else 0
-        spec = snap.specs.get(model)
-        last = max(assignment.placed_at, (worker.last_job_at or 0.0) if worker is not None else 0.0)
-        # The reservation stays after loading: the KV cache and compute buffers grow into it
-        # as contexts fill, so RSS right after a load understates what the model will hold.
-        return Resident(
-            model=model,
-            bytes=max(rss, assignment.estimate_bytes),
-            rss=rss,
-            busy=snap.queues.get(model, 0) > 0 or (worker is not None and worker.current_job is not None),
-            pinned=spec is not None and spec.pinned,
-            last_used=last,
-        )
-
-    def _views(self, snap: Snapshot) -> list[HostView]:
-        views = []
-        for host, report in sorted(snap.reports.items()):
-            residents = [self._resident(host, a, snap) for a in snap.assignments.get(host, {}).values()]
-            placed = {r.model for r in residents}
-            # Workers still finishing after being unassigned hold memory the policy may not give away.
-            for worker in report.workers:
-                if worker.model not in placed:
-                    residents.append(
-                        Resident(worker.model, worker.rss_bytes, rss=worker.rss_bytes, busy=True, stopping=True)
-                    )
-            views.append(
-                HostView(
-                    host=host,
-                    capacity=report.capacity_bytes,
-                    available=report.ram_available_bytes,
-                    models_on_disk=frozenset(m.id for m in report.models),
-                    residents=tuple(residents),
-                    crashing=frozenset(report.crashing),
-                    unavailable={m.id: m.unavailable_reason or "unavailable" for m in report.models if not m.available},
-                )
-            )
-        return views
-
     def _publish_view(self, snap: Snapshot) -> None:
         hosts = [
             HostStatus.of(snap.reports[v.host], free_bytes=v.free, placed={r.model: r.bytes for r in v.residents})
-            for v in self._views(snap)
+            for v in snap.views()
         ]
         cluster = ClusterView(controller=self.name, hosts=hosts, updated_at=snap.now)
         self.connection.set(self.keys.view, cluster.model_dump_json(), ex=VIEW_TTL_S)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _assignments(raw: dict[bytes, bytes]) -> dict[str, Assignment]:
-    placed: dict[str, Assignment] = {}
-    for value in raw.values():
-        try:
-            assignment = Assignment.model_validate_json(value)
-        except ValidationError:
-            continue
-        placed[assignment.model] = assignment
-    return placed
-
-
-def _spec(raw: bytes | None) -> ModelSpec | None:
-    if raw is None:
-        return None
-    try:
-        return ModelSpec.model_validate_json(raw)
-    except ValidationError:
-        log.warning("ignoring an invalid model spec: %.200r", raw)
-        return None

@@ -31,8 +31,10 @@ from hostler.worker.hardware.cpu import probe as probe_hardware
 from hostler.worker.memory.estimate import EstimateError, estimate
 from hostler.worker.models.pull_agent import PullService
 from hostler.worker.models.registry import Catalog, ModelManifest, scan
-from hostler.worker.serving.jobstore import fail_orphans
+from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff
 from pydantic import ValidationError
+
+from .endings import fail_orphans
 
 log = logging.getLogger("hostler.host")
 
@@ -109,16 +111,14 @@ class HostAgent:
     # -- loop ---------------------------------------------------------------------
 
     def run(self) -> None:
-        backoff = 0.1
+        backoff = OutageBackoff(log, self._stop.wait)
         try:
             while not self._stop.is_set():
                 try:
                     self.step()
-                    backoff = 0.1
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff.succeeded()
+                except REDIS_OUTAGE as exc:
+                    backoff.failed(exc)
         finally:
             # Also when Redis refuses the credentials (ConnectionFailed): no worker outlives its agent.
             self.shutdown()

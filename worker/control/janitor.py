@@ -21,14 +21,14 @@ from datetime import datetime, timezone
 
 import redis
 from hostler.client._rqstore import cancel_queued, make_queue, queue_keys
-from hostler.schemas import PRIORITIES, ErrorCode, Keys, Lease
-from hostler.worker.serving.jobstore import fail_orphans
+from hostler.schemas import PRIORITIES, ErrorCode, Keys, Lease, as_text
+from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff, OutageGuard
 from hostler.worker.serving.metrics import count_ended
 from pydantic import ValidationError
 from rq.job import Job as RqJob
 from rq.queue import Queue
 
-from .outage import OutageGuard
+from .endings import fail_orphans
 
 log = logging.getLogger("hostler.janitor")
 
@@ -50,7 +50,7 @@ class Janitor:
     _outage: OutageGuard = field(default_factory=OutageGuard)
 
     def run(self) -> None:
-        backoff = 0.1
+        backoff = OutageBackoff(log, self._stop.wait)
         configured = False
         while not self._stop.is_set():
             try:
@@ -58,13 +58,11 @@ class Janitor:
                     self.configure()
                     configured = True
                 self.step()
-                backoff = 0.1
+                backoff.succeeded()
                 self._stop.wait(LEASE_EVERY_S)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+            except REDIS_OUTAGE as exc:
                 self._outage.lost_redis()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff.failed(exc)
 
     def stop(self) -> None:
         self._stop.set()
@@ -86,7 +84,7 @@ class Janitor:
         raw = self.connection.hgetall(self.keys.leases)
         leases: list[tuple[str, Lease]] = []
         for job_id_raw, blob in raw.items():
-            job_id = _text(job_id_raw)
+            job_id = as_text(job_id_raw)
             try:
                 leases.append((job_id, Lease.model_validate_json(blob)))
             except ValidationError:
@@ -146,7 +144,7 @@ class Janitor:
     def models(self) -> list[str]:
         """Every model with an rq queue under this prefix."""
         names = (
-            _text(k).removeprefix(Queue.redis_queue_namespace_prefix)
+            as_text(k).removeprefix(Queue.redis_queue_namespace_prefix)
             for k in self.connection.smembers(Queue.redis_queues_keys)
         )
         return sorted({m for name in names if (m := self.keys.model_of_queue(name)) is not None})
@@ -157,7 +155,7 @@ def clean_up(connection: redis.Redis, keys: Keys, model: str, older_than_s: floa
     now = datetime.now(timezone.utc)
     removed = 0
     for key in queue_keys(keys, model):
-        ids = [_text(i) for i in connection.lrange(key, 0, -1)]
+        ids = [as_text(i) for i in connection.lrange(key, 0, -1)]
         with connection.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hget(RqJob.key_for(job_id), "enqueued_at")
@@ -177,13 +175,9 @@ def _parse_time(raw: bytes | None) -> datetime | None:
     if raw is None:
         return None
     try:
-        return datetime.strptime(_text(raw), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        return datetime.strptime(as_text(raw), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     except ValueError:
         return None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 __all__ = ["Janitor", "clean_up"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from hostler.schemas import PlacementPolicy, format_bytes
+from hostler.schemas import PlacementPolicy, format_bytes, free_memory
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class HostView:
     def free(self) -> int:
         # The part of a reservation a worker has not yet taken is not in the OS's figure.
         pending = sum(max(0, r.bytes - r.rss) for r in self.residents)
-        return max(0, min(self.capacity - self.committed, self.available - pending))
+        return max(0, free_memory(self.capacity, self.available, self.committed, pending))
 
     def has(self, model: str) -> bool:
         return any(r.model == model and not r.stopping for r in self.residents)

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams
+from hostler.worker.memory.files import GGUF_MAGIC
 
 from .decoding import context_budget, decode_pieces
 from .llama_cpu import safe_llama_defaults
 from .protocol import Generation, LoadFailed, NoChatTemplate, ShouldStop
-
-GGUF_MAGIC = b"GGUF"
 
 
 class LlamaEngine:

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from hostler.worker.hardware.cpu import probe_cpu
+from hostler.worker.hardware.cpu import instruction_sets
 
 # HOSTLER_LLAMA_EXTRA_BUFFERS=1 (or 0) overrides the choice, for a llama.cpp build that fixed it.
 EXTRA_BUFFERS_ENV = "HOSTLER_LLAMA_EXTRA_BUFFERS"
@@ -29,7 +29,7 @@ def extra_buffers_safe() -> bool:
     override = os.environ.get(EXTRA_BUFFERS_ENV)
     if override in ("0", "1"):
         return override == "1"
-    return "AMX_INT8" not in probe_cpu().instruction_sets
+    return "AMX_INT8" not in instruction_sets()
 
 
 def model_params(lib: Any) -> Any:

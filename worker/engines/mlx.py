@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hostler.schemas import ChatMessage, ErrorCode, LoadParams, SamplingParams
+from hostler.worker.memory.files import MLX_CONFIG, MLX_WEIGHTS
 
 from .decoding import context_budget, decode_pieces
 from .protocol import EngineError, Generation, LoadFailed, NoChatTemplate, ShouldStop
@@ -187,7 +188,7 @@ def _check_folder(path: Path) -> None:
     # a worker must only ever read the folder it was given.
     if not path.is_dir():
         raise LoadFailed(f"{path} is not an MLX model folder (not a directory)")
-    if not (path / "config.json").is_file():
-        raise LoadFailed(f"{path.name} is not an MLX model folder: it has no config.json")
-    if not any(path.glob("model*.safetensors")):
-        raise LoadFailed(f"{path.name} is not an MLX model folder: it has no model*.safetensors weights")
+    if not (path / MLX_CONFIG).is_file():
+        raise LoadFailed(f"{path.name} is not an MLX model folder: it has no {MLX_CONFIG}")
+    if not any(path.glob(MLX_WEIGHTS)):
+        raise LoadFailed(f"{path.name} is not an MLX model folder: it has no {MLX_WEIGHTS} weights")

@@ -1,5 +1,9 @@
-"""The engine protocol: what the worker needs from a model runtime, and nothing more.
+"""The engine protocols: what the worker needs from a model runtime, and nothing more.
 
+`SlotEngine` is what the worker drives: up to n_slots generations at once, advanced
+together one step at a time, so the worker can publish tokens, admit jobs and stop
+sequences between steps. `Engine` is the simpler one-generation-at-a-time shape an engine
+may implement instead; `engines.serial.SerialSlots` drives it as a one-slot SlotEngine.
 Engines raise EngineError subclasses only; the worker turns them into job errors.
 Transports never reach into an engine, and an engine never knows about Redis.
 """
@@ -76,4 +80,56 @@ class Engine(Protocol):
 
 
 class EngineFactory(Protocol):
-    def __call__(self, path: Path, params: LoadParams, *, chat_template: str | None) -> Engine: ...
+    def __call__(self, path: Path, params: LoadParams, *, chat_template: str | None) -> Engine | SlotEngine: ...
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation a slot engine is asked to start: a completion prompt or chat messages."""
+
+    params: SamplingParams
+    prompt: str | None = None
+    messages: Sequence[ChatMessage] | None = None
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one step produced for one sequence (counts so far, not deltas)."""
+
+    seq: int  # the handle start() returned
+    piece: str  # new text; "" while the prompt is evaluated or while a stop string may be starting
+    finish_reason: FinishReason | None  # set in the step the sequence ended
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens found in the KV cache, not evaluated again
+
+
+class SlotEngine(Protocol):
+    """One loaded model that runs up to n_slots generations together."""
+
+    @property
+    def n_ctx(self) -> int:
+        """The context each sequence may use."""
+        ...
+
+    @property
+    def n_slots(self) -> int: ...
+
+    @property
+    def free_slots(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def start(self, request: GenerationRequest) -> int:
+        """Admits a generation (its limits checked before any work); returns its handle."""
+        ...
+
+    def step(self) -> list[StepOutput]:
+        """Advances every running generation by one step; empty when none runs."""
+        ...
+
+    def cancel(self, seq: int) -> None:
+        """Ends one generation now and frees its slot; the others are not disturbed."""
+        ...
+
+    def close(self) -> None: ...

@@ -21,7 +21,7 @@ from hostler.client import (
     QueueFull,
     Timeout,
 )
-from hostler.schemas import ErrorCode
+from hostler.schemas import ErrorCode, field_errors
 
 INVALID = "invalid_request_error"
 SERVER = "server_error"
@@ -93,24 +93,17 @@ def from_hostler(exc: HostlerError, *, no_capacity_retry_s: int) -> ApiError:
 
 def describe_validation(errors: list[Any]) -> ApiError:
     """A 400 naming the first invalid field of a request body (pydantic's error list)."""
-    first = errors[0]
+    found = field_errors(errors)
+    first = found[0]
     # pydantic names the member of a union that failed ('stop.list[str]'); the field is enough.
-    loc = [str(p) for p in first.get("loc", ()) if not _type_tag(p)]
-    param = ".".join(loc) or None
-    kind = first.get("type", "")
-    if kind == "json_invalid":
-        return ApiError(400, f"the request body is not valid JSON: {first.get('msg', '')}", code="invalid_json")
-    if kind == "extra_forbidden":
+    param = first.field or None
+    if first.kind == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON: {first.message}", code="invalid_json")
+    if first.kind == "extra_forbidden":
         return ApiError(400, f"unknown parameter {param!r}", param=param, code="unknown_parameter")
-    if kind == "missing":
+    if first.kind == "missing":
         return ApiError(400, f"missing required parameter {param!r}", param=param, code="missing_parameter")
     what = f"invalid {param}" if param else "invalid request"
-    reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    reason = (first.message or "invalid value").removeprefix("Value error, ")
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     return ApiError(400, f"{what}: {reason}{more}", param=param, code="invalid_value")
-
-
-def _type_tag(part: object) -> bool:
-    return isinstance(part, str) and (
-        "[" in part or "-" in part or part in {"str", "int", "float", "bool", "list", "dict", "body"}
-    )

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from hostler.client import AsyncClient, ModelNotFound
 from hostler.client._rqstore import queue_keys
-from hostler.schemas import DEFAULT_KEEP_ALIVE_S, PRIORITIES, ModelInfo, Status
+from hostler.schemas import DEFAULT_KEEP_ALIVE_S, PRIORITIES, ModelInfo, Status, as_text
 from pydantic import BaseModel, ConfigDict, Field
 from rq.registry import StartedJobRegistry
 from starlette.requests import Request
@@ -127,7 +127,7 @@ class Management:
         for i, model in enumerate(models):
             ids = replies[i * len(PRIORITIES) : (i + 1) * len(PRIORITIES)]
             listed[model] = [
-                {"id": _text(job_id), "priority": priority}
+                {"id": as_text(job_id), "priority": priority}
                 for priority, class_ids in zip(PRIORITIES, ids, strict=True)
                 for job_id in class_ids
             ]
@@ -148,7 +148,7 @@ class Management:
     async def snapshot(self) -> Snapshot:
         status: Status = await self.client.status()
         keys, connection = self.client.keys, self.client.connection
-        models = sorted(_text(m) for m in await connection.smembers(keys.metric_models))
+        models = sorted(as_text(m) for m in await connection.smembers(keys.metric_models))
         served = sorted(set(status.queues) | set(models))
         now = time.time()
         async with connection.pipeline(transaction=False) as pipe:
@@ -164,14 +164,10 @@ class Management:
         return Snapshot(
             status=status,
             models={
-                model: {_text(k): _text(v) for k, v in fields.items()}
+                model: {as_text(k): as_text(v) for k, v in fields.items()}
                 for model, fields in zip(models, replies[: len(models)], strict=True)
             },
             in_flight={
                 model: sum(running[i * len(PRIORITIES) : (i + 1) * len(PRIORITIES)]) for i, model in enumerate(served)
             },
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

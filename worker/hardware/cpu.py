@@ -7,6 +7,7 @@ on macOS), so they are tested on samples from machines this one is not; only `pr
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -17,7 +18,7 @@ from hostler.schemas import HardwareReport
 
 from . import gpus
 
-__all__ = ["CpuFacts", "parse_cpuinfo", "parse_sysctl", "probe", "probe_cpu"]
+__all__ = ["CpuFacts", "instruction_sets", "parse_cpuinfo", "parse_sysctl", "probe", "probe_cpu"]
 
 # Linux /proc/cpuinfo flag -> the name llama.cpp's system info prints, in its order.
 _X86_FLAGS: tuple[tuple[str, str], ...] = (
@@ -149,6 +150,12 @@ def probe_cpu() -> CpuFacts:
     except (OSError, subprocess.SubprocessError):
         pass
     return facts
+
+
+@functools.cache
+def instruction_sets() -> frozenset[str]:
+    """This machine's instruction sets under llama.cpp's names, probed once; empty when unknown."""
+    return frozenset(probe_cpu().instruction_sets)
 
 
 def probe(engines: dict[str, str | None]) -> HardwareReport:

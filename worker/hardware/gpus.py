@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hostler.schemas import GpuInfo
+from hostler.schemas import GpuInfo, as_text
 
 log = logging.getLogger("hostler.gpus")
 
@@ -32,7 +32,7 @@ def probe() -> list[GpuInfo]:
             gpus.append(
                 GpuInfo(
                     index=index,
-                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    name=as_text(name),
                     total_bytes=int(memory.total),
                     free_bytes=int(memory.free),
                     driver=driver,
@@ -55,4 +55,4 @@ def _driver_version(nvml: Any) -> str | None:
         version = nvml.nvmlSystemGetDriverVersion()
     except Exception:  # noqa: BLE001
         return None
-    return version.decode() if isinstance(version, bytes) else str(version)
+    return as_text(version)

@@ -10,24 +10,43 @@ Left out: a long prompt touches more of the compute buffer, up to about
 n_head * n_ctx * n_ubatch * 8 bytes of attention scores plus per-token activations (128 MiB
 for Gemma 3 270M at n_ctx 8192; a 4000-token prompt measured 78 MiB more than a short one).
 GPU offload (n_gpu_layers) moves weights and KV cache off the host and is not modelled.
+
+This module is the policy (what each part costs, and what a worker process adds: `worker_need`);
+`gguf` and `safetensors` read the facts it needs from the files.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import mmap
 import platform
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Literal
 
-from hostler.schemas import LoadParams, format_bytes
+from hostler.schemas import LoadParams, ModelInfo, format_bytes
+from hostler.worker.hardware.cpu import instruction_sets
 
-__all__ = ["EstimateError", "MemoryEstimate", "estimate", "estimate_gguf", "estimate_mlx"]
+from .files import MLX_CONFIG, MLX_WEIGHTS, EstimateError
+from .gguf import GGUFInfo, Tensor, meta_int, read_gguf
+from .safetensors import read_mlx_config, safetensors_bytes
+
+__all__ = [
+    "WORKER_BASE_BYTES",
+    "EstimateError",
+    "MemoryEstimate",
+    "estimate",
+    "estimate_gguf",
+    "estimate_mlx",
+    "kv_cells",
+    "kv_resize_bytes",
+    "worker_need",
+]
 
 MiB = 1024**2
+
+# A worker process before it loads anything (Python, llama.cpp, redis client), measured on
+# Linux x86-64 (66 MiB after importing llama_cpp); the memory estimate covers what loading adds.
+WORKER_BASE_BYTES = 72 * MiB
 
 # llama.cpp pads the context (and with it the KV cache) to a multiple of 256 cells.
 KV_CELL_PAD = 256
@@ -58,10 +77,8 @@ MLX_KV_STEP = 256
 MLX_RUNTIME_BYTES = 32 * MiB
 
 Engine = Literal["llama", "mlx"]
-
-
-class EstimateError(ValueError):
-    """A model file that cannot be read; the message names the file and what is wrong."""
+# The float types activations (and with them an MLX KV cache) may take, and their sizes.
+_FLOAT_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 
 @dataclass(frozen=True)
@@ -97,14 +114,14 @@ def estimate(path: Path, engine: Engine, params: LoadParams) -> MemoryEstimate:
 
 
 def estimate_gguf(path: Path, params: LoadParams) -> MemoryEstimate:
-    info = _read_gguf(path)
+    info = read_gguf(path)
     arch = info.meta.get("general.architecture")
     if not isinstance(arch, str):
         raise EstimateError(f"{path}: GGUF metadata has no general.architecture")
 
     n_ctx = params.n_ctx
     n_batch = min(params.n_batch, n_ctx)  # as LlamaEngine passes it
-    n_vocab = info.lengths.get("tokenizer.ggml.tokens") or _int(info.meta.get(f"{arch}.vocab_size"))
+    n_vocab = info.lengths.get("tokenizer.ggml.tokens") or meta_int(info.meta.get(f"{arch}.vocab_size"))
     n_merges = info.lengths.get("tokenizer.ggml.merges", 0)
 
     weights = _resident_weight_bytes(info, _repacked_row_multiples())
@@ -137,9 +154,37 @@ def kv_cells(n_ctx: int) -> int:
     return _pad(n_ctx, KV_CELL_PAD)
 
 
+def kv_resize_bytes(kv_bytes_per_cell: int, estimated_n_ctx: int, n_ctx: int) -> int:
+    """How much an estimate made at estimated_n_ctx grows (or shrinks) when loaded at n_ctx."""
+    return (kv_cells(n_ctx) - kv_cells(estimated_n_ctx)) * kv_bytes_per_cell
+
+
+def worker_need(info: ModelInfo | None, n_ctx: int | None = None) -> tuple[int, str]:
+    """Bytes a new worker of a model reserves, and how that adds up, for a person to read.
+
+    info is the model as a host reports it (its estimate at estimate_n_ctx); n_ctx, when the
+    model is to be loaded with another context (a client.load spec), resizes its KV cache.
+    """
+    base = f"worker process {format_bytes(WORKER_BASE_BYTES)}"
+    if info is None:
+        return WORKER_BASE_BYTES, base
+    if info.estimate_bytes is None:
+        # Unreadable files: place it anyway so the worker fails its jobs with the reason.
+        need = info.size_bytes + WORKER_BASE_BYTES
+        return need, f"{format_bytes(need)} (file size {format_bytes(info.size_bytes)} + {base})"
+    need = info.estimate_bytes + WORKER_BASE_BYTES
+    text = f"{info.estimate} + {base}"
+    if n_ctx is not None and info.kv_bytes_per_cell and info.estimate_n_ctx is not None:
+        kv_delta = kv_resize_bytes(info.kv_bytes_per_cell, info.estimate_n_ctx, n_ctx)
+        if kv_delta:
+            need += kv_delta
+            text += f", KV cache resized to n_ctx {n_ctx}: {kv_delta / 2**20:+.0f} MiB"
+    return need, f"{format_bytes(need)} ({text})"
+
+
 def _kv_bytes_per_cell(meta: dict[str, object], arch: str) -> int:
-    n_layer = _int(meta.get(f"{arch}.block_count"))
-    n_embd = _int(meta.get(f"{arch}.embedding_length"))
+    n_layer = meta_int(meta.get(f"{arch}.block_count"))
+    n_embd = meta_int(meta.get(f"{arch}.embedding_length"))
     heads = _per_layer(meta.get(f"{arch}.attention.head_count"), n_layer)
     # Hybrid and recurrent models store head_count_kv per layer, 0 where a layer keeps a
     # recurrent state instead of a KV cache.
@@ -147,12 +192,12 @@ def _kv_bytes_per_cell(meta: dict[str, object], arch: str) -> int:
         meta.get(f"{arch}.attention.head_count_kv", meta.get(f"{arch}.attention.head_count")), n_layer
     )
     head_default = n_embd // max(heads) if heads and max(heads) > 0 else 0
-    key_length = _int(meta.get(f"{arch}.attention.key_length")) or head_default
-    value_length = _int(meta.get(f"{arch}.attention.value_length")) or head_default
+    key_length = meta_int(meta.get(f"{arch}.attention.key_length")) or head_default
+    value_length = meta_int(meta.get(f"{arch}.attention.value_length")) or head_default
     return sum(kv_heads) * (key_length + value_length) * KV_BYTES_PER_VALUE
 
 
-def _resident_weight_bytes(info: _GGUFInfo, repacked: dict[str, int]) -> int:
+def _resident_weight_bytes(info: GGUFInfo, repacked: dict[str, int]) -> int:
     # Weights are mmap'd and prefetched. Tensors the CPU backend repacks for its matmul
     # kernels are copied into anonymous memory (the "CPU_REPACK model buffer"); llama.cpp
     # then unmaps the file outside the span of the tensors it still reads from the mapping,
@@ -177,7 +222,7 @@ def _resident_weight_bytes(info: _GGUFInfo, repacked: dict[str, int]) -> int:
     return mapped + copies
 
 
-def _is_repacked(tensor: _Tensor, repacked: dict[str, int]) -> bool:
+def _is_repacked(tensor: Tensor, repacked: dict[str, int]) -> bool:
     multiple = repacked.get(tensor.type_name)
     if multiple is None or len(tensor.dims) < 2 or any(d != 1 for d in tensor.dims[2:]):
         return False
@@ -187,200 +232,23 @@ def _is_repacked(tensor: _Tensor, repacked: dict[str, int]) -> bool:
 def _repacked_row_multiples() -> dict[str, int]:
     """The quant types ggml's CPU backend repacks on this machine, and the row multiple it needs."""
     machine = platform.machine().lower()
-    flags = _cpu_flags()
+    found = instruction_sets()  # llama.cpp's names (AVX2, not /proc/cpuinfo's avx2)
     if machine in ("x86_64", "amd64"):
-        # Flags unknown (not Linux): every x86-64 machine a model is served from has AVX2.
-        if flags and "avx2" not in flags:
+        # Instruction sets unknown: every x86-64 machine a model is served from has AVX2.
+        if found and "AVX2" not in found:
             return {}
         types = {"Q4_0": 8, "Q4_K": 8, "IQ4_NL": 8, "MXFP4": 8}
-        if "avx512f" in flags:
+        if "AVX512" in found:
             types["Q2_K"] = 8
         return types
     if machine in ("arm64", "aarch64"):
-        if flags and "asimddp" not in flags:
+        if found and "DOTPROD" not in found:
             return {}
         return {"Q4_0": 4, "Q8_0": 4, "IQ4_NL": 4, "MXFP4": 4, "Q4_K": 8, "Q5_K": 8, "Q6_K": 8}
     return {}
 
 
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
-# -- reading a GGUF file --------------------------------------------------------------
-#
-# A small reader of the GGUF layout instead of gguf.GGUFReader: the reader builds a numpy
-# view per array element, which takes 14 s on Gemma 3's 262k-token vocabulary, and the host
-# agent estimates every model on its disk. Only the tensor type sizes come from gguf.
-
-_GGUF_MAGIC = b"GGUF"
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
-_SMALL_ARRAY = 65536  # numeric arrays up to this length are kept (per-layer values)
-_MAX_DIMS = 4
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    name: str
-    dims: tuple[int, ...]
-    type_name: str
-    offset: int
-    n_bytes: int
-
-
-@dataclass
-class _GGUFInfo:
-    meta: dict[str, object] = field(default_factory=dict)
-    lengths: dict[str, int] = field(default_factory=dict)  # element counts of every array
-    tensors: list[_Tensor] = field(default_factory=list)
-
-
-class _Truncated(Exception):
-    pass
-
-
-class _Cursor:
-    def __init__(self, data: mmap.mmap) -> None:
-        self.data = data
-        self.pos = 0
-
-    def unpack(self, fmt: str) -> tuple[Any, ...]:
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.data):
-            raise _Truncated
-        values = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += size
-        return values
-
-    def u32(self) -> int:
-        return int(self.unpack("<I")[0])
-
-    def u64(self) -> int:
-        return int(self.unpack("<Q")[0])
-
-    def skip(self, size: int) -> None:
-        if self.pos + size > len(self.data):
-            raise _Truncated
-        self.pos += size
-
-    def string(self) -> str:
-        size = self.u64()
-        start = self.pos
-        self.skip(size)
-        return bytes(self.data[start : self.pos]).decode("utf-8", errors="replace")
-
-
-def _read_gguf(path: Path) -> _GGUFInfo:
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(4)
-            if head != _GGUF_MAGIC:
-                raise EstimateError(f"{path}: not a GGUF file (it starts with {head!r}, not {_GGUF_MAGIC!r})")
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                return _parse_gguf(path, data)
-    except OSError as exc:
-        raise EstimateError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except _Truncated:
-        raise EstimateError(f"{path}: truncated GGUF file (it ends inside its header)") from None
-
-
-def _parse_gguf(path: Path, data: mmap.mmap) -> _GGUFInfo:
-    quant_sizes = _quant_sizes(path)
-    cursor = _Cursor(data)
-    cursor.skip(4)
-    version = cursor.u32()
-    if version not in (2, 3):
-        raise EstimateError(f"{path}: unsupported GGUF version {version} (2 and 3 are read)")
-    n_tensors, n_kv = cursor.u64(), cursor.u64()
-    # Each entry takes at least 12 bytes: counts beyond the file are garbage, not a loop to run.
-    if (n_tensors + n_kv) * 12 > len(data):
-        raise EstimateError(f"{path}: corrupt GGUF header ({n_tensors} tensors, {n_kv} metadata entries)")
-    info = _GGUFInfo()
-    for _ in range(n_kv):
-        key = cursor.string()
-        value_type = cursor.u32()
-        if value_type == _ARRAY:
-            _read_array(path, cursor, key, info)
-        else:
-            info.meta[key] = _read_value(path, cursor, value_type)
-    for _ in range(n_tensors):
-        info.tensors.append(_read_tensor(path, cursor, quant_sizes))
-    alignment = _int(info.meta.get("general.alignment")) or 32
-    data_start = _pad(cursor.pos, alignment)
-    end = max((t.offset + t.n_bytes for t in info.tensors), default=0)
-    if data_start + end > len(data):
-        raise EstimateError(f"{path}: truncated GGUF file ({len(data)} bytes, its tensors need {data_start + end})")
-    return info
-
-
-def _read_value(path: Path, cursor: _Cursor, value_type: int) -> object:
-    if value_type == _STRING:
-        return cursor.string()
-    fmt = _SCALARS.get(value_type)
-    if fmt is None:
-        raise EstimateError(f"{path}: corrupt GGUF metadata (unknown value type {value_type})")
-    return cursor.unpack("<" + fmt)[0]
-
-
-def _read_array(path: Path, cursor: _Cursor, key: str, info: _GGUFInfo) -> None:
-    item_type, count = cursor.u32(), cursor.u64()
-    info.lengths[key] = count
-    if item_type == _STRING:
-        for _ in range(count):
-            cursor.skip(cursor.u64())
-        return
-    fmt = _SCALARS.get(item_type)
-    if fmt is None:  # nested arrays appear in no model llama.cpp loads
-        raise EstimateError(f"{path}: unsupported GGUF array of type {item_type} in {key}")
-    if count <= _SMALL_ARRAY:
-        info.meta[key] = list(cursor.unpack(f"<{count}{fmt}"))
-    else:
-        cursor.skip(count * struct.calcsize(fmt))
-
-
-def _read_tensor(path: Path, cursor: _Cursor, quant_sizes: dict[int, tuple[str, int, int]]) -> _Tensor:
-    name = cursor.string()
-    n_dims = cursor.u32()
-    if not 1 <= n_dims <= _MAX_DIMS:
-        raise EstimateError(f"{path}: corrupt GGUF tensor {name!r} ({n_dims} dimensions)")
-    dims = tuple(cursor.u64() for _ in range(n_dims))
-    type_id, offset = cursor.u32(), cursor.u64()
-    if type_id not in quant_sizes:
-        raise EstimateError(f"{path}: tensor {name!r} has unknown ggml type {type_id}")
-    type_name, block_size, type_size = quant_sizes[type_id]
-    n_elements = math.prod(dims)
-    if n_elements % block_size:
-        raise EstimateError(f"{path}: tensor {name!r} has {n_elements} elements, not whole {type_name} blocks")
-    return _Tensor(name, dims, type_name, offset, n_elements // block_size * type_size)
-
-
-def _quant_sizes(path: Path) -> dict[int, tuple[str, int, int]]:
-    try:
-        from gguf import GGML_QUANT_SIZES
-    except ImportError:
-        raise EstimateError(
-            f"{path}: reading GGUF files needs the gguf package (pip install 'hostler[llama]')"
-        ) from None
-    return {int(kind): (kind.name, block, size) for kind, (block, size) in GGML_QUANT_SIZES.items()}
-
-
 # -- MLX --------------------------------------------------------------------------------
-
-_SAFETENSORS_DTYPES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-    "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
-}  # fmt: skip
-_MAX_HEADER = 100 * MiB  # the format's own limit
-_FLOAT_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 
 def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
@@ -392,13 +260,13 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
     dominate) and its activations; runtime = mlx-lm's libraries beyond a llama.cpp worker's,
     and the tokenizer. Calibrated on Linux's CPU backend; Metal's allocator is not modelled.
     """
-    config = _mlx_config(folder / "config.json")
-    shards = sorted(folder.glob("model*.safetensors"))
+    config = read_mlx_config(folder / MLX_CONFIG)
+    shards = sorted(folder.glob(MLX_WEIGHTS))
     if not shards:
-        raise EstimateError(f"{folder}: no model*.safetensors files in the model folder")
+        raise EstimateError(f"{folder}: no {MLX_WEIGHTS} files in the model folder")
     by_dtype: dict[str, int] = {}
     for shard in shards:
-        for dtype, size in _safetensors_bytes(shard).items():
+        for dtype, size in safetensors_bytes(shard).items():
             by_dtype[dtype] = by_dtype.get(dtype, 0) + size
     weights = sum(by_dtype.values())
     # Activations, and with them the KV cache, take the type most of the float weights have
@@ -412,7 +280,7 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
         if default is None:
-            raise EstimateError(f"{folder / 'config.json'}: missing {keys[0]}")
+            raise EstimateError(f"{folder / MLX_CONFIG}: missing {keys[0]}")
         return default
 
     n_layer = number("num_hidden_layers", "n_layer", "num_layers")
@@ -434,73 +302,6 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
     return MemoryEstimate(weights, kv, compute, overhead, per_cell)
 
 
-def _mlx_config(path: Path) -> dict[str, object]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EstimateError(f"{path}: missing (an MLX model folder needs config.json)") from None
-    except OSError as exc:
-        raise EstimateError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EstimateError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise EstimateError(f"{path}: not a JSON object")
-    # Multimodal checkpoints keep the language model's shape under text_config.
-    text = config.get("text_config")
-    if isinstance(text, dict):
-        return {**config, **text}
-    return config
-
-
-def _safetensors_bytes(path: Path) -> dict[str, int]:
-    """Bytes of tensor data in one file, by dtype."""
-    try:
-        with path.open("rb") as handle:
-            size_bytes = handle.read(8)
-            if len(size_bytes) < 8:
-                raise EstimateError(f"{path}: truncated safetensors file (no header length)")
-            (header_len,) = struct.unpack("<Q", size_bytes)
-            if header_len > _MAX_HEADER:
-                raise EstimateError(f"{path}: malformed safetensors header (claims {header_len} bytes)")
-            raw = handle.read(header_len)
-            file_size = handle.seek(0, 2)
-    except OSError as exc:
-        raise EstimateError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) < header_len:
-        raise EstimateError(f"{path}: truncated safetensors header")
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EstimateError(f"{path}: malformed safetensors header: {exc}") from None
-    if not isinstance(header, dict):
-        raise EstimateError(f"{path}: malformed safetensors header (not a JSON object)")
-    by_dtype: dict[str, int] = {}
-    last = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = _tensor_span(path, name, entry)
-        dtype = str(entry["dtype"])
-        by_dtype[dtype] = by_dtype.get(dtype, 0) + end - start
-        last = max(last, end)
-    if 8 + header_len + last > file_size:
-        raise EstimateError(f"{path}: truncated safetensors file ({file_size} bytes)")
-    return by_dtype
-
-
-def _tensor_span(path: Path, name: str, entry: object) -> tuple[int, int]:
-    if not isinstance(entry, dict):
-        raise EstimateError(f"{path}: malformed safetensors header entry {name!r}")
-    offsets, shape, dtype = entry.get("data_offsets"), entry.get("shape"), entry.get("dtype")
-    if not (_counts(offsets) and len(offsets) == 2 and _counts(shape) and isinstance(dtype, str)):
-        raise EstimateError(f"{path}: malformed safetensors header entry {name!r}")
-    start, end = offsets
-    item = _SAFETENSORS_DTYPES.get(dtype)
-    if not 0 <= start <= end or (item is not None and end - start != math.prod(shape) * item):
-        raise EstimateError(f"{path}: tensor {name!r} has data_offsets that do not fit its {dtype} shape {shape}")
-    return start, end
-
-
 # -- small helpers ------------------------------------------------------------------------
 
 
@@ -508,17 +309,7 @@ def _pad(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0
-    return int(value)
-
-
 def _per_layer(value: object, n_layer: int) -> list[int]:
     if isinstance(value, list):
-        return [_int(v) for v in value[:n_layer]]
-    return [_int(value)] * n_layer
-
-
-def _counts(value: object) -> TypeGuard[list[int]]:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        return [meta_int(v) for v in value[:n_layer]]
+    return [meta_int(value)] * n_layer

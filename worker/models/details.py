@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hostler.worker.memory.estimate import EstimateError, _read_gguf, estimate
+from hostler.worker.memory.estimate import EstimateError, estimate
+from hostler.worker.memory.files import MLX_CONFIG
+from hostler.worker.memory.gguf import read_gguf
 
 from .formats import MANIFEST_NAMES
 from .registry import ModelManifest
@@ -77,10 +79,10 @@ def _files(manifest: ModelManifest) -> list[FileEntry]:
 def _context_length(manifest: ModelManifest) -> int | None:
     try:
         if manifest.engine == "llama":
-            meta = _read_gguf(manifest.path).meta
+            meta = read_gguf(manifest.path).meta
             value = meta.get(f"{meta.get('general.architecture')}.context_length")
         else:
-            config = json.loads((manifest.path / "config.json").read_text(encoding="utf-8"))
+            config = json.loads((manifest.path / MLX_CONFIG).read_text(encoding="utf-8"))
             value = config.get("max_position_embeddings") if isinstance(config, dict) else None
     except (EstimateError, OSError, ValueError):
         return None

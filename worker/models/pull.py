@@ -1,20 +1,16 @@
-"""Downloads a model from the Hugging Face hub into a models directory, resumably.
+"""Fetches what a pull plan names into a models directory, resumably, and installs the model.
 
-`plan_pull` asks the hub which files a repo has at a revision and picks what to fetch: one
-GGUF (by --file, by --quant, or the only one), its split parts with it, or a whole MLX folder.
-`pull` downloads them with huggingface-hub (HF_ENDPOINT and the HF token are honoured) into
-`<models>/.pull-<id>/` (hidden from the registry), then writes model.yaml and renames the folder
-to `<models>/<id>`, so a half-downloaded model is never listed. A killed pull leaves its
-`.part` files behind and the next pull of the same model continues them with a Range request;
-hf_hub_download itself starts a killed download over, which is why the files are fetched
-with its lower-level pieces.
+`pull` downloads the plan's files (pull_plan.py chooses them) with huggingface-hub (HF_ENDPOINT
+and the HF token are honoured) into `<models>/.pull-<id>/` (hidden from the registry), then
+writes model.yaml and renames the folder to `<models>/<id>`, so a half-downloaded model is
+never listed. A killed pull leaves its `.part` files behind and the next pull of the same
+model continues them with a Range request; hf_hub_download itself starts a killed download
+over, which is why the files are fetched with its lower-level pieces.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import os
 import re
 import shutil
 import time
@@ -22,51 +18,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, BinaryIO, Literal, cast
+from typing import IO, Any, BinaryIO, cast
 from urllib.parse import urlparse
 
 import yaml
 
-from .registry import check_model_id
-from .store import MANIFEST, ModelStoreError, existing_entry, suggest_id
+from .fetch import sha256_of
+from .pull_plan import PullError, PullPlan, RemoteFile, describe_exception, plan_pull
+from .store import MANIFEST, ModelStoreError, existing_entry
 
-__all__ = ["PullError", "PullPlan", "PullProgress", "Pulled", "RemoteFile", "plan_pull", "pull"]
+__all__ = ["PullError", "PullPlan", "PullProgress", "Pulled", "RemoteFile", "describe_error", "plan_pull", "pull"]
 
-Engine = Literal["llama", "mlx"]
 PULL_PREFIX = ".pull-"
 _PARTIAL = ".partial"
 _ORIGIN = ".origin"  # repo@commit the staged files come from
-_SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-# What an MLX folder needs; READMEs, images and other frameworks' weights are left on the hub.
-_MLX_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".tiktoken", ".jinja")
-
-
-class PullError(RuntimeError):
-    """A pull that cannot go on; the message says what was wrong and what to do."""
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    name: str
-    size: int | None
-
-
-@dataclass(frozen=True)
-class PullPlan:
-    repo: str
-    ref: str  # the revision asked for: a branch, tag or commit
-    commit: str  # the commit it was at, which every file is fetched from
-    engine: Engine
-    model_id: str
-    files: tuple[RemoteFile, ...]
-    weights: str | None  # the GGUF model.yaml names (the first part of a split); None for MLX
-    endpoint: str
-
-    @property
-    def total_bytes(self) -> int | None:
-        sizes = [f.size for f in self.files]
-        return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
 
 @dataclass(frozen=True)
@@ -88,64 +54,6 @@ class Pulled:
 
 
 ProgressCallback = Callable[[PullProgress], None]
-
-
-def hub_endpoint() -> str:
-    """HF_ENDPOINT, read now (huggingface-hub reads it once, at import)."""
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
-def plan_pull(
-    repo: str,
-    *,
-    file: str | None = None,
-    quant: str | None = None,
-    revision: str = "main",
-    model_id: str | None = None,
-    token: str | None = None,
-) -> PullPlan:
-    """Asks the hub what `repo` holds at `revision` and chooses the files to fetch."""
-    if file is not None and quant is not None:
-        raise PullError("give --file or --quant, not both")
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
-        raise PullError(f"invalid repo {repo!r}: expected OWNER/NAME, e.g. HuggingFaceTB/SmolLM2-135M-Instruct-GGUF")
-    endpoint = hub_endpoint()
-    commit, remote = _list_files(repo, revision, endpoint, token)
-    by_name = {f.name: f for f in remote}
-    ggufs = sorted(n for n in by_name if n.lower().endswith(".gguf"))
-    if file is not None:
-        if file not in by_name:
-            raise PullError(f"{repo} has no file {file!r} at {revision}; its GGUF files: {_listing(ggufs)}")
-        if not file.lower().endswith(".gguf"):
-            raise PullError(f"--file names one GGUF file; {file!r} is not (leave --file out to pull an MLX repo)")
-        chosen = _with_split_parts(file, ggufs)
-    elif quant is not None:
-        chosen = _by_quant(repo, quant, ggufs)
-    elif ggufs:
-        groups = _split_groups(ggufs)
-        if len(groups) > 1:
-            raise PullError(
-                f"{repo} has {len(groups)} GGUF models; choose one with --quant (e.g. Q4_K_M) or --file: "
-                f"{_listing([g[0] for g in groups])}"
-            )
-        chosen = groups[0]
-    elif "config.json" in by_name and any(re.fullmatch(r"model.*\.safetensors", n) for n in by_name):
-        mlx_files = sorted(n for n in by_name if n.endswith(_MLX_SUFFIXES) and "/" not in n)
-        name = model_id or suggest_id(repo.split("/", 1)[1])
-        return PullPlan(
-            repo, revision, commit, "mlx", _checked_id(name), tuple(by_name[n] for n in mlx_files), None, endpoint
-        )
-    else:
-        raise PullError(
-            f"{repo} has no GGUF file and is not an MLX model (config.json and model*.safetensors); "
-            f"its files: {_listing(sorted(by_name))}"
-        )
-    weights = chosen[0]
-    default_id = _SPLIT_RE.sub("", PurePosixPath(weights).name)
-    default_id = default_id[: -len(".gguf")] if default_id.lower().endswith(".gguf") else default_id
-    name = model_id or suggest_id(default_id)
-    files = tuple(by_name[n] for n in chosen)
-    return PullPlan(repo, revision, commit, "llama", _checked_id(name), files, weights, endpoint)
 
 
 def pull(
@@ -200,74 +108,6 @@ def _claim(staging: Path, plan: PullPlan) -> None:
     marker.write_text(origin)
 
 
-# -- choosing files ------------------------------------------------------------------
-
-
-def _list_files(repo: str, revision: str, endpoint: str, token: str | None) -> tuple[str, list[RemoteFile]]:
-    try:
-        from huggingface_hub import HfApi
-    except ImportError:
-        raise PullError("pulling needs huggingface-hub on this host: pip install 'hostler[pull]'") from None
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        info = HfApi(endpoint=endpoint, token=token).model_info(repo, revision=revision, files_metadata=True)
-    except RevisionNotFoundError:
-        raise PullError(f"{repo} has no revision {revision!r} on {endpoint}") from None
-    except RepositoryNotFoundError:
-        raise PullError(
-            f"no model repo {repo!r} on {endpoint} (or it is private or gated: set HF_TOKEN to a token that reads it)"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - the HTTP library's errors differ between huggingface-hub versions
-        raise PullError(f"cannot list {repo} on {endpoint}: {_reason(exc)}") from None
-    if not info.sha:
-        raise PullError(f"{endpoint} did not say which commit {repo}@{revision} is")
-    siblings = info.siblings or []
-    return info.sha, [RemoteFile(s.rfilename, s.size) for s in siblings]
-
-
-def _by_quant(repo: str, quant: str, ggufs: list[str]) -> list[str]:
-    wanted = quant.lower()
-    groups = [g for g in _split_groups(ggufs) if wanted in PurePosixPath(g[0]).name.lower()]
-    if not groups:
-        raise PullError(f"no GGUF file in {repo} matches --quant {quant!r}; its GGUF files: {_listing(ggufs)}")
-    if len(groups) > 1:
-        raise PullError(
-            f"--quant {quant!r} matches {len(groups)} GGUF files in {repo}; name one with --file: "
-            f"{_listing([g[0] for g in groups])}"
-        )
-    return groups[0]
-
-
-def _split_groups(ggufs: list[str]) -> list[list[str]]:
-    """GGUF files grouped so that the parts of a split model (-00001-of-00003) count as one."""
-    groups: dict[str, list[str]] = {}
-    for name in ggufs:
-        groups.setdefault(_SPLIT_RE.sub("", name), []).append(name)
-    return [sorted(parts) for _, parts in sorted(groups.items())]
-
-
-def _with_split_parts(name: str, ggufs: list[str]) -> list[str]:
-    if not _SPLIT_RE.search(name):
-        return [name]
-    stem = _SPLIT_RE.sub("", name)
-    return sorted(n for n in ggufs if _SPLIT_RE.sub("", n) == stem)
-
-
-def _checked_id(name: str) -> str:
-    try:
-        return check_model_id(name)
-    except ValueError as exc:
-        raise PullError(f"{exc}; choose one with --id") from None
-
-
-def _listing(names: list[str], most: int = 20) -> str:
-    if not names:
-        return "none"
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
 # -- downloading ---------------------------------------------------------------------
 
 
@@ -288,7 +128,7 @@ def _fetch(
     try:
         meta = get_hf_file_metadata(url, token=token)
     except Exception as exc:  # noqa: BLE001 - see _list_files
-        raise PullError(f"cannot reach {remote.name} in {plan.repo}: {_reason(exc)}") from None
+        raise PullError(f"cannot reach {remote.name} in {plan.repo}: {describe_exception(exc)}") from None
     if meta.etag is None:
         raise PullError(f"{plan.endpoint} sent no ETag for {remote.name}: it does not look like a Hugging Face hub")
     part = _inside(staging / _PARTIAL, remote.name + ".part")
@@ -315,10 +155,10 @@ def _fetch(
             http_get(meta.location, cast(BinaryIO, sink), resume_size=resume, headers=headers, expected_size=total)
         except Exception as exc:  # noqa: BLE001 - see _list_files
             raise PullError(
-                f"download of {remote.name} stopped at {raw.tell()} bytes: {_reason(exc)}; "
+                f"download of {remote.name} stopped at {raw.tell()} bytes: {describe_exception(exc)}; "
                 "run the same pull again to continue it"
             ) from None
-    if _SHA256_RE.match(meta.etag) and _sha256(part) != meta.etag:
+    if _SHA256_RE.match(meta.etag) and sha256_of(part) != meta.etag:
         part.unlink()
         raise PullError(f"{remote.name}: the downloaded bytes do not match the hub's sha256; run the pull again")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -352,14 +192,6 @@ def _report(progress: ProgressCallback | None, plan: PullPlan, name: str, n: int
         progress(PullProgress(name, n, total, done, plan.total_bytes))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _inside(folder: Path, name: str) -> Path:
     # Repo file names come from the server: never let one write outside the staging folder.
     parts = PurePosixPath(name).parts
@@ -376,11 +208,6 @@ def _locked(path: Path, model_id: str) -> Iterator[None]:
         except BlockingIOError:
             raise PullError(f"a pull of {model_id!r} is already running here") from None
         yield
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 # -- the manifest --------------------------------------------------------------------
@@ -425,4 +252,4 @@ def describe_error(exc: BaseException) -> str:
     """The message a person sees for a failed pull."""
     if isinstance(exc, PullError | ModelStoreError):
         return str(exc)
-    return _reason(exc)
+    return describe_exception(exc)

@@ -3,7 +3,7 @@
 A model is a `.gguf` file (id: the file's stem), a folder with a `model.yaml`
 (id, engine, file, chat template, load defaults), or an MLX folder (config.json and
 model*.safetensors, as mlx-lm names its weights). Ids are names, never paths.
-Jan's model.json and cortex.cpp's model.yml folders are read too (worker/manifest_formats.py),
+Jan's model.json and cortex.cpp's model.yml folders are read too (formats.py),
 also nested a few levels deep as cortex keeps them (cortex.so/<model>/<variant>/).
 """
 
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from hostler.schemas import MODEL_ID_PATTERN, LoadParams, ModelInfo
+from hostler.schemas import MODEL_ID_PATTERN, LoadParams, ModelInfo, field_errors
+from hostler.worker.memory.files import GGUF_MAGIC, is_mlx_folder
 from pydantic import ValidationError
 
 from .formats import MANIFEST_NAMES, read_manifest
@@ -128,8 +129,7 @@ def _read_entry(entry: Path, allow: tuple[Path, ...]) -> ModelManifest | None:
         for name in MANIFEST_NAMES:
             if (entry / name).is_file():
                 return _from_manifest(entry, entry / name, allow)
-        # mlx-lm loads model*.safetensors only; other names (adapters.safetensors) are not a model.
-        if (entry / "config.json").is_file() and any(entry.glob("model*.safetensors")):
+        if is_mlx_folder(entry):
             return ModelManifest(
                 id=check_model_id(entry.name),
                 engine="mlx",
@@ -155,7 +155,8 @@ def _from_manifest(folder: Path, manifest_path: Path, allow: tuple[Path, ...]) -
     try:
         load = LoadParams(**fields.load)
     except ValidationError as exc:
-        raise ValueError(f"{manifest_path.name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        first = field_errors(exc)[0]
+        raise ValueError(f"{manifest_path.name}: {first.path}: {first.message}") from None
     template = fields.chat_template
     if engine == "mlx":
         size = sum(p.stat().st_size for p in weights.glob("*") if p.is_file()) if weights.is_dir() else 0
@@ -217,4 +218,4 @@ def _gguf_has_chat_template(path: Path) -> bool:
             head = handle.read(8 * 1024 * 1024)
     except OSError:
         return False
-    return head.startswith(b"GGUF") and b"tokenizer.chat_template" in head
+    return head.startswith(GGUF_MAGIC) and b"tokenizer.chat_template" in head

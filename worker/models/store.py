@@ -2,7 +2,7 @@
 
 `import_model` registers a GGUF file or an MLX folder where it lies: it makes
 `<models>/<id>/` with a symbolic link to it and a model.yaml, and never copies or moves the
-user's files. A pull (worker/pull.py) writes the same kind of folder with the downloaded
+user's files. A pull (pull.py) writes the same kind of folder with the downloaded
 files in it. Either way the model.yaml's `source` section records what hostler made (links,
 downloaded files), and `remove_model` deletes exactly that: a linked file survives its model.
 """
@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+from hostler.worker.memory.files import GGUF_MAGIC, MLX_CONFIG, MLX_WEIGHTS, is_mlx_folder
 
 from .registry import ModelIdError, check_model_id, clean_model_id, scan
 
@@ -32,7 +33,6 @@ __all__ = [
 MANIFEST = "model.yaml"
 # The name of the link to an imported MLX folder inside the model's own folder.
 MLX_LINK = "model"
-_GGUF_MAGIC = b"GGUF"
 
 
 class ModelStoreError(ValueError):
@@ -101,14 +101,14 @@ def import_model(path: Path, models_dir: Path, model_id: str | None = None) -> P
 def _engine_of(target: Path) -> str:
     if target.is_file():
         with target.open("rb") as handle:
-            if handle.read(4) == _GGUF_MAGIC:
+            if handle.read(len(GGUF_MAGIC)) == GGUF_MAGIC:
                 return "llama"
         raise ModelStoreError(f"{target} is not a GGUF file (it does not start with the GGUF magic bytes)")
     if target.is_dir():
-        # As the registry judges an MLX folder: mlx-lm loads model*.safetensors.
-        if (target / "config.json").is_file() and any(target.glob("model*.safetensors")):
+        # As the registry judges an MLX folder: what mlx-lm loads.
+        if is_mlx_folder(target):
             return "mlx"
-        raise ModelStoreError(f"{target} is a folder but not an MLX model: it needs config.json and model*.safetensors")
+        raise ModelStoreError(f"{target} is a folder but not an MLX model: it needs {MLX_CONFIG} and {MLX_WEIGHTS}")
     raise ModelStoreError(f"{target} is neither a GGUF file nor an MLX folder")
 
 

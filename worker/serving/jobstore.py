@@ -3,7 +3,8 @@
 rq's own worker spends several round trips of bookkeeping per job; hostler keeps rq's
 record layout (queue list, intermediate queue, started/finished/failed registries,
 results stream) so `rq info` and rq-dashboard stay truthful, but batches each step
-into one pipeline.
+into one pipeline. The taken list the take fills is `taken.py`'s; ending jobs this worker does
+not hold (a dead worker's) is the control plane's (`control/endings.py`).
 """
 
 from __future__ import annotations
@@ -22,23 +23,20 @@ from hostler.client._rqstore import (
     RESULT_TTL,
     encode_failure,
     end_canceled,
-    fetch_job,
     make_queue,
-    queue_keys,
 )
-from hostler.schemas import PRIORITIES, ErrorCode, ErrorEvent, Keys
+from hostler.schemas import PRIORITIES, Keys, as_text
 from rq.executions import Execution
 from rq.job import Job as RqJob
 from rq.job import JobStatus
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, utcformat
 from rq.worker import Worker as RqWorker
-from rq.worker_registration import clean_worker_registry, get_keys
 
-from .metrics import JobMetrics, PieceClock, count_ended
+from .metrics import JobMetrics, PieceClock
+from .taken import TAKE, requeue_taken
 
 log = logging.getLogger("hostler.worker")
 
@@ -46,33 +44,6 @@ T = TypeVar("T")
 
 # How long a started job stays in the started registry without a heartbeat.
 STARTED_TTL = 60
-
-# Takes the next job id, interactive before batch, into the worker's taken list. With
-# nothing waiting it clears the bell, so that the next enqueue's ring wakes an idle worker;
-# a ring left from jobs another worker already took would only cost an empty look.
-# An id already in the taken list is answered instead of taking another: the list holds at
-# most the one id a worker took and has not started, so an id there is one whose take
-# reply was lost (redis-py replays the call after a reconnect, and a worker that gave up
-# takes again). Taking more would strand it until the worker died.
-# KEYS: queues in priority order..., taken list, bell. ARGV: rq job key prefix, queue names in
-# the same order. Returns {index of the queue, id} or nil.
-_TAKE = """
-local n = #KEYS - 2
-local held = redis.call('LINDEX', KEYS[n + 1], 0)
-if held then
-  local origin = redis.call('HGET', ARGV[1] .. held, 'origin')
-  for i = 1, n do
-    if ARGV[i + 1] == origin then return {i, held} end
-  end
-  return {1, held}
-end
-for i = 1, n do
-  local id = redis.call('LMOVE', KEYS[i], KEYS[n + 1], 'LEFT', 'RIGHT')
-  if id then return {i, id} end
-end
-redis.call('DEL', KEYS[n + 2])
-return nil
-"""
 
 # Runs a worker's writes to a job only while the job is still that worker's: started by it,
 # or, for a claim (the taken list given as KEYS[2]), still in its taken list, whence it is
@@ -97,33 +68,6 @@ while i <= #ARGV do
   i = i + n + 1
 end
 return replies
-"""
-
-# A dead worker's taken ids back to the front of the queue each came from, newest first so
-# that the oldest ends up at the head. One script, so two janitors cannot both push an id.
-# KEYS: taken list, bell. ARGV: rq job key prefix, rq queue key prefix, default queue name.
-_REQUEUE = """
-local n = 0
-while true do
-  local id = redis.call('RPOP', KEYS[1])
-  if not id then break end
-  local origin = redis.call('HGET', ARGV[1] .. id, 'origin')
-  redis.call('LPUSH', ARGV[2] .. (origin or ARGV[3]), id)
-  n = n + 1
-end
-if n > 0 then redis.call('RPUSH', KEYS[2], '1') end
-return n
-"""
-
-# Moves a job from one status to another only if it still has the first, so that two
-# processes that both think a job is theirs to end (a janitor and a controller, say)
-# end it once.
-_TRANSITION = """
-if redis.call('HGET', KEYS[1], 'status') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2])
-  return 1
-end
-return 0
 """
 
 
@@ -181,7 +125,7 @@ class JobStore:
         self.rq_worker = rq_worker
         # rq builds a new registry object (and re-resolves its serializer) on every access.
         self._registries = {q.name: (q.finished_job_registry, q.failed_job_registry) for q in self.queues}
-        self._take = connection.register_script(_TAKE)
+        self._take = connection.register_script(TAKE)
         self._take_keys = [*(q.key for q in self.queues), taken_key, self.bell]
         self._take_args = [RqJob.redis_job_namespace_prefix, *(q.name for q in self.queues)]
         self._if_held = connection.register_script(_IF_HELD)
@@ -206,9 +150,13 @@ class JobStore:
             # After a look that found nothing (and cleared the bell), any new job rings the bell:
             # an idle worker goes straight to waiting for it.
             taken = None if self._empty else self._decode(self._take(keys=self._take_keys, args=self._take_args))
-            if taken is None:
+            if taken is None and timeout > 0:
                 # rq's own enqueue does not ring: a job pushed that way waits at most `timeout`.
                 self.connection.blpop([self.bell], timeout=timeout)
+                taken = self._decode(self._take(keys=self._take_keys, args=self._take_args))
+            elif taken is None and self._empty and self.connection.lpop(self.bell) is not None:
+                # A busy worker looks without waiting (its other jobs are generating): a ring
+                # since the last empty look means something was enqueued.
                 taken = self._decode(self._take(keys=self._take_keys, args=self._take_args))
         except redis.RedisError:
             # The take may have run with its reply lost: the next one answers what it took.
@@ -222,10 +170,12 @@ class JobStore:
         if not reply:
             return None
         index, raw = reply
-        return int(index) - 1, raw.decode() if isinstance(raw, bytes) else str(raw)
+        return int(index) - 1, as_text(raw)
 
     def claim(self, timeout: float) -> Claimed | None:
         """Waits up to timeout for the next job (interactive first, FIFO in a class) and marks it started.
+
+        timeout 0 looks once and never blocks: a worker with generations in flight looks between steps.
 
         A claim that raised (its reply lost in an outage) is sent again, word for word, by the
         next call, so the job it may already have started is not left started under a live
@@ -415,128 +365,3 @@ def describe_payload(raw: dict[bytes, bytes]) -> str:
     """A short, safe description of a record that failed to parse, for an error message."""
     keys = sorted(k.decode(errors="replace") for k in raw)
     return json.dumps(keys)[:200]
-
-
-def fail_orphans(
-    connection: redis.Redis,
-    keys: Keys,
-    model: str,
-    worker_prefix: str,
-    *,
-    reason: str = "",
-    skip_live: bool = False,
-) -> int:
-    """Ends every started job of dead workers (names starting with worker_prefix).
-
-    A job with retries left (rq's Retry) goes back to the front of its queue instead of
-    failing. Jobs the dead workers had taken but not started go back too, in order, so a
-    crash loses nothing. With skip_live, a worker whose heartbeat is still alive is left
-    alone. Returns the number of jobs failed or retried.
-    """
-    ended = 0
-    for queue in [make_queue(connection, keys.queue_name(model, p)) for p in PRIORITIES]:
-        registry = StartedJobRegistry(queue=queue)
-        for job_id in registry.get_job_ids(cleanup=False):
-            job = fetch_job(connection, job_id)
-            if job is None or not (job.worker_name or "").startswith(worker_prefix):
-                continue
-            if job.get_status(refresh=False) != JobStatus.STARTED:
-                continue
-            if skip_live and connection.exists(keys.worker(job.worker_name or "")):
-                continue
-            message = f"worker {job.worker_name} died while running this job" + (f" ({reason})" if reason else "")
-            code = ErrorCode.HOST_DIED if reason.startswith("host") else ErrorCode.WORKER_DIED
-            if job.should_retry:
-                ended += retry_job(connection, keys, job, queue, registry, message)
-            elif end_failed(connection, job, keys.channel(job_id), code, message, registry=registry):
-                ended += 1
-                count_ended(connection, keys, model, "failed", code)
-        # The workers rq registered on this queue, not a SCAN of the keyspace: this runs for every
-        # model on every sweep. A worker that exits cleanly deregisters with nothing taken.
-        for worker_key in sorted(get_keys(queue=queue)):
-            name = worker_key.removeprefix(RqWorker.redis_worker_namespace_prefix)
-            if not name.startswith(worker_prefix) or (skip_live and connection.exists(keys.worker(name))):
-                continue
-            requeue_taken(connection, keys, model, name)
-        # Drops registrations whose rq heartbeat key has expired, so the loop above stays short.
-        clean_worker_registry(queue)
-    return ended
-
-
-def requeue_taken(connection: redis.Redis, keys: Keys, model: str, worker_name: str) -> int:
-    """Puts a dead worker's taken-but-not-started jobs back at the front of their queues, in order."""
-    return int(
-        connection.eval(
-            _REQUEUE,
-            2,
-            keys.taken(model, worker_name),
-            keys.bell(model),
-            RqJob.redis_job_namespace_prefix,
-            Queue.redis_queue_namespace_prefix,
-            keys.queue_name(model),
-        )
-    )
-
-
-def _transition(connection: redis.Redis, job_key: str, before: str, after: str) -> bool:
-    return bool(connection.eval(_TRANSITION, 1, job_key, before, after))
-
-
-def retry_job(
-    connection: redis.Redis, keys: Keys, job: RqJob, queue: Queue, registry: StartedJobRegistry, message: str
-) -> int:
-    """Queues a job whose worker died again, at the front, using one of its rq retries."""
-    if not _transition(connection, job.key, JobStatus.STARTED, JobStatus.QUEUED):
-        return 0
-    model = keys.model_of_queue(queue.name) or ""
-    job.enqueue_at_front_on_retry = True
-    with connection.pipeline() as pipe:
-        registry.remove_executions(job, pipeline=pipe)
-        job.retry(queue, pipe)
-        pipe.rpush(keys.bell(model), "1")
-        pipe.execute()
-    log.warning("job %s retried (%s retries left): %s", job.id, job.retries_left, message)
-    return 1
-
-
-def end_failed(
-    connection: redis.Redis,
-    job: RqJob,
-    channel: str,
-    code: str,
-    message: str,
-    *,
-    registry: StartedJobRegistry | None = None,
-    expected: str = JobStatus.STARTED,
-) -> int:
-    """Ends a job that no live worker holds as failed, and tells its client; 1 if this call ended it."""
-    if not _transition(connection, job.key, expected, JobStatus.FAILED):
-        return 0
-    reason = encode_failure(code, message)
-    with connection.pipeline() as pipe:
-        # rq's failed registry saves the whole record: its in-memory status must be the new one.
-        job.set_status(JobStatus.FAILED, pipeline=pipe)
-        pipe.hset(job.key, "ended_at", utcformat(_now()))
-        if registry is not None:
-            registry.remove_executions(job, pipeline=pipe)
-        job.failed_job_registry.add(job, ttl=FAILURE_TTL, exc_string=reason, pipeline=pipe)
-        Result.create_failure(job, FAILURE_TTL, exc_string=reason, pipeline=pipe)
-        pipe.expire(job.key, FAILURE_TTL)
-        # seq 0 reads as a gap to a client that saw tokens; it then reads the stored failure.
-        pipe.publish(channel, ErrorEvent(seq=0, code=code, message=message).model_dump_json())
-        pipe.execute()
-    return 1
-
-
-def fail_queued(connection: redis.Redis, keys: Keys, model: str, code: str, message: str) -> int:
-    """Takes every waiting job off a model's queues and ends it as failed (e.g. no capacity)."""
-    failed = 0
-    for key in queue_keys(keys, model):
-        while (raw := connection.lpop(key)) is not None:
-            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            job = fetch_job(connection, job_id)
-            if job is None:
-                continue
-            failed += end_failed(connection, job, keys.channel(job_id), code, message, expected=JobStatus.QUEUED)
-    count_ended(connection, keys, model, "failed", code, failed)
-    return failed

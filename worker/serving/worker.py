@@ -1,8 +1,12 @@
-"""The per-model worker process: load the model once, then serve its queue in FIFO order.
+"""The per-model worker process: load the model once, then serve its queue with up to N jobs in flight.
 
-The model stays in memory between jobs (no fork per job). Each job is claimed,
-validated again (anyone with Redis access can write to a queue), run, and ended
-exactly once as finished or failed, with a done or error event on its channel.
+The model stays in memory between jobs (no fork per job). Generations share the engine's
+slots (continuous batching): between two engine steps the worker publishes the new tokens,
+ends the sequences that finished or must stop, and admits the next jobs in the queue's
+order while slots are free. Token-count jobs are answered between steps; a load with other
+params or an unload waits until the jobs in flight have ended. Each job is claimed,
+validated again (anyone with Redis access can write to a queue), run, and ended exactly
+once as finished or failed, with a done or error event on its channel.
 """
 
 from __future__ import annotations
@@ -14,29 +18,25 @@ import socket
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
 
 import psutil
 import redis
 from hostler.client._errors import ConnectionFailed
 from hostler.schemas import (
-    JOB_ADAPTER,
-    MAX_REQUEST_BYTES,
     PRIORITIES,
-    RQ_FUNC_PREFIX,
     ChatJob,
     CompletionJob,
     CompletionResult,
     ErrorCode,
+    FinishReason,
     Job,
     JobResult,
     Keys,
     LoadJob,
     LoadParams,
-    LoadResult,
-    ModelSpec,
     TokenCountJob,
     TokenCountResult,
     UnloadJob,
@@ -45,14 +45,16 @@ from hostler.schemas import (
     WorkerReport,
     WorkerState,
 )
-from hostler.worker.engines.protocol import Engine, EngineError, EngineFactory
+from hostler.worker.engines.protocol import EngineError, EngineFactory, GenerationRequest, SlotEngine, StepOutput
 from hostler.worker.models.registry import ModelManifest
-from pydantic import ValidationError
+from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff
 from rq.serializers import JSONSerializer
 from rq.worker import Worker as RqWorker
 
 from .events import EventSender, JobEvents
-from .jobstore import Claimed, JobStore, describe_payload
+from .jobstore import Claimed, JobStore
+from .model import HeldModel
+from .payload import InvalidJob, parse_job
 
 log = logging.getLogger("hostler.worker")
 
@@ -62,25 +64,17 @@ REPORT_TTL_S = 10
 LISTENER_GRACE_S = 2.0
 
 
-class InvalidJob(Exception):
-    """A queue entry that is not a hostler job; it fails, it is never executed."""
+@dataclass(eq=False)
+class _Running:
+    """A generation in flight: its job, its channel, what it has produced so far."""
 
-
-class JobTimeout(Exception):
-    """A generation ran past its job's timeout_s."""
-
-
-def _check_size(raw: dict[bytes, bytes]) -> None:
-    """Refuses a payload over MAX_REQUEST_BYTES before anything decodes it (zip bombs included)."""
-    data = raw.get(b"data", b"")
-    if len(data) > MAX_REQUEST_BYTES:
-        raise InvalidJob(f"request is {len(data)} bytes; the limit is {MAX_REQUEST_BYTES} bytes")
-    try:
-        inflated = zlib.decompressobj().decompress(data, MAX_REQUEST_BYTES + 1)
-    except zlib.error:
-        return  # stored uncompressed (rq accepts both); its length was checked above
-    if len(inflated) > MAX_REQUEST_BYTES:
-        raise InvalidJob(f"request is over {MAX_REQUEST_BYTES} bytes once decompressed; that is the limit")
+    claimed: Claimed
+    job: CompletionJob | ChatJob
+    publisher: JobEvents
+    seq: int
+    stop_at: float | None
+    parts: list[str] = field(default_factory=list)
+    last: StepOutput | None = None
 
 
 class ModelWorker:
@@ -99,7 +93,6 @@ class ModelWorker:
         self.connection = connection
         self.keys = keys
         self.manifest = manifest
-        self.engine_factory = engine_factory
         self.host = host or socket.gethostname()
         self.idle_exit_s = idle_exit_s
         self.preload = preload
@@ -110,25 +103,41 @@ class ModelWorker:
         self.rq_worker = RqWorker(queue_names, connection=connection, name=self.name, serializer=JSONSerializer)
         self.store = JobStore(connection, keys, manifest.id, self.rq_worker, keys.taken(manifest.id, self.name))
         self.events = EventSender(connection)
-        self.engine: Engine | None = None
-        self.load_params: LoadParams | None = None
+        self.model = HeldModel(connection, keys, manifest, engine_factory)
         self.state: WorkerState = "starting"
-        self.current: Claimed | None = None
+        # Generations in flight by engine handle, oldest first.
+        self.running: dict[int, _Running] = {}
+        # A load with other params or an unload, claimed and waiting for the generations to end.
+        self.deferred: tuple[Claimed, LoadJob | UnloadJob] | None = None
         self.jobs_done = 0
-        self.loads = 0
         self.last_job_at: float | None = None
         self.mean_job_s: float | None = None
+        self.prompt_received = 0
+        self.prompt_evaluated = 0
         self.started_at = time.time()
+        self._exit_after = False
         self._graceful = threading.Event()
         self._hard = threading.Event()
         self._process = psutil.Process()
         self._heartbeat_thread: threading.Thread | None = None
 
+    @property
+    def engine(self) -> SlotEngine | None:
+        return self.model.engine
+
+    @property
+    def load_params(self) -> LoadParams | None:
+        return self.model.params
+
+    @property
+    def loads(self) -> int:
+        return self.model.loads
+
     # -- lifecycle ----------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
-            # First signal: finish the running job, then exit. Second: stop it now.
+            # First signal: finish the jobs in flight, then exit. Second: stop them now.
             if self._graceful.is_set():
                 self._hard.set()
             self._graceful.set()
@@ -150,38 +159,35 @@ class ModelWorker:
         if self.preload:
             self._preload()
         idle_since = time.monotonic()
-        backoff = 0.1
+        outage = OutageBackoff(log)
         try:
-            while not self._graceful.is_set():
+            while self.running or self.deferred or not (self._graceful.is_set() or self._exit_after):
                 try:
-                    claimed = self.store.claim(timeout=1.0)
-                    backoff = 0.1
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    took = self._admit()
+                    if self.running:
+                        self._step()
+                    elif self.deferred is not None:
+                        self._serve_deferred()
+                    outage.succeeded()
+                except REDIS_OUTAGE as exc:
+                    outage.failed(exc)
                     continue
-                if claimed is None:
-                    if self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
-                        break
-                    continue
-                exit_after = self._serve(claimed)
-                idle_since = time.monotonic()
-                if exit_after:
+                if took or self.running:
+                    idle_since = time.monotonic()
+                elif self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
                     break
         finally:
             self._shutdown()
 
     def _preload(self) -> None:
         try:
-            self._load(self._desired_params(), remember=False)
+            self.state = "loading"
+            self.model.load(self.model.desired_params(), remember=False)
         except EngineError as exc:
             # Jobs will try again and fail with this reason; the worker stays to answer them.
             log.warning("preloading %s failed: %s", self.manifest.id, exc)
-            self.state = "idle"
-        else:
-            self.state = "idle"
-            self._heartbeat()
+        self.state = "idle"
+        self._heartbeat()
 
     def _shutdown(self) -> None:
         self.state = "stopping"
@@ -191,9 +197,7 @@ class ModelWorker:
             self.store.give_back()
         except (redis.RedisError, ConnectionFailed):
             log.warning("could not return a prefetched job; the host agent requeues it")
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        self.model.close()
         try:
             with self.connection.pipeline() as pipe:
                 pipe.delete(self.keys.worker(self.name))
@@ -206,59 +210,191 @@ class ModelWorker:
         except (redis.RedisError, ConnectionFailed):
             log.warning("could not deregister %s from redis", self.name)
 
-    # -- one job ------------------------------------------------------------------
+    # -- admitting jobs -------------------------------------------------------------
 
-    def _serve(self, claimed: Claimed) -> bool:
-        """Runs one claimed job to its end; True when the worker should exit afterwards."""
-        self.current = claimed
-        self.state = "busy"
-        publisher = JobEvents(self.events, self.keys.channel(claimed.job.id), LISTENER_GRACE_S)
-        exit_after = False
-        started = time.monotonic()
+    def _admit(self) -> bool:
+        """Claims and starts jobs while a slot is free; True if it took any."""
+        took = False
+        while self.deferred is None and not (self._graceful.is_set() or self._exit_after):
+            engine = self.model.engine
+            if self.running and engine is not None and engine.free_slots == 0:
+                break
+            # With generations in flight the look must not wait: their next step is due.
+            claimed = self.store.claim(timeout=0 if self.running else 1.0)
+            if claimed is None:
+                break
+            took = True
+            self._begin(claimed)
+        return took
+
+    def _begin(self, claimed: Claimed) -> None:
+        """Ends at once what needs no slot; starts a generation; defers what must wait for the others."""
+        publisher = self._publisher(claimed)
         try:
-            job = self._parse(claimed)
+            job = parse_job(claimed, self.manifest.id)
             claimed.kind = job.kind
             if job.watched and not claimed.waited_for:
-                message = "its client stopped waiting before a worker took it"
-                self._cancel(claimed, publisher, ErrorCode.CLIENT_GONE, message)
-                return False
+                self._cancel(
+                    claimed, publisher, ErrorCode.CLIENT_GONE, "its client stopped waiting before a worker took it"
+                )
+                return
             if job.start_within_s is not None and not claimed.in_time:
                 message = f"not started within its start deadline of {job.start_within_s:g} s"
                 self._cancel(claimed, publisher, ErrorCode.EXPIRED, message)
-                return False
-            result = self._dispatch(job, publisher, claimed)
-            if isinstance(job, UnloadJob):
-                exit_after = self.store.waiting() == 0
-            done = publisher.done(result)
-            self._end(
-                claimed, lambda: self.store.succeed(claimed, result.model_dump(mode="json"), publisher.channel, done)
-            )
-        except InvalidJob as exc:
-            self._fail(claimed, publisher, ErrorCode.INVALID_JOB, str(exc))
-        except EngineError as exc:
-            self._fail(claimed, publisher, exc.code, str(exc))
-        except JobTimeout as exc:
-            self._fail(claimed, publisher, ErrorCode.TIMEOUT, str(exc))
-        except (redis.RedisError, ConnectionFailed):
-            raise
+                return
+            if isinstance(job, CompletionJob | ChatJob):
+                self._start_generation(claimed, job, publisher)
+                return
+            if isinstance(job, LoadJob | UnloadJob) and self.running and self._must_wait(job):
+                self.deferred = (claimed, job)
+                return
+            self._succeed(claimed, publisher, self._dispatch(job))
         except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
-            log.exception("job %s failed", claimed.job.id)
-            self._fail(claimed, publisher, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        finally:
-            self.current = None
-            self.jobs_done += 1
-            self.last_job_at = time.time()
-            took = time.monotonic() - started
-            self.mean_job_s = took if self.mean_job_s is None else 0.8 * self.mean_job_s + 0.2 * took
+            self._job_failed(claimed, publisher, exc)
+
+    def _must_wait(self, job: LoadJob | UnloadJob) -> bool:
+        return isinstance(job, UnloadJob) or self.model.needs_reload(job.params)
+
+    def _serve_deferred(self) -> None:
+        assert self.deferred is not None
+        claimed, job = self.deferred
+        self.deferred = None
+        publisher = self._publisher(claimed)
+        try:
+            self._succeed(claimed, publisher, self._dispatch(job))
+        except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
+            self._job_failed(claimed, publisher, exc)
+
+    def _start_generation(self, claimed: Claimed, job: CompletionJob | ChatJob, publisher: JobEvents) -> None:
+        if self.model.engine is None:
+            self.state = "loading"
+        engine = self.model.get()
+        if isinstance(job, CompletionJob):
+            request = GenerationRequest(params=job.params, prompt=job.prompt)
+        else:
+            request = GenerationRequest(params=job.params, messages=job.messages)
+        seq = engine.start(request)
+        stop_at = time.monotonic() + job.timeout_s if job.timeout_s is not None else None
+        self.running[seq] = _Running(claimed, job, publisher, seq, stop_at)
+        self.state = "busy"
+
+    def _dispatch(self, job: Job) -> JobResult:
+        if isinstance(job, LoadJob):
+            self.state = "loading"
+            result = self.model.load(job.params)
+            self._heartbeat()
+            return result
+        if isinstance(job, UnloadJob):
+            was_loaded = self.model.unload()
+            # An unload asks for the memory back: the controller must not place it again.
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.delete(self.keys.spec(self.manifest.id))
+                pipe.hdel(self.keys.assignments(self.host), self.manifest.id)
+                pipe.execute()
+            self._exit_after = self.store.waiting() == 0
+            return UnloadResult(model=self.manifest.id, was_loaded=was_loaded)
+        assert isinstance(job, TokenCountJob)
+        if self.model.engine is None:
+            self.state = "loading"
+        return TokenCountResult(model=self.manifest.id, count=self.model.get().count_tokens(job.text))
+
+    # -- one step of the generations in flight ----------------------------------------
+
+    def _step(self) -> None:
+        engine = self.model.engine
+        assert engine is not None
+        try:
+            outputs = engine.step()
+        except Exception as exc:  # noqa: BLE001 - the batch is shared: every sequence in it fails
+            log.exception("an engine step failed; failing the %d job(s) in flight", len(self.running))
+            for failed in list(self.running.values()):
+                self.running.pop(failed.seq, None)
+                self._job_failed(failed.claimed, failed.publisher, exc)
+            self.model.close()
+            return
+        for output in outputs:
+            running = self.running.get(output.seq)
+            if running is None:
+                continue
+            if running.last is None:
+                self.prompt_received += output.prompt_tokens
+                self.prompt_evaluated += output.prompt_tokens - output.cached_tokens
+            running.last = output
+            if output.piece:
+                running.claimed.clock.piece()
+                running.parts.append(output.piece)
+                if running.job.stream and not running.claimed.lost:
+                    running.publisher.token(output.piece)
+            if output.finish_reason is not None:
+                del self.running[output.seq]
+                self._finish(running, output.finish_reason)
+        self._stop_what_must_stop(engine)
+        if not self.running:
             self.state = "idle"
-        return exit_after
+
+    def _stop_what_must_stop(self, engine: SlotEngine) -> None:
+        now = time.monotonic()
+        for running in list(self.running.values()):
+            job = running.job
+            timed_out = running.stop_at is not None and now > running.stop_at
+            # A job with a waiting client that stopped listening; a submitted job nobody streams runs on.
+            # A job taken from this worker (frozen past its heartbeat) is someone else's now.
+            if not (
+                timed_out
+                or self._hard.is_set()
+                or running.claimed.lost
+                or ((job.stream or job.watched) and running.publisher.abandoned())
+            ):
+                continue
+            engine.cancel(running.seq)
+            del self.running[running.seq]
+            if timed_out:
+                done = running.last.completion_tokens if running.last is not None else 0
+                message = f"generation ran past the job's timeout of {job.timeout_s:g} s ({done} tokens generated)"
+                self._fail(running.claimed, running.publisher, ErrorCode.TIMEOUT, message)
+            else:
+                self._finish(running, "canceled")
+
+    def _finish(self, running: _Running, finish_reason: FinishReason) -> None:
+        last = running.last
+        result = CompletionResult(
+            model=self.manifest.id,
+            text="".join(running.parts),
+            finish_reason=finish_reason,
+            usage=Usage(
+                prompt_tokens=last.prompt_tokens if last is not None else 0,
+                completion_tokens=last.completion_tokens if last is not None else 0,
+            ),
+        )
+        self._succeed(running.claimed, running.publisher, result)
+
+    # -- ending jobs ------------------------------------------------------------------
+
+    def _publisher(self, claimed: Claimed) -> JobEvents:
+        return JobEvents(self.events, self.keys.channel(claimed.job.id), LISTENER_GRACE_S)
+
+    def _succeed(self, claimed: Claimed, publisher: JobEvents, result: JobResult) -> None:
+        done = publisher.done(result)
+        payload = result.model_dump(mode="json")
+        self._end(claimed, lambda: self.store.succeed(claimed, payload, publisher.channel, done))
+
+    def _job_failed(self, claimed: Claimed, publisher: JobEvents, exc: Exception) -> None:
+        if isinstance(exc, redis.RedisError | ConnectionFailed):
+            raise exc
+        if isinstance(exc, InvalidJob):
+            self._fail(claimed, publisher, ErrorCode.INVALID_JOB, str(exc))
+        elif isinstance(exc, EngineError):
+            self._fail(claimed, publisher, exc.code, str(exc))
+        else:
+            log.error("job %s failed", claimed.job.id, exc_info=exc)
+            self._fail(claimed, publisher, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def _cancel(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
+        self._end(claimed, lambda: self.store.cancel(claimed, code, message, publisher.channel))
 
     def _fail(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
         event = publisher.error(code, message)
         self._end(claimed, lambda: self.store.fail(claimed, code, message, publisher.channel, event))
-
-    def _cancel(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
-        self._end(claimed, lambda: self.store.cancel(claimed, code, message, publisher.channel))
 
     def _end(self, claimed: Claimed, write: Callable[[], bool]) -> None:
         """Stores a job's end, waiting out a Redis restart instead of exiting.
@@ -269,7 +405,7 @@ class ModelWorker:
         it is sent again after a lost reply: either way the job has ended once.
         """
         claimed.ending = True
-        backoff = 0.1
+        outage = OutageBackoff(log, self._hard.wait)
         while True:
             try:
                 if not write():
@@ -278,152 +414,27 @@ class ModelWorker:
                         claimed.job.id,
                         self.name,
                     )
-                return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                break
+            except REDIS_OUTAGE as exc:
                 if self._hard.is_set():
                     raise
-                log.warning("could not store the end of job %s (%s); retrying in %.1fs", claimed.job.id, exc, backoff)
-                self._hard.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    def _parse(self, claimed: Claimed) -> Job:
-        if not claimed.raw:
-            raise InvalidJob(f"job {claimed.job.id} has no record (it expired or was deleted)")
-        _check_size(claimed.raw)
-        try:
-            claimed.job.restore(claimed.raw)
-            func_name = claimed.job.func_name
-            args, kwargs = claimed.job.args, claimed.job.kwargs
-        except Exception as exc:  # noqa: BLE001 - any undecodable payload is the same error
-            raise InvalidJob(
-                f"job payload is not JSON of a hostler job ({type(exc).__name__}); "
-                f"hostler never unpickles payloads (record fields: {describe_payload(claimed.raw)})"
-            ) from None
-        if not isinstance(func_name, str) or not func_name.startswith(RQ_FUNC_PREFIX):
-            raise InvalidJob(f"unknown job kind {str(func_name)[:100]!r}: hostler workers run only hostler jobs")
-        if args or not isinstance(kwargs, dict):
-            raise InvalidJob("job payload must be keyword arguments only")
-        try:
-            job = JOB_ADAPTER.validate_python(kwargs)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise InvalidJob(f"invalid job field {where}: {first['msg']}") from None
-        if func_name != RQ_FUNC_PREFIX + job.kind:
-            raise InvalidJob(f"job kind {job.kind!r} does not match its function {func_name!r}")
-        if job.model != self.manifest.id:
-            raise InvalidJob(f"job for model {job.model!r} is on the queue of {self.manifest.id!r}")
-        return job
-
-    def _dispatch(self, job: Job, publisher: JobEvents, claimed: Claimed) -> JobResult:
-        if isinstance(job, LoadJob):
-            return self._load(job.params)
-        if isinstance(job, UnloadJob):
-            was_loaded = self.engine is not None
-            self._unload()
-            # An unload asks for the memory back: the controller must not place it again.
-            with self.connection.pipeline(transaction=False) as pipe:
-                pipe.delete(self.keys.spec(self.manifest.id))
-                pipe.hdel(self.keys.assignments(self.host), self.manifest.id)
-                pipe.execute()
-            return UnloadResult(model=self.manifest.id, was_loaded=was_loaded)
-        engine = self._engine()
-        if isinstance(job, TokenCountJob):
-            return TokenCountResult(model=self.manifest.id, count=engine.count_tokens(job.text))
-        return self._generate(engine, job, publisher, claimed)
-
-    def _generate(
-        self, engine: Engine, job: CompletionJob | ChatJob, publisher: JobEvents, claimed: Claimed
-    ) -> CompletionResult:
-        stop_at = time.monotonic() + job.timeout_s if job.timeout_s is not None else None
-        timed_out = False
-
-        def should_stop() -> bool:
-            nonlocal timed_out
-            if stop_at is not None and time.monotonic() > stop_at:
-                timed_out = True
-                return True
-            # A job with a waiting client that stopped listening; a submitted job nobody streams runs on.
-            # A job taken from this worker (frozen past its heartbeat) is someone else's now.
-            return self._hard.is_set() or claimed.lost or ((job.stream or job.watched) and publisher.abandoned())
-
-        if isinstance(job, CompletionJob):
-            generation = engine.complete(job.prompt, job.params, should_stop)
-        else:
-            generation = engine.chat(job.messages, job.params, should_stop)
-        for piece in generation:
-            claimed.clock.piece()
-            if job.stream and not claimed.lost:
-                publisher.token(piece)
-        if timed_out:
-            raise JobTimeout(
-                f"generation ran past the job's timeout of {job.timeout_s:g} s "
-                f"({generation.completion_tokens} tokens generated)"
-            )
-        return CompletionResult(
-            model=self.manifest.id,
-            text=generation.text,
-            finish_reason=generation.finish_reason,
-            usage=Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens),
-        )
-
-    # -- the model ----------------------------------------------------------------
-
-    def _desired_params(self) -> LoadParams:
-        """The last successful load's params, else those of a pending `client.load`, else model.yaml's."""
-        stored, spec = self.connection.mget([self.keys.load_params(self.manifest.id), self.keys.spec(self.manifest.id)])
-        if stored:
-            try:
-                return LoadParams.model_validate_json(stored)
-            except ValidationError:
-                log.warning("ignoring invalid stored load params for %s", self.manifest.id)
-        if spec:
-            try:
-                return ModelSpec.model_validate_json(spec).params
-            except ValidationError:
-                log.warning("ignoring an invalid spec for %s", self.manifest.id)
-        return self.manifest.load
-
-    def _engine(self) -> Engine:
-        if self.engine is None:
-            self._load(self._desired_params(), remember=False)
-        assert self.engine is not None
-        return self.engine
-
-    def _load(self, params: LoadParams, *, remember: bool = True) -> LoadResult:
-        if self.engine is not None and self.load_params == params:
-            return LoadResult(model=self.manifest.id, params=params, reloaded=False, seconds=0.0)
-        # Only the engine goes: the remembered params are what the next worker loads with,
-        # and a preload (remember=False) must not erase them.
-        self._close_engine()
-        self.state = "loading"
-        started = time.monotonic()
-        self.engine = self.engine_factory(self.manifest.path, params, chat_template=self.manifest.chat_template)
-        self.load_params = params
-        self.loads += 1
-        # Loading happens inside a job (a load job, or the first job that needs the model).
-        self.state = "busy"
-        if remember:
-            self.connection.set(self.keys.load_params(self.manifest.id), params.model_dump_json())
-        self._heartbeat()
-        return LoadResult(
-            model=self.manifest.id, params=params, reloaded=True, seconds=round(time.monotonic() - started, 4)
-        )
-
-    def _unload(self) -> None:
-        self._close_engine()
-        self.connection.delete(self.keys.load_params(self.manifest.id))
-
-    def _close_engine(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
-            self.load_params = None
+                outage.failed(exc, f"could not store the end of job {claimed.job.id}")
+        self.jobs_done += 1
+        self.last_job_at = time.time()
+        took = claimed.clock.ran_s()
+        self.mean_job_s = took if self.mean_job_s is None else 0.8 * self.mean_job_s + 0.2 * took
 
     # -- heartbeats ---------------------------------------------------------------
 
+    def _in_flight(self) -> list[Claimed]:
+        held = [running.claimed for running in list(self.running.values())]
+        deferred = self.deferred
+        return held + [deferred[0]] if deferred is not None else held
+
     def report(self) -> WorkerReport:
-        current = self.current
+        in_flight = self._in_flight()
+        engine = self.model.engine
+        params = self.model.params
         return WorkerReport(
             name=self.name,
             model=self.manifest.id,
@@ -432,9 +443,13 @@ class ModelWorker:
             state=self.state,
             cpu_percent=self._process.cpu_percent(interval=None),
             rss_bytes=self._process.memory_info().rss,
-            current_job=current.job.id if current is not None else None,
-            loaded=self.engine is not None,
-            load_params=self.load_params.model_dump() if self.load_params is not None else None,
+            current_job=in_flight[0].job.id if in_flight else None,
+            running_jobs=[claimed.job.id for claimed in in_flight],
+            slots=engine.n_slots if engine is not None else 1,
+            prompt_tokens_received=self.prompt_received,
+            prompt_tokens_evaluated=self.prompt_evaluated,
+            loaded=engine is not None,
+            load_params=params.model_dump() if params is not None else None,
             jobs_done=self.jobs_done,
             loads=self.loads,
             last_job_at=self.last_job_at,
@@ -445,31 +460,35 @@ class ModelWorker:
 
     def _heartbeat(self) -> None:
         report = self.report()
-        current = self.current
+        in_flight = self._in_flight()
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.worker(self.name), report.model_dump_json(), ex=REPORT_TTL_S)
             pipe.sadd(self.keys.workers, self.name)
             pipe.set(self.keys.alive(self.manifest.id), self.name, ex=REPORT_TTL_S)
             self.rq_worker.heartbeat(timeout=REPORT_TTL_S * 6, pipeline=pipe)
             # rq's worker state follows the heartbeat, not every job: two commands saved per job.
-            self.rq_worker.set_state("busy" if current is not None else "idle", pipeline=pipe)
-            if current is not None:
-                self.store.holds(current, pipe)
+            self.rq_worker.set_state("busy" if in_flight else "idle", pipeline=pipe)
+            for claimed in in_flight:
+                self.store.holds(claimed, pipe)
             replies = pipe.execute()
-        if current is not None and replies[-1] is None and not (current.lost or current.ending):
-            # Back from a freeze (SIGSTOP, a stalled VM) longer than the report's TTL: the janitor
-            # ended or requeued the job meanwhile. Generating on would only be thrown away.
-            log.warning(
-                "job %s was taken from %s while it was not heartbeating; dropping it", current.job.id, self.name
-            )
-            current.lost = True
+        held = replies[len(replies) - len(in_flight) :] if in_flight else []
+        for claimed, reply in zip(in_flight, held, strict=True):
+            if reply is None and not (claimed.lost or claimed.ending):
+                # Back from a freeze (SIGSTOP, a stalled VM) longer than the report's TTL: the janitor
+                # ended or requeued the job meanwhile. Generating on would only be thrown away.
+                log.warning(
+                    "job %s was taken from %s while it was not heartbeating; dropping it", claimed.job.id, self.name
+                )
+                claimed.lost = True
 
     def _heartbeat_loop(self) -> None:
-        while not self._graceful.wait(HEARTBEAT_S):
+        while not self._graceful.wait(HEARTBEAT_S) or self.running or self.deferred:
+            if self._graceful.is_set():
+                # Finishing the jobs in flight before exiting: keep them (and this worker) alive.
+                time.sleep(HEARTBEAT_S)
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                log.warning("host agent %d is gone; finishing the running job and exiting", self.parent_pid)
+                log.warning("host agent %d is gone; finishing the jobs in flight and exiting", self.parent_pid)
                 self._graceful.set()
-                break
             try:
                 self._heartbeat()
             except (redis.RedisError, ConnectionFailed) as exc:

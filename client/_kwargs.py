@@ -1,0 +1,169 @@
+"""The keyword arguments of the client methods, typed so that a misspelt one fails mypy.
+
+SamplingKwargs and LoadParamsKwargs restate SamplingParams' and LoadParams' fields, because
+a TypedDict cannot be derived from a model at type-check time; tests/test_client_core.py keeps
+them equal (the one widening: `stop` also takes a bare string, as SamplingParams does).
+Pydantic checks the values at run time either way. Each method's options are written here
+once, for Client and AsyncClient alike.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict
+
+from hostler.schemas import ChatMessage, Priority, PullProgressEvent
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover - pydantic installs typing_extensions
+    from typing_extensions import Unpack
+
+__all__ = [
+    "CompleteKwargs",
+    "CompleteOptions",
+    "LoadKwargs",
+    "LoadOptions",
+    "LoadParamsKwargs",
+    "MapKwargs",
+    "MapOptions",
+    "PullKwargs",
+    "QueueOptions",
+    "SamplingKwargs",
+    "StreamKwargs",
+    "StreamOptions",
+    "SubmitKwargs",
+    "SubmitOptions",
+    "Unpack",
+    "WaitWhenFull",
+    "split",
+]
+
+# False: raise QueueFull at once; True: wait for room as long as the call may take; a number:
+# wait at most that many seconds. Waits follow QueueFull.retry_after (at most 5 s at a time).
+WaitWhenFull = bool | float
+
+
+class SamplingKwargs(TypedDict, total=False):
+    """SamplingParams' fields; unset ones keep SamplingParams' defaults."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    stop: list[str] | str
+    seed: int | None
+    repeat_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+
+
+class LoadParamsKwargs(TypedDict, total=False):
+    """LoadParams' fields; unset ones keep LoadParams' defaults."""
+
+    n_ctx: int
+    n_batch: int
+    n_threads: int | None
+    n_gpu_layers: int
+    seed: int | None
+    cache_prompt: bool
+    n_parallel: int
+
+
+class QueueOptions(TypedDict, total=False):
+    """How a job is queued. priority: 'interactive' jobs are always taken before 'batch' ones.
+    start_within: a job not started by then expires (seconds, or '10m'). job_timeout: its
+    longest generation time. wait_when_full: see WaitWhenFull."""
+
+    priority: Priority
+    start_within: float | str | None
+    job_timeout: float | str | None
+    wait_when_full: WaitWhenFull
+
+
+class StreamOptions(QueueOptions, total=False):
+    """timeout: the longest wait for the result in seconds (None: the client's timeout)."""
+
+    timeout: float | None
+
+
+class CompleteOptions(StreamOptions, total=False):
+    """retries: times the job is queued again if its worker dies while running it."""
+
+    retries: int
+
+
+class SubmitOptions(QueueOptions, total=False):
+    """messages: a chat instead of a prompt. retries: as complete()'s. stream: publish the
+    pieces as they are made, for handle.stream(). job_id: pick the id yourself."""
+
+    messages: Sequence[Mapping[str, str] | ChatMessage] | None
+    retries: int
+    stream: bool
+    job_id: str | None
+
+
+class MapOptions(TypedDict, total=False):
+    """map()'s own options; see Client.map()."""
+
+    max_in_flight: int
+    priority: Priority
+    job_timeout: float | str | None
+    retries: int
+    timeout: float | None
+    return_exceptions: bool
+    on_progress: Callable[[int, int | None], None] | None
+    progress: bool
+
+
+class LoadOptions(TypedDict, total=False):
+    """replicas: workers to keep, each on its own host. keep_alive: idle time before unload
+    (seconds or '5m', '1h'; -1 never). pinned: never evicted for another model."""
+
+    replicas: int
+    keep_alive: float | str
+    pinned: bool
+    timeout: float | None
+
+
+class StreamKwargs(SamplingKwargs, StreamOptions, total=False):
+    """stream()'s and chat()'s keywords."""
+
+
+class CompleteKwargs(SamplingKwargs, CompleteOptions, total=False):
+    """complete()'s keywords."""
+
+
+class SubmitKwargs(SamplingKwargs, SubmitOptions, total=False):
+    """submit()'s keywords."""
+
+
+class MapKwargs(SamplingKwargs, MapOptions, total=False):
+    """map()'s keywords."""
+
+
+class LoadKwargs(LoadParamsKwargs, LoadOptions, total=False):
+    """load()'s keywords."""
+
+
+class PullKwargs(TypedDict, total=False):
+    """pull()'s keywords; see Client.pull()."""
+
+    file: str | None
+    quant: str | None
+    revision: str
+    model_id: str | None
+    host: str | None
+    progress: Callable[[PullProgressEvent], None] | None
+    timeout: float | None
+
+
+def split(kwargs: Mapping[str, Any], options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keywords the TypedDict `options` declares, and the rest: the parameters pydantic checks.
+
+    An unknown keyword lands in the rest, where SamplingParams or LoadParams refuse it by name.
+    """
+    names: frozenset[str] = options.__optional_keys__ | options.__required_keys__
+    return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
