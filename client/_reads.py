@@ -197,6 +197,10 @@ def status(keys: Keys) -> Reads[Status]:
             current_job=r.current_job,
             loaded=r.loaded,
             jobs_done=r.jobs_done,
+            running_jobs=r.running_jobs,
+            slots=r.slots,
+            prompt_tokens_received=r.prompt_tokens_received,
+            prompt_tokens_evaluated=r.prompt_tokens_evaluated,
         )
         for r in reports
     ]

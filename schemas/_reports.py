@@ -193,6 +193,10 @@ class WorkerStatus(BaseModel):
     current_job: str | None
     loaded: bool
     jobs_done: int
+    running_jobs: list[str] = Field(default_factory=list, description="Every job in flight, oldest first.")
+    slots: int = Field(1, description="Jobs the loaded engine runs at once.")
+    prompt_tokens_received: int = 0
+    prompt_tokens_evaluated: int = Field(0, description="Prompt tokens evaluated; the rest came from the cache.")
 
 
 class HostStatus(BaseModel):

@@ -78,6 +78,6 @@ def engine_factory(engine: str) -> EngineFactory:
         from .mlx import MlxEngine
 
         return MlxEngine
-    from .llama import LlamaEngine
+    from .llama_slots import LlamaSlots
 
-    return LlamaEngine
+    return LlamaSlots

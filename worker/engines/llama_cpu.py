@@ -13,23 +13,12 @@ repacked layouts stay on: they speed up prompt evaluation.
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 from collections.abc import Iterator
 from typing import Any
 
-from hostler.worker.hardware.cpu import instruction_sets
+from hostler.worker.hardware.cpu import llama_extra_buffers_safe as extra_buffers_safe
 
-# HOSTLER_LLAMA_EXTRA_BUFFERS=1 (or 0) overrides the choice, for a llama.cpp build that fixed it.
-EXTRA_BUFFERS_ENV = "HOSTLER_LLAMA_EXTRA_BUFFERS"
-
-
-@functools.cache
-def extra_buffers_safe() -> bool:
-    override = os.environ.get(EXTRA_BUFFERS_ENV)
-    if override in ("0", "1"):
-        return override == "1"
-    return "AMX_INT8" not in instruction_sets()
+__all__ = ["extra_buffers_safe", "model_params", "safe_llama_defaults"]
 
 
 def model_params(lib: Any) -> Any:

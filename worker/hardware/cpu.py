@@ -158,6 +158,20 @@ def instruction_sets() -> frozenset[str]:
     return frozenset(probe_cpu().instruction_sets)
 
 
+# HOSTLER_LLAMA_EXTRA_BUFFERS=1 (or 0) overrides the choice, for a llama.cpp build that fixed it.
+EXTRA_BUFFERS_ENV = "HOSTLER_LLAMA_EXTRA_BUFFERS"
+
+
+@functools.cache
+def llama_extra_buffers_safe() -> bool:
+    """Whether llama.cpp may put weights in extra buffer types here (see engines/llama_cpu.py:
+    ggml's AMX matrix multiply crashes on AMX CPUs). The estimate and the engine both ask."""
+    override = os.environ.get(EXTRA_BUFFERS_ENV)
+    if override in ("0", "1"):
+        return override == "1"
+    return "AMX_INT8" not in instruction_sets()
+
+
 def probe(engines: dict[str, str | None]) -> HardwareReport:
     """The whole report: CPU, RAM, GPUs (through NVML), and the engines the caller found usable.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from hostler.schemas import LoadParams, ModelInfo, format_bytes
-from hostler.worker.hardware.cpu import instruction_sets
+from hostler.worker.hardware.cpu import instruction_sets, llama_extra_buffers_safe
 
 from .files import MLX_CONFIG, MLX_WEIGHTS, EstimateError
 from .gguf import GGUFInfo, Tensor, meta_int, read_gguf
@@ -131,11 +131,12 @@ def estimate_gguf(path: Path, params: LoadParams) -> MemoryEstimate:
     # default (true), so sliding-window layers get a full-size cache too: the load log says
     # "using full-size SWA cache" and sizes both caches at n_ctx cells.
     per_cell = _kv_bytes_per_cell(info.meta, arch)
-    kv = kv_cells(n_ctx) * per_cell
+    # One KV stream of n_ctx cells per slot (continuous batching, engines/llama_batch.py).
+    kv = kv_cells(n_ctx) * params.n_parallel * per_cell
 
-    # Only the rows a generation writes: the last token's logits, plus graph bookkeeping.
+    # Only the rows a step writes: one row of logits per slot, plus graph bookkeeping.
     max_nodes = max(1024, 8 * len(info.tensors))
-    compute = n_vocab * LOGIT_BYTES + max_nodes * GRAPH_NODE_BYTES
+    compute = n_vocab * LOGIT_BYTES * params.n_parallel + max_nodes * GRAPH_NODE_BYTES
 
     # llama-cpp-python's llama_batch gives each of its n_batch slots a seq_id array of
     # n_ctx ints; malloc writes a header per allocation, so each slot costs at most a page.
@@ -146,7 +147,8 @@ def estimate_gguf(path: Path, params: LoadParams) -> MemoryEstimate:
         + n_merges * MERGE_BYTES
         + batch
     )
-    return MemoryEstimate(weights, kv, compute, overhead, per_cell)
+    # Per context cell of every slot: a spec with another n_ctx resizes all of them.
+    return MemoryEstimate(weights, kv, compute, overhead, per_cell * params.n_parallel)
 
 
 def kv_cells(n_ctx: int) -> int:
@@ -231,6 +233,8 @@ def _is_repacked(tensor: Tensor, repacked: dict[str, int]) -> bool:
 
 def _repacked_row_multiples() -> dict[str, int]:
     """The quant types ggml's CPU backend repacks on this machine, and the row multiple it needs."""
+    if not llama_extra_buffers_safe():
+        return {}  # loaded without extra buffer types: nothing is repacked
     machine = platform.machine().lower()
     found = instruction_sets()  # llama.cpp's names (AVX2, not /proc/cpuinfo's avx2)
     if machine in ("x86_64", "amd64"):

@@ -1,0 +1,60 @@
+"""GGUF models as the worker drives them: BatchedLlama behind the SlotEngine protocol.
+
+BatchedLlama takes prompt tokens; this turns a job's prompt or chat messages into them
+(exactly as llama-cpp-python builds them) and hands its step outputs on unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hostler.schemas import LoadParams
+
+from hostler.worker.llama_batch import BatchedLlama, SequenceRequest
+from .protocol import GenerationRequest, StepOutput
+
+
+class LlamaSlots:
+    def __init__(self, path: Path, params: LoadParams, *, chat_template: str | None = None) -> None:
+        self._llama = BatchedLlama(path, params, chat_template=chat_template)
+
+    @property
+    def n_ctx(self) -> int:
+        return self._llama.n_ctx
+
+    @property
+    def n_slots(self) -> int:
+        return self._llama.n_slots
+
+    @property
+    def free_slots(self) -> int:
+        return self._llama.free_slots
+
+    def count_tokens(self, text: str) -> int:
+        return self._llama.count_tokens(text)
+
+    def start(self, request: GenerationRequest) -> int:
+        if request.messages is not None:
+            tokens, stops = self._llama.chat_tokens(request.messages)
+        else:
+            tokens, stops = self._llama.prompt_tokens(request.prompt or ""), ()
+        return self._llama.submit(SequenceRequest(tokens=tokens, params=request.params, extra_stops=stops))
+
+    def step(self) -> list[StepOutput]:
+        return [
+            StepOutput(
+                seq=out.seq,
+                piece=out.piece,
+                finish_reason=out.finish_reason,
+                prompt_tokens=out.prompt_tokens,
+                completion_tokens=out.completion_tokens,
+                cached_tokens=out.cached_tokens,
+            )
+            for out in self._llama.step()
+        ]
+
+    def cancel(self, seq: int) -> None:
+        self._llama.cancel(seq)
+
+    def close(self) -> None:
+        self._llama.close()

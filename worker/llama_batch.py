@@ -1,0 +1,496 @@
+"""Continuous batching over llama.cpp: up to n_slots sequences of one model in one decode loop.
+
+A worker submits sequences (prompt tokens + sampling params) and calls step() in a loop; it
+may do other work (Redis, cancellations, admitting jobs) between steps. Each step is one
+llama_decode over a batch of at most n_batch tokens: first the next token of every
+generating sequence, then chunks of the prompts still being evaluated, oldest first
+(chunked prefill), so a long new prompt never holds the others up for more than one chunk.
+
+Every sequence owns one llama.cpp sequence id (its slot) and samples in C through its own
+sampler chain, built exactly as llama-cpp-python's Llama.generate() builds one (penalties
+over the last 64 generated tokens, then greedy at temperature 0, else top-k, typical(1.0),
+top-p, min-p, temperature and a seeded distribution), so a one-slot engine produces the
+same tokens as in-process llama-cpp-python. Text is detokenized incrementally and stop
+strings, max_tokens and end-of-generation tokens end each sequence on its own.
+
+KV cache layout: one stream per slot (llama.cpp's non-unified KV cache, n_ctx cells each),
+so every sequence's cells sit at the same places as they would in a context of its own:
+attention then sums the same numbers in the same order as a solo run, and a batched text
+equals its solo text wherever the matrix products do (see docs/architecture.md and
+scripts/bench_llama_batch.py for what was measured). A unified cache was measured too: it
+shares prefixes without copying, but every token attends over every slot's cells.
+
+Prompt cache: a slot keeps the tokens of its last sequence in its KV cells after it ends.
+A new sequence takes the free slot whose kept tokens share the longest prefix with its
+prompt and evaluates only the rest; when another slot (busy or free) shares a prefix
+that is longer by enough to pay for it, its whole stream is copied first (llama.cpp copies
+across streams only whole). cached_tokens reports the prompt tokens not evaluated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import itertools
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams
+from hostler.worker.engines.decoding import context_budget
+from hostler.worker.engines.llama import _check_gguf_header
+from hostler.worker.engines.llama_cpu import model_params as safe_model_params
+from hostler.worker.engines.protocol import EngineError, LoadFailed, NoChatTemplate
+from hostler.worker.engines.stops import StopScanner
+
+# llama-cpp-python's Llama(last_n_tokens_size=64): the window its penalties sampler sees.
+PENALTY_LAST_N = 64
+# llama-cpp-python's Llama caps the physical batch at 512 tokens.
+MAX_UBATCH = 512
+# Copying another slot's KV stream costs about as much as evaluating 1/COPY_RATIO of its
+# cells would; a donor must share at least that many more prompt tokens than the target.
+COPY_RATIO = 64
+
+
+@dataclass
+class SequenceRequest:
+    """One generation: the prompt, already tokenized, and how to sample it."""
+
+    tokens: list[int]
+    params: SamplingParams
+    extra_stops: tuple[str, ...] = ()  # from the chat template
+
+
+@dataclass
+class StepOutput:
+    """What one step produced for one sequence."""
+
+    seq: int  # the handle submit() returned
+    piece: str  # new text; "" while prefilling or while a stop string may be starting
+    finish_reason: FinishReason | None  # set in the step the sequence ended
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens reused from the KV cache, not evaluated
+
+
+@dataclass
+class _Slot:
+    """One llama.cpp sequence id and the tokens its KV cells hold (positions 0..n-1)."""
+
+    index: int
+    history: list[int] = field(default_factory=list)
+    busy: _Sequence | None = None
+    last_used: int = 0
+
+
+@dataclass(eq=False)
+class _Sequence:
+    handle: int
+    slot: _Slot
+    prompt: list[int]
+    sampler: Any  # llama_sampler * (a chain), freed when the sequence ends
+    scanner: StopScanner
+    max_tokens: int
+    cached: int
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore")
+    )
+    evaluated: int = 0  # prompt tokens in the KV cache (cached ones included)
+    completion: int = 0
+    next_token: int = -1  # sampled, to be decoded in the next step; -1 while prefilling
+    out_index: int = -1  # where this step's logits are in the batch, -1 for none
+
+
+class _Batch:
+    """One llama_batch over arrays this object owns, filled with slice assignments (C loops)."""
+
+    def __init__(self, lib: Any, capacity: int, n_slots: int) -> None:
+        self.capacity = capacity
+        # Any: typeshed's Array takes only lists in slice assignments; ctypes takes any sequence.
+        self.token: Any = (ctypes.c_int32 * capacity)()
+        self.pos: Any = (ctypes.c_int32 * capacity)()
+        self.n_seq_id = (ctypes.c_int32 * capacity)(*([1] * capacity))
+        self.seq_ids = (ctypes.c_int32 * n_slots)(*range(n_slots))
+        self.seq_id = (ctypes.c_void_p * capacity)()
+        self.logits = (ctypes.c_int8 * capacity)()
+        base = ctypes.addressof(self.seq_ids)
+        self.seq_addr = [base + ctypes.sizeof(ctypes.c_int32) * s for s in range(n_slots)]
+        struct = lib.llama_batch()
+        struct.n_tokens = 0
+        struct.token = ctypes.cast(self.token, ctypes.POINTER(ctypes.c_int32))
+        struct.embd = None
+        struct.pos = ctypes.cast(self.pos, ctypes.POINTER(ctypes.c_int32))
+        struct.n_seq_id = ctypes.cast(self.n_seq_id, ctypes.POINTER(ctypes.c_int32))
+        struct.seq_id = ctypes.cast(self.seq_id, ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)))
+        struct.logits = ctypes.cast(self.logits, ctypes.POINTER(ctypes.c_int8))
+        self.struct = struct
+        self.n = 0
+
+    def add(self, tokens: Sequence[int], pos: int, slot: int, logits: bool) -> int:
+        """Appends a run of one sequence's tokens; returns the batch index of its last token."""
+        n, k = self.n, len(tokens)
+        end = n + k
+        self.token[n:end] = tokens
+        self.pos[n:end] = range(pos, pos + k)
+        self.seq_id[n:end] = [self.seq_addr[slot]] * k
+        self.logits[n:end] = [0] * k
+        if logits:
+            self.logits[end - 1] = 1
+        self.n = end
+        return end - 1
+
+
+class BatchedLlama:
+    """One GGUF model serving up to n_slots sequences at once; drive it with submit() and step()."""
+
+    def __init__(
+        self,
+        path: Path,
+        params: LoadParams,
+        *,
+        chat_template: str | None = None,
+        kv_unified: bool = False,
+    ) -> None:
+        import llama_cpp  # deferred: the client must work without llama.cpp installed
+        from llama_cpp import _internals
+        from llama_cpp._logger import set_verbose
+
+        self._lib: Any = llama_cpp
+        _check_gguf_header(path)
+        set_verbose(False)
+        llama_cpp.llama_backend_init()
+        self.n_slots = max(1, params.n_parallel)
+        # Every generating sequence puts one token in every batch.
+        self._n_batch = max(min(params.n_batch, params.n_ctx), self.n_slots)
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = params.n_threads or usable
+        model_params = safe_model_params(llama_cpp)  # no extra buffer types where they crash (AMX)
+        model_params.n_gpu_layers = 0x7FFFFFFF if params.n_gpu_layers == -1 else params.n_gpu_layers
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = params.n_ctx * self.n_slots
+        ctx_params.n_batch = self._n_batch
+        ctx_params.n_ubatch = min(self._n_batch, MAX_UBATCH)
+        ctx_params.n_seq_max = self.n_slots
+        ctx_params.n_threads = threads
+        ctx_params.n_threads_batch = threads
+        # As llama-cpp-python's Llama: the one-slot contract is its arithmetic.
+        ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        ctx_params.kv_unified = kv_unified
+        ctx_params.no_perf = True
+        internals: Any = _internals  # untyped: Any at the boundary
+        try:
+            self._model: Any = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise LoadFailed(f"llama.cpp could not load {path.name}: {exc}") from None
+        try:
+            self._context: Any = internals.LlamaContext(model=self._model, params=ctx_params, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            self._model.close()
+            raise LoadFailed(f"llama.cpp could not make a context for {path.name}: {exc}") from None
+        self._ctx: Any = self._context.ctx
+        self._mem: Any = llama_cpp.llama_get_memory(self._ctx)
+        self._vocab: Any = self._model.vocab
+        self._n_vocab = int(self._model.n_vocab())
+        self._bos = int(self._model.token_bos())
+        per_seq = int(llama_cpp.llama_n_ctx_seq(self._ctx))
+        self.n_ctx = min(params.n_ctx, per_seq)
+        self._unified = kv_unified or self.n_slots == 1
+        self._path = path
+        self._seed = params.seed
+        self._template_source = chat_template or self._model.metadata().get("tokenizer.chat_template")
+        self._formatter: Any = None
+        self._batch = _Batch(llama_cpp, self._n_batch, self.n_slots)
+        self._slots = [_Slot(i) for i in range(self.n_slots)]
+        self._active: dict[int, _Sequence] = {}  # by handle, in admission order
+        self._handles = itertools.count(1)
+        self._clock = itertools.count(1)
+        self._tokens: dict[int, tuple[bool, bytes]] = {}  # token -> (ends generation, its bytes)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._closed = False
+
+    # -- what a worker asks ---------------------------------------------------------
+
+    @property
+    def free_slots(self) -> int:
+        return sum(1 for slot in self._slots if slot.busy is None)
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.prompt_tokens(text))
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """Tokens of a completion prompt, exactly as Llama.create_completion builds them."""
+        bos = [self._bos] if self._model.add_bos_token() and self._bos != -1 else []
+        body = self._model.tokenize(prompt.encode("utf-8"), False, True) if prompt else []
+        return bos + list(body)
+
+    def chat_tokens(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
+        """Tokens of a chat through the model's template, and the template's stop strings."""
+        rendered = self._chat_formatter()(messages=[m.model_dump() for m in messages])
+        # The template writes BOS itself where the model wants it, as llama-cpp-python assumes.
+        tokens = self._model.tokenize(rendered.prompt.encode("utf-8"), False, True)
+        stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]
+        return list(tokens), tuple(s for s in stops if s)
+
+    def submit(self, request: SequenceRequest) -> int:
+        """Admits a sequence into a free slot; returns its handle. Nothing is evaluated yet.
+
+        Raises ContextExceeded when the prompt leaves no room, RuntimeError when no slot is free.
+        """
+        self._check_open()
+        tokens = list(request.tokens)
+        if not tokens:
+            raise EngineError("the prompt has no tokens")
+        if min(tokens) < 0 or max(tokens) >= self._n_vocab:
+            raise EngineError(f"the prompt has token ids outside this model's vocabulary (0..{self._n_vocab - 1})")
+        max_tokens = context_budget(self._path.stem, len(tokens), self.n_ctx, request.params.max_tokens)
+        slot = self._pick_slot(tokens)
+        cached = self._reuse_prefix(slot, tokens)
+        handle = next(self._handles)
+        seq = _Sequence(
+            handle=handle,
+            slot=slot,
+            prompt=tokens,
+            sampler=self._make_sampler(request.params),
+            scanner=StopScanner(tuple(request.params.stop) + tuple(request.extra_stops)),
+            max_tokens=max_tokens,
+            cached=cached,
+            evaluated=cached,
+        )
+        slot.busy = seq
+        slot.last_used = next(self._clock)
+        self._active[handle] = seq
+        return handle
+
+    def step(self) -> list[StepOutput]:
+        """One llama_decode: the next token of every generating sequence, then prompt chunks.
+
+        Returns one StepOutput for every sequence that took part. An EngineError leaves the
+        KV cache and every sequence as they were before the step.
+        """
+        self._check_open()
+        if not self._active:
+            return []
+        runs = self._plan()
+        batch = self._batch
+        batch.n = 0
+        for seq, chunk, start in runs:
+            logits = seq.next_token >= 0 or start + len(chunk) == len(seq.prompt)
+            index = batch.add(chunk, start, seq.slot.index, logits)
+            seq.out_index = index if logits else -1
+        batch.struct.n_tokens = batch.n
+        rc = self._lib.llama_decode(self._ctx, batch.struct)
+        if rc != 0:
+            for seq, _chunk, start in runs:
+                self._lib.llama_memory_seq_rm(self._mem, seq.slot.index, start, -1)
+            raise EngineError(f"llama_decode failed with status {rc} on a batch of {batch.n} tokens")
+        outputs = []
+        for seq, chunk, _start in runs:
+            seq.slot.history.extend(chunk)
+            if seq.next_token < 0:
+                seq.evaluated += len(chunk)
+            outputs.append(self._advance(seq))
+        return outputs
+
+    def cancel(self, seq: int) -> None:
+        """Ends a sequence now and frees its slot (its KV cells stay as prompt cache)."""
+        found = self._active.get(seq)
+        if found is not None:
+            self._end(found)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for seq in list(self._active.values()):
+            self._end(seq)
+        self._closed = True
+        self._context.close()
+        self._model.close()
+
+    # -- admission and the prompt cache ---------------------------------------------
+
+    def _pick_slot(self, tokens: list[int]) -> _Slot:
+        free = [slot for slot in self._slots if slot.busy is None]
+        if not free:
+            raise RuntimeError(f"all {self.n_slots} slots are busy")
+        # The longest kept prefix wins; among equals the least recently used gives up its cache.
+        return max(free, key=lambda slot: (_common_prefix(slot.history, tokens), -slot.last_used))
+
+    def _reuse_prefix(self, slot: _Slot, tokens: list[int]) -> int:
+        """Leaves in slot's KV cells the longest prefix of tokens available; returns its length."""
+        lib, mem = self._lib, self._mem
+        own = _common_prefix(slot.history, tokens)
+        donor, shared = self._best_donor(slot, tokens)
+        if donor is not None and shared > own + (0 if self._unified else self.n_ctx // COPY_RATIO):
+            lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
+            if self._unified:
+                lib.llama_memory_seq_cp(mem, donor.index, slot.index, 0, shared)
+            else:
+                lib.llama_memory_seq_cp(mem, donor.index, slot.index, -1, -1)
+            slot.history = donor.history[:shared]
+            own = shared
+        # At least the last prompt token is evaluated: its logits give the first token.
+        keep = min(own, len(tokens) - 1)
+        if keep > 0 and lib.llama_memory_seq_pos_min(mem, slot.index) > 0:
+            keep = 0  # a sliding-window cache dropped the start
+        if not lib.llama_memory_seq_rm(mem, slot.index, keep, -1):
+            keep = 0  # this memory cannot drop part of a sequence (recurrent models)
+            lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
+        del slot.history[keep:]
+        return keep
+
+    def _best_donor(self, target: _Slot, tokens: list[int]) -> tuple[_Slot | None, int]:
+        best: _Slot | None = None
+        longest = 0
+        for slot in self._slots:
+            if slot is target:
+                continue
+            shared = _common_prefix(slot.history, tokens)
+            if shared > longest:
+                best, longest = slot, shared
+        return best, longest
+
+    def _make_sampler(self, params: SamplingParams) -> Any:
+        """A sampler chain built as Llama._init_sampler builds it, with this job's own seed."""
+        lib = self._lib
+        seed = params.seed if params.seed is not None else self._seed
+        if seed is None:
+            seed = random.randrange(2**32)
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lib.llama_sampler_chain_add
+        add(
+            chain,
+            lib.llama_sampler_init_penalties(
+                self._n_vocab,
+                PENALTY_LAST_N,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            ),
+        )
+        if params.temperature == 0.0:
+            add(chain, lib.llama_sampler_init_greedy())
+        else:
+            add(chain, lib.llama_sampler_init_top_k(params.top_k))
+            add(chain, lib.llama_sampler_init_typical(1.0, 1))
+            add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+            add(chain, lib.llama_sampler_init_min_p(params.min_p, 1))
+            add(chain, lib.llama_sampler_init_temp(params.temperature))
+            add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    # -- one step ---------------------------------------------------------------------
+
+    def _plan(self) -> list[tuple[_Sequence, list[int], int]]:
+        """(sequence, tokens, first position) for this step, in slot order.
+
+        Generating sequences first, one token each; the rest of the budget goes to prompts
+        in admission order. Slot order keeps llama.cpp's per-stream split of a batch into
+        as few physical batches as the busy slots allow (it groups consecutive ids).
+        """
+        runs: list[tuple[_Sequence, list[int], int]] = []
+        budget = self._n_batch
+        for seq in self._active.values():
+            if seq.next_token >= 0:
+                runs.append((seq, [seq.next_token], len(seq.slot.history)))
+                budget -= 1
+        for seq in self._active.values():
+            if budget <= 0:
+                break
+            if seq.next_token < 0:
+                chunk = seq.prompt[seq.evaluated : seq.evaluated + budget]
+                runs.append((seq, chunk, seq.evaluated))
+                budget -= len(chunk)
+        runs.sort(key=lambda run: run[0].slot.index)
+        return runs
+
+    def _advance(self, seq: _Sequence) -> StepOutput:
+        """Samples seq's next token if this step gave it logits, and applies the end rules."""
+        piece = ""
+        finish: FinishReason | None = None
+        if seq.out_index >= 0:
+            token = int(self._lib.llama_sampler_sample(seq.sampler, self._ctx, seq.out_index))
+            ends, data = self._token_info(token)
+            if ends:
+                finish = "stop"
+            else:
+                seq.completion += 1
+                piece = seq.scanner.feed(seq.decoder.decode(data))
+                if seq.scanner.stopped:
+                    finish = "stop"
+                elif seq.completion >= seq.max_tokens:
+                    finish = "length"
+                else:
+                    seq.next_token = token
+        output = StepOutput(seq.handle, piece, finish, len(seq.prompt), seq.completion, seq.cached)
+        if finish is not None:
+            output.piece += seq.scanner.feed(seq.decoder.decode(b"", final=True)) + seq.scanner.flush()
+            self._end(seq)
+        return output
+
+    def _token_info(self, token: int) -> tuple[bool, bytes]:
+        info = self._tokens.get(token)
+        if info is None:
+            lib, buf = self._lib, self._piece_buf
+            n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            data = buf.raw[:n]
+            if token == self._bos and data.startswith(b" "):
+                data = data[1:]  # as llama-cpp-python's detokenize([token])
+            info = (bool(lib.llama_vocab_is_eog(self._vocab, token)), data)
+            self._tokens[token] = info
+        return info
+
+    def _end(self, seq: _Sequence) -> None:
+        del self._active[seq.handle]
+        self._lib.llama_sampler_free(seq.sampler)
+        seq.sampler = None
+        seq.slot.busy = None
+        seq.slot.last_used = next(self._clock)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this BatchedLlama is closed")
+
+    def _chat_formatter(self) -> Any:
+        if self._template_source is None:
+            raise NoChatTemplate(
+                f"model {self._path.stem!r} has no chat template in its GGUF metadata; use complete() "
+                "instead, or set `chat_template:` (a Jinja template) in a model.yaml beside the file"
+            )
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._formatter = Jinja2ChatFormatter(
+                template=self._template_source,
+                eos_token=self._model.token_get_text(self._model.token_eos()),
+                bos_token=self._model.token_get_text(self._bos),
+            )
+        return self._formatter
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix, by slice comparisons (C loops, not a Python one)."""
+    n = min(len(a), len(b))
+    if n == 0 or a[0] != b[0]:
+        return 0
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 1, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
