@@ -60,10 +60,12 @@ class LoadParams(BaseModel):
     n_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads; None lets the engine pick.")
     n_gpu_layers: int = Field(0, ge=-1, le=100_000, description="Layers offloaded to the GPU; -1 is all.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Default RNG seed for this model.")
+    # Kept so that model.yaml files and clients that set it still validate: every job now reuses
+    # the longest prefix any slot holds (the shared prompt cache of continuous batching).
     cache_prompt: bool = Field(
         False,
-        description="Reuse the KV cache of the prompt prefix a job shares with the one before (faster for "
-        "shared instructions; a temperature-0 text may then depend on the job before it).",
+        deprecated="the prompt cache is always on and shared across jobs; this setting has no effect",
+        description="No effect: every job reuses the longest cached prompt prefix of any slot.",
     )
     n_parallel: int = Field(
         8,

@@ -2,18 +2,18 @@
 """Compare hostler's memory estimate of a GGUF model with what loading it really costs.
 
 Run it in a fresh process: it imports llama.cpp and the engine first (their cost is part of a
-worker before any model, not of the model), records the RSS, loads the model with
-LlamaEngine, runs one generation (a short prompt, 16 tokens, temperature 0), records the RSS
-again, and prints one JSON line:
+worker before any model, not of the model), records the RSS, loads the model as a worker does
+(LlamaSlots, n_parallel slots), runs one generation in every slot at once (a short prompt, 16
+tokens, temperature 0), records the RSS again, and prints one JSON line:
 
-    {"model", "n_ctx", "n_batch", "estimate": {"weights", "kv_cache", "compute", "overhead", "total"},
+    {"model", "n_ctx", "n_batch", "n_parallel", "estimate": {"weights", "kv_cache", "compute", "overhead", "total"},
      "measured_rss_increase", "error"}
 
 where error = (estimate - measured) / measured.
 
 Usage::
 
-    python scripts/measure_memory.py MODEL.gguf --n-ctx 2048 [--n-batch 512]
+    python scripts/measure_memory.py MODEL.gguf --n-ctx 2048 [--n-batch 512] [--n-parallel 8]
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 import llama_cpp  # noqa: F401  # imported before the baseline: it is not the model's memory
 import psutil
 from hostler.schemas import LoadParams, SamplingParams
-from hostler.worker.engines.llama import LlamaEngine
+from hostler.worker.engines.llama_slots import LlamaSlots
+from hostler.worker.engines.protocol import GenerationRequest
 from hostler.worker.memory.estimate import estimate_gguf
 
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -39,9 +40,12 @@ def measure(path: Path, params: LoadParams) -> int:
     process = psutil.Process()
     gc.collect()
     before = process.memory_info().rss
-    engine = LlamaEngine(path, params)
-    generation = engine.complete(PROMPT, SamplingParams(max_tokens=16, temperature=0.0), lambda: False)
-    "".join(generation.pieces)
+    engine = LlamaSlots(path, params)
+    request = GenerationRequest(params=SamplingParams(max_tokens=16, temperature=0.0), prompt=PROMPT)
+    for _ in range(engine.n_slots):
+        engine.start(request)
+    while engine.step():
+        pass
     after = process.memory_info().rss
     engine.close()
     return after - before
@@ -52,9 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="a .gguf file")
     parser.add_argument("--n-ctx", type=int, required=True)
     parser.add_argument("--n-batch", type=int, default=LoadParams().n_batch)
+    parser.add_argument("--n-parallel", type=int, default=LoadParams().n_parallel)
     args = parser.parse_args(argv)
 
-    params = LoadParams(n_ctx=args.n_ctx, n_batch=args.n_batch)
+    params = LoadParams(n_ctx=args.n_ctx, n_batch=args.n_batch, n_parallel=args.n_parallel)
     measured = measure(args.model, params)
     # Estimated after measuring, so reading the file leaves nothing in the baseline.
     found = estimate_gguf(args.model, params)
@@ -62,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": args.model.stem,
         "n_ctx": params.n_ctx,
         "n_batch": params.n_batch,
+        "n_parallel": params.n_parallel,
         "estimate": {
             "weights": found.weights_bytes,
             "kv_cache": found.kv_cache_bytes,

@@ -1,28 +1,50 @@
-"""Fixtures that start real parts: a Redis-compatible server, real GGUF files, real processes."""
+"""Fixtures that start real parts: a Redis-compatible server, real GGUF files, real processes.
+
+tests/ mirrors the package (tests/client, tests/worker/<sub-package>); tests/e2e holds the journeys
+through the whole system, tests/project the project's own promises. A module whose tests start
+hostler processes (`hostler up`, host agents, controllers, workers, gateways) or load a real model
+is marked e2e with a module-level `pytestmark` and lives in tests/e2e/ or is named `*_e2e.py`
+(tests/project/test_layout.py checks the names, the hook at the bottom the fixtures);
+`scripts/test.sh --fast` runs the others.
+
+Every shared fixture is here, and this is the only conftest.py: a second one would take over the
+module name `conftest` that `from conftest import ...` reads. pyproject puts tests/ and scripts/ on
+sys.path (`pythonpath`), so the helpers (`cluster`, `fake_engine`, `gateway_proc`, `local_hub`,
+`redis_proc`, `raw_jobs`, `batch_lines`; scripts' `up_stack`, `make_tiny_gguf`, `soak`) import as
+top-level modules from any folder. Test modules need names unique across folders.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
+import secrets
+import shutil
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+import redis_proc
+from cluster import Cluster
+from fake_engine import FakeEngine
 from hostler import Client
 from hostler.schemas import Keys
+from hostler.worker.control.host_agent import HostAgent
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.models.fetch import GEMMA3, SMOLLM2, fetch
+from hostler.worker.models.registry import scan
+from hostler.worker.serving.worker import ModelWorker
+from local_hub import LocalHub, serve_hub
+from make_tiny_gguf import write_tiny_gguf
+from make_tiny_mlx import write_tiny_mlx
+from raw_jobs import ring_bell
+from up_stack import Stack, start_stack, stop_stack
+
+__all__ = ["GGUF_REPO", "ROOT", "Stack", "start_stack", "stop_stack"]
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from make_tiny_gguf import write_tiny_gguf  # noqa: E402
-from make_tiny_mlx import write_tiny_mlx  # noqa: E402
+# The repo the `hub` fixture serves.
+GGUF_REPO = "tester/Tiny-GGUF"
 
 
 @pytest.fixture(scope="session")
@@ -90,71 +112,54 @@ def models_dir(tmp_path: Path, model_files: dict[str, Path]) -> Path:
     return folder
 
 
-@dataclass
-class Stack:
-    """`hostler up` running as a real process against a real Redis, with a client."""
-
-    url: str
-    models_dir: Path
-    process: subprocess.Popen[bytes]
-    client: Client
-    log: Path
-
-    @property
-    def keys(self) -> Keys:
-        return self.client.keys
-
-    def worker_pids(self, model: str) -> list[int]:
-        return [w.pid for w in self.client.status().workers if w.model == model]
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+@pytest.fixture
+def user_gguf(tmp_path: Path, model_files: dict[str, Path]) -> Path:
+    """A GGUF of the user's, outside the models directory."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    path = folder / "Tiny-Chat.Q4_K_M.gguf"
+    shutil.copyfile(model_files["tiny"], path)
+    return path
 
 
-def start_stack(url: str, models_dir: Path, log: Path) -> Stack:
-    # The URL by environment, never argv: `ps` shows every user a command line.
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HOSTLER_REDIS_URL=url)
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hostler.worker",
-            "-v",
-            "up",
-            "--models",
-            str(models_dir),
-            "--no-demo",
-            "--host-id",
-            "testhost",
-        ],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    handle.close()
-    client = Client(url, timeout=120)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if client.connection.exists(client.keys.host("testhost")):
-            return Stack(url, models_dir, process, client, log)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"hostler up did not announce itself:\n{log.read_text(errors='replace')}")
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, model_files: dict[str, Path]) -> Iterator[LocalHub]:
+    """A local server with the hub's URL layout at HF_ENDPOINT, holding GGUF_REPO's three quants."""
+    with serve_hub() as running:
+        monkeypatch.setenv("HF_ENDPOINT", running.url)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        running.add(
+            GGUF_REPO,
+            {
+                "README.md": b"# tiny\n",
+                "tiny-chat-Q4_K_M.gguf": model_files["tiny"],
+                "tiny-chat-Q8_0.gguf": model_files["tiny-base"],
+                "tiny-chat-q4_k_s.gguf": model_files["tiny-ctx"],
+            },
+        )
+        yield running
 
 
-def stop_stack(stack: Stack) -> None:
-    stack.client.close()
-    if stack.process.poll() is None:
-        stack.process.send_signal(signal.SIGTERM)
-        try:
-            stack.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.process.pid, signal.SIGKILL)
-            stack.process.wait()
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, redis_proc.Refusal]]:
+    """A server with a password and an ACL user that may only PING, and three ways to be refused
+    (REFUSAL_CASES)."""
+    password = secrets.token_hex(12)
+    with redis_proc.redis_server(tmp_path_factory.mktemp("refusing"), "--requirepass", password) as port:
+        admin = redis.Redis(port=port, password=password)
+        limited_password = secrets.token_hex(12)
+        admin.acl_setuser("limited", enabled=True, passwords=[f"+{limited_password}"], keys=["*"], channels=["*"],
+                          commands=["+ping"])  # fmt: skip
+        admin.close()
+        wrong, ghost = secrets.token_hex(12), secrets.token_hex(12)
+        base = f"127.0.0.1:{port}/0"
+        yield {
+            "wrong password": redis_proc.Refusal(f"redis://:{wrong}@{base}", wrong, "authentication failed"),
+            "unknown user": redis_proc.Refusal(f"redis://ghost:{ghost}@{base}", ghost, "authentication failed"),
+            "no permission": redis_proc.Refusal(
+                f"redis://limited:{limited_password}@{base}", limited_password, "ACL refused"
+            ),
+        }
 
 
 @pytest.fixture
@@ -164,3 +169,55 @@ def stack(redis_url: str, models_dir: Path, tmp_path: Path) -> Iterator[Stack]:
         yield running
     finally:
         stop_stack(running)
+
+
+@pytest.fixture
+def served(redis_url: str, models_dir: Path) -> Iterator[tuple[Client, ModelWorker]]:
+    """A fake-engine worker for model `tiny` in a thread, and a host report naming the models."""
+    keys = Keys()
+    conn = redis.Redis.from_url(redis_url)
+    agent = HostAgent(connection=conn, keys=keys, redis_url=redis_url, models_dir=models_dir, host="unit")
+    agent.rescan()
+    agent.report()
+    manifest = scan(models_dir).models["tiny"]
+    worker = ModelWorker(connection=conn, keys=keys, manifest=manifest, engine_factory=FakeEngine, host="unit")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    client = Client(redis_url, timeout=20)
+    yield client, worker
+    worker.stop()
+    ring_bell(conn, "tiny")  # it stops now, not at the end of its 1 s wait for a job
+    thread.join(10)
+    client.close()
+    conn.close()
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    """Host agents, controllers and janitors as real processes (tests/cluster.py), all stopped after
+    the test. Its client waits up to the module's CLUSTER_CLIENT_TIMEOUT seconds (120 unless set)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    timeout = getattr(request.module, "CLUSTER_CLIENT_TIMEOUT", 120.0)
+    running = Cluster(redis_url, logs, Client(redis_url, timeout=timeout))
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+# Fixtures that start hostler processes or load a real model: a test using one is e2e.
+PROCESS_FIXTURES = frozenset({"stack", "cluster", "smollm2", "gemma3"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("e2e") is None
+    ]
+    if unmarked:
+        names = "\n  ".join(unmarked)
+        raise pytest.UsageError(
+            f"these tests start hostler processes or a real model but are not marked e2e:\n  {names}"
+        )

@@ -146,26 +146,26 @@ def test_one_slot_equals_llama_cpp_python_greedy_and_seeded(tiny: Path) -> None:
         llm.close()
 
 
-def test_chat_tokens_are_llama_engines(tiny: Path) -> None:
-    from hostler.worker.engines.llama import LlamaEngine
-
+def test_chat_goes_through_the_template_as_llama_cpp_python(tiny: Path) -> None:
     messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="hello")]
-    reference = LlamaEngine(tiny, LoadParams(n_ctx=512))
+    llm = in_process(tiny, 512)
     engine = BatchedLlama(tiny, LoadParams(n_ctx=512, n_parallel=2))
     try:
         tokens, stops = engine.chat_tokens(messages)
-        formatter = reference._chat_formatter()
-        rendered = formatter(messages=[m.model_dump() for m in messages])
-        assert list(stops) == (rendered.stop if isinstance(rendered.stop, list) else [rendered.stop])
-        assert tokens == reference._llm.tokenize(rendered.prompt.encode(), add_bos=False, special=True)
-        assert engine.count_tokens("hello world") == reference.count_tokens("hello world")
-        chat = reference.chat(messages, GREEDY, lambda: False)
+        assert stops == ("</s>",)  # the template's EOS text, as llama-cpp-python's formatter gives it
+        expected = llm.create_chat_completion(
+            [m.model_dump() for m in messages],  # type: ignore[misc]
+            max_tokens=GREEDY.max_tokens,
+            temperature=0,
+        )
         [got] = run_all(engine, [SequenceRequest(tokens, GREEDY, stops)])
-        assert got.text == "".join(chat)
-        assert (got.finish_reason, got.completion_tokens) == (chat.finish_reason, chat.completion_tokens)
+        assert got.text == expected["choices"][0]["message"]["content"]
+        assert got.prompt_tokens == expected["usage"]["prompt_tokens"]
+        assert got.completion_tokens == expected["usage"]["completion_tokens"]
+        assert engine.count_tokens("hello world") == len(llm.tokenize(b"hello world", add_bos=True, special=True))
     finally:
         engine.close()
-        reference.close()
+        llm.close()
 
 
 # -- several sequences at once ---------------------------------------------------------------

@@ -250,8 +250,8 @@ class BatchedLlama:
         if min(tokens) < 0 or max(tokens) >= self._n_vocab:
             raise EngineError(f"the prompt has token ids outside this model's vocabulary (0..{self._n_vocab - 1})")
         max_tokens = context_budget(self._path.stem, len(tokens), self.n_ctx, request.params.max_tokens)
-        slot = self._pick_slot(tokens)
-        cached = self._reuse_prefix(slot, tokens)
+        slot, shared = self._pick_slot(tokens)
+        cached = self._reuse_prefix(slot, tokens, shared)
         handle = next(self._handles)
         seq = _Sequence(
             handle=handle,
@@ -315,26 +315,30 @@ class BatchedLlama:
 
     # -- admission and the prompt cache ---------------------------------------------
 
-    def _pick_slot(self, tokens: list[int]) -> _Slot:
+    def _pick_slot(self, tokens: list[int]) -> tuple[_Slot, list[int]]:
+        """The free slot to use, and how long a prefix of tokens each slot's cells hold."""
         free = [slot for slot in self._slots if slot.busy is None]
         if not free:
             raise RuntimeError(f"all {self.n_slots} slots are busy")
+        shared = [_common_prefix(slot.history, tokens) for slot in self._slots]
         # The longest kept prefix wins; among equals the least recently used gives up its cache.
-        return max(free, key=lambda slot: (_common_prefix(slot.history, tokens), -slot.last_used))
+        return max(free, key=lambda slot: (shared[slot.index], -slot.last_used)), shared
 
-    def _reuse_prefix(self, slot: _Slot, tokens: list[int]) -> int:
+    def _reuse_prefix(self, slot: _Slot, tokens: list[int], shared: list[int]) -> int:
         """Leaves in slot's KV cells the longest prefix of tokens available; returns its length."""
         lib, mem = self._lib, self._mem
-        own = _common_prefix(slot.history, tokens)
-        donor, shared = self._best_donor(slot, tokens)
-        if donor is not None and shared > own + (0 if self._unified else self.n_ctx // COPY_RATIO):
+        own = shared[slot.index]
+        donor = max(self._slots, key=lambda other: shared[other.index])
+        # Copying across streams moves a whole stream: worth it for a long enough gain only.
+        gain = 0 if self._unified else self.n_ctx // COPY_RATIO
+        if donor is not slot and shared[donor.index] > own + gain:
+            own = shared[donor.index]
             lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
             if self._unified:
-                lib.llama_memory_seq_cp(mem, donor.index, slot.index, 0, shared)
+                lib.llama_memory_seq_cp(mem, donor.index, slot.index, 0, own)
             else:
                 lib.llama_memory_seq_cp(mem, donor.index, slot.index, -1, -1)
-            slot.history = donor.history[:shared]
-            own = shared
+            slot.history = donor.history[:own]
         # At least the last prompt token is evaluated: its logits give the first token.
         keep = min(own, len(tokens) - 1)
         if keep > 0 and lib.llama_memory_seq_pos_min(mem, slot.index) > 0:
@@ -344,17 +348,6 @@ class BatchedLlama:
             lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
         del slot.history[keep:]
         return keep
-
-    def _best_donor(self, target: _Slot, tokens: list[int]) -> tuple[_Slot | None, int]:
-        best: _Slot | None = None
-        longest = 0
-        for slot in self._slots:
-            if slot is target:
-                continue
-            shared = _common_prefix(slot.history, tokens)
-            if shared > longest:
-                best, longest = slot, shared
-        return best, longest
 
     def _make_sampler(self, params: SamplingParams) -> Any:
         """A sampler chain built as Llama._init_sampler builds it, with this job's own seed."""

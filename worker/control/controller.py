@@ -59,8 +59,11 @@ return 0
 
 @dataclass(frozen=True)
 class Autoscale:
-    """Add a replica while a queue stays longer than `queue_length` for `up_after_s`; drop it
-    once the queue has been empty for `down_after_s`."""
+    """Add a replica while more than `queue_length` jobs wait beyond the free slots of the
+    model's workers for `up_after_s`; drop it once the queue has been empty for `down_after_s`.
+
+    A worker runs several jobs at once, so a queue its free slots will absorb at the next
+    step is no reason for another replica; only what no slot can start counts."""
 
     queue_length: int = 8
     up_after_s: float = 5.0
@@ -232,15 +235,16 @@ class Controller:
             base = spec.replicas
         else:
             base = 1 if waiting or snap.placed(model) else 0
-        return base + self._scaled(model, waiting, snap.now, len(snap.placed(model)) - base) if base else 0
+        running_extra = len(snap.placed(model)) - base
+        return base + self._scaled(model, waiting, snap.free_slots(model), snap.now, running_extra) if base else 0
 
-    def _scaled(self, model: str, waiting: int, now: float, running_extra: int) -> int:
+    def _scaled(self, model: str, waiting: int, free_slots: int, now: float, running_extra: int) -> int:
         """Replicas autoscale adds on top of what was asked for (running_extra of them run)."""
         scale = self.autoscale
         if scale is None:
             return 0
         extra = self._extra.get(model, 0)
-        if waiting > scale.queue_length:
+        if waiting - free_slots > scale.queue_length:
             self._empty_since.pop(model, None)
             since = self._long_since.setdefault(model, now)
             # One more only once the last one asked for runs: no host may have room for it.

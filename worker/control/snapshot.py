@@ -42,6 +42,14 @@ class Snapshot:
         known = {m.id for r in self.reports.values() for m in r.models}
         return known | set(self.queues) | {m for a in self.assignments.values() for m in a}
 
+    def free_slots(self, model: str) -> int:
+        """Jobs the model's live workers could start now without queueing (continuous batching)."""
+        return sum(
+            max(0, report.slots - len(report.running_jobs))
+            for (_host, name), report in self.workers.items()
+            if name == model
+        )
+
     def placed(self, model: str) -> list[Assignment]:
         return [
             a[model]

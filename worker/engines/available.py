@@ -75,7 +75,11 @@ def engine_factory(engine: str) -> EngineFactory:
     if reason is not None:
         raise EngineUnavailable(f"this host cannot run the {engine} engine: {reason}")
     if engine == "mlx":
-        from .mlx import MlxEngine
+        from .mlx_batch import MlxSlots, batch_generation_unavailable
+
+        if batch_generation_unavailable() is None:
+            return MlxSlots
+        from .mlx import MlxEngine  # an older mlx-lm: one job at a time
 
         return MlxEngine
     from .llama_slots import LlamaSlots

@@ -62,12 +62,16 @@ class MlxEngine:
         return self._n_ctx
 
     def count_tokens(self, text: str) -> int:
-        return len(self._prompt_tokens(text))
+        return len(self.prompt_tokens(text))
 
     def complete(self, prompt: str, params: SamplingParams, should_stop: ShouldStop) -> Generation:
-        return self._generate(self._prompt_tokens(prompt), params, should_stop)
+        return self._generate(self.prompt_tokens(prompt), params, should_stop)
 
     def chat(self, messages: Sequence[ChatMessage], params: SamplingParams, should_stop: ShouldStop) -> Generation:
+        return self._generate(self.chat_tokens(messages), params, should_stop)
+
+    def chat_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt tokens of chat messages, through the tokenizer's chat template."""
         tokenizer = self._tokenizer
         if not tokenizer.has_chat_template:
             raise NoChatTemplate(
@@ -78,8 +82,7 @@ class MlxEngine:
             [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
         )
         # The template writes BOS itself where the model wants it, as transformers assumes.
-        tokens = list(tokenizer.encode(rendered, add_special_tokens=False))
-        return self._generate(tokens, params, should_stop)
+        return list(tokenizer.encode(rendered, add_special_tokens=False))
 
     def close(self) -> None:
         self._model = None
@@ -88,15 +91,15 @@ class MlxEngine:
         # MLX keeps freed buffers in its own cache for reuse; give them back to the system.
         self._mx.clear_cache()
 
-    # -- internals ----------------------------------------------------------------
-
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    def prompt_tokens(self, prompt: str) -> list[int]:
         # Exactly how mlx_lm.stream_generate encodes a text prompt: the tokenizer's special
         # tokens (BOS), unless the prompt already starts with BOS.
         tokenizer = self._tokenizer
         bos = tokenizer.bos_token
         add_special = bos is None or not prompt.startswith(bos)
         return list(tokenizer.encode(prompt, add_special_tokens=add_special))
+
+    # -- internals ----------------------------------------------------------------
 
     def _generate(self, tokens: list[int], params: SamplingParams, should_stop: ShouldStop) -> Generation:
         if not tokens:
@@ -131,7 +134,7 @@ class MlxEngine:
             self._model,
             max_tokens=max_tokens,
             sampler=sampler,
-            logits_processors=_logits_processors(params),
+            logits_processors=logits_processors(params),
             prefill_step_size=self._prefill_step,
         )
 
@@ -160,7 +163,7 @@ class MlxEngine:
                 steps.close()
 
 
-def _logits_processors(params: SamplingParams) -> list[Any]:
+def logits_processors(params: SamplingParams) -> list[Any]:
     from mlx_lm.sample_utils import make_logits_processors
 
     # A penalty of None (or 0) adds no processor: an unused one still costs a pass over the logits.

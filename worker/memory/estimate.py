@@ -296,7 +296,8 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
     ffn = number("intermediate_size", default=4 * hidden)
 
     cells = _pad(params.n_ctx, MLX_KV_STEP)
-    per_cell = 2 * n_layer * n_kv_head * head_dim * value_bytes
+    # One cache of n_ctx per sequence in flight (mlx-lm's BatchGenerator, engines/mlx_batch.py).
+    per_cell = 2 * n_layer * n_kv_head * head_dim * value_bytes * params.n_parallel
     kv = per_cell * cells
     chunk = min(params.n_batch, params.n_ctx)
     scores = n_head * chunk * cells * 4

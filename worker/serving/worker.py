@@ -331,6 +331,9 @@ class ModelWorker:
         self._stop_what_must_stop(engine)
         if not self.running:
             self.state = "idle"
+            # Said at once, not at the next beat: a controller looking for an idle model to
+            # evict must not take this one for busy, nor fail a placement that would fit.
+            self._heartbeat()
 
     def _stop_what_must_stop(self, engine: SlotEngine) -> None:
         now = time.monotonic()

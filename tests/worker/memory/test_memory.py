@@ -131,13 +131,14 @@ def mlx_folder(tmp_path: Path) -> Path:
 
 
 def test_mlx_estimate_from_config_and_safetensors_headers(mlx_folder: Path) -> None:
-    found = estimate_mlx(mlx_folder, LoadParams(n_ctx=1024))
+    found = estimate_mlx(mlx_folder, LoadParams(n_ctx=1024, n_parallel=1))
     assert found.weights_bytes == 1000 * 64 * 2 + 64 * 4 + 128 * 64 * 2
     head_dim = 64 // 8
     assert found.kv_cache_bytes == 2 * 4 * 2 * head_dim * 1024 * 2
     assert found.compute_bytes > 0 and found.overhead_bytes > 0
-    assert estimate(mlx_folder, "mlx", LoadParams(n_ctx=1024)) == found
-    assert estimate_mlx(mlx_folder, LoadParams(n_ctx=2048)).kv_cache_bytes == 2 * found.kv_cache_bytes
+    assert estimate(mlx_folder, "mlx", LoadParams(n_ctx=1024, n_parallel=1)) == found
+    assert estimate_mlx(mlx_folder, LoadParams(n_ctx=2048, n_parallel=1)).kv_cache_bytes == 2 * found.kv_cache_bytes
+    assert estimate_mlx(mlx_folder, LoadParams(n_ctx=1024, n_parallel=4)).kv_cache_bytes == 4 * found.kv_cache_bytes
 
 
 def test_mlx_missing_config(mlx_folder: Path) -> None:
