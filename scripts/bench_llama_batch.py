@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the continuous-batching engine (hostler.worker.llama_batch) in-process.
+"""Benchmark the continuous-batching engine (hostler.worker.engines.llama_batch) in-process.
 
 Sends the one-sentence-summary chat requests of bench_gateway.py (SmolLM2-135M-Instruct,
 temperature 0) straight to a BatchedLlama, C at a time, and prints for each setting the
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gateway import PASSAGES, messages  # noqa: E402
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams  # noqa: E402
-from hostler.worker.llama_batch import BatchedLlama, SequenceRequest  # noqa: E402
+from hostler.worker.engines.llama_batch import BatchedLlama, SequenceRequest  # noqa: E402
 from hostler.worker.models.fetch import SMOLLM2, fetch  # noqa: E402
 
 

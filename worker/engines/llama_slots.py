@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hostler.schemas import LoadParams
 
-from hostler.worker.llama_batch import BatchedLlama, SequenceRequest
+from .llama_batch import BatchedLlama, SequenceRequest
 from .protocol import GenerationRequest, StepOutput
 
 

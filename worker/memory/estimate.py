@@ -120,13 +120,13 @@ def estimate_gguf(path: Path, params: LoadParams) -> MemoryEstimate:
         raise EstimateError(f"{path}: GGUF metadata has no general.architecture")
 
     n_ctx = params.n_ctx
-    n_batch = min(params.n_batch, n_ctx)  # as LlamaEngine passes it
+    n_batch = min(params.n_batch, n_ctx)  # as BatchedLlama passes it
     n_vocab = info.lengths.get("tokenizer.ggml.tokens") or meta_int(info.meta.get(f"{arch}.vocab_size"))
     n_merges = info.lengths.get("tokenizer.ggml.merges", 0)
 
     weights = _resident_weight_bytes(info, _repacked_row_multiples())
 
-    # LlamaEngine passes n_ctx through unclamped (beyond the trained context llama.cpp only
+    # BatchedLlama passes n_ctx through unclamped (beyond the trained context llama.cpp only
     # warns), and llama.cpp pads it. llama-cpp-python leaves llama.cpp's swa_full at its
     # default (true), so sliding-window layers get a full-size cache too: the load log says
     # "using full-size SWA cache" and sizes both caches at n_ctx cells.

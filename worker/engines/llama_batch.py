@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams
-from hostler.worker.engines.decoding import context_budget
-from hostler.worker.engines.llama import _check_gguf_header
-from hostler.worker.engines.llama_cpu import model_params as safe_model_params
-from hostler.worker.engines.protocol import EngineError, LoadFailed, NoChatTemplate
-from hostler.worker.engines.stops import StopScanner
+from hostler.worker.memory.files import GGUF_MAGIC
+
+from .decoding import context_budget
+from .llama_cpu import model_params as safe_model_params
+from .protocol import EngineError, LoadFailed, NoChatTemplate
+from .stops import StopScanner
 
 # llama-cpp-python's Llama(last_n_tokens_size=64): the window its penalties sampler sees.
 PENALTY_LAST_N = 64
@@ -487,3 +488,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         else:
             hi = mid
     return lo
+
+
+def _check_gguf_header(path: Path) -> None:
+    # llama.cpp aborts the whole process on some malformed files; refuse the obvious ones first.
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise LoadFailed(f"cannot read {path}: {exc.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise LoadFailed(f"{path.name} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
