@@ -101,7 +101,8 @@ def paragraph(i: int) -> str:
     n = len(PASSAGES)
     if i < n:
         return PASSAGES[i]
-    return f"{PASSAGES[i % n]} {PASSAGES[(i // n + 7 * i) % n]}"
+    first = i % n
+    return f"{PASSAGES[first]} {PASSAGES[(first + 1 + (i // n + 7 * i) % (n - 1)) % n]}"
 
 
 def prompts(count: int) -> list[list[dict[str, str]]]:
@@ -702,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.wait_quiet()
             inproc = inprocess_ttft(path, chats, args.threads, amx)
     except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
+        print("interrupted; servers stopped; what was measured so far:", file=sys.stderr)
+        report(bench, inproc)
         return 130
     report(bench, inproc)
     print(f"\n(total {time.monotonic() - started:.0f} s)")

@@ -58,6 +58,8 @@ def pip_cache_dir() -> str:
     return out.stdout.strip()
 
 
+# A cold pip cache compiles llama.cpp (about 7 minutes on 2 cores) inside this test.
+@pytest.mark.timeout(1800)
 def test_readme_run_command_from_the_repository_root(tmp_path: Path) -> None:
     command = readme_run_command()
     assert "pip install '.[" in command and "-e" not in command.split(), "the README installs regularly"
