@@ -51,7 +51,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
 import openai
 import psutil
 
@@ -218,9 +217,11 @@ async def openai_asker(base_url: str, chats: list[list[dict[str, str]]], max_tok
                 break
             except openai.APIConnectionError as exc:
                 # A kept-alive connection the server closed as it was reused: the request never
-                # reached it (llama-server's HTTP library closes connections after a while). The
-                # SDK's default would retry silently; this retries once and counts it.
-                if retried or not isinstance(exc.__cause__, httpx.RemoteProtocolError):
+                # reached it (llama-server's HTTP library closes idle connections after 5 s, and
+                # others in the pool may be stale too). The SDK's default would retry silently;
+                # this retries up to 3 times and counts it. The cause is the SDK's own httpx's
+                # RemoteProtocolError (openai 3 ships a fork, httpx2), so it is matched by name.
+                if retried >= 3 or type(exc.__cause__).__name__ != "RemoteProtocolError":
                     raise
                 retried += 1
         first: float | None = None

@@ -42,7 +42,8 @@ def wait_status(stack: Stack, job_id: str, status: JobStatus, timeout: float = 3
 
 def test_a_job_with_retries_survives_its_worker_being_killed(stack: Stack) -> None:
     client = stack.client
-    client.load("tiny", n_ctx=LONG_CTX)
+    # One slot: a long generation in a 16k context costs per token with every slot's KV cache.
+    client.load("tiny", n_ctx=LONG_CTX, n_parallel=1)
     [pid] = stack.worker_pids("tiny")
     handle = client.submit("tiny", "Once upon a time", max_tokens=6000, temperature=0, retries=1)
     wait_status(stack, handle.id, JobStatus.STARTED)
@@ -59,7 +60,8 @@ def test_a_job_with_retries_survives_its_worker_being_killed(stack: Stack) -> No
 
 def test_a_killed_client_stops_its_generation_and_the_worker_moves_on(stack: Stack) -> None:
     client = stack.client
-    client.load("tiny", n_ctx=LONG_CTX)
+    # One slot: a long generation in a 16k context costs per token with every slot's KV cache.
+    client.load("tiny", n_ctx=LONG_CTX, n_parallel=1)
     reader = subprocess.Popen(
         [sys.executable, "-c", CLIENT, stack.url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
@@ -87,7 +89,8 @@ def test_a_killed_client_stops_its_generation_and_the_worker_moves_on(stack: Sta
 
 def test_a_generation_past_its_job_timeout_fails_naming_it(stack: Stack) -> None:
     client = stack.client
-    client.load("tiny", n_ctx=LONG_CTX)
+    # One slot: a long generation in a 16k context costs per token with every slot's KV cache.
+    client.load("tiny", n_ctx=LONG_CTX, n_parallel=1)
     started = time.monotonic()
     with pytest.raises(JobFailed) as caught:
         client.complete("tiny", "Once upon a time", max_tokens=LONG_CTX - 100, job_timeout=1.0)

@@ -207,7 +207,7 @@ def test_a_dead_machines_running_job_fails_with_a_reason_and_the_queue_moves_on(
         outcomes = []
         for job in jobs:
             try:
-                outcomes.append(job.result(timeout=120).finish_reason)
+                outcomes.append(job.result(timeout=300).finish_reason)
             except JobFailed as exc:
                 outcomes.append(exc.code)
     # The machine died mid-job: the jobs its worker was running (at least one, at most as many as

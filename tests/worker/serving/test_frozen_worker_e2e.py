@@ -149,7 +149,7 @@ def test_a_thawed_worker_leaves_the_janitors_outcome_alone_and_serves_on(
     try:
         for count in (1, 2):
             # One at a time: loading drops the remembered params, which the next worker reads.
-            connection.set(keys.load_params("tiny"), LoadParams(n_ctx=LONG_CTX).model_dump_json())
+            connection.set(keys.load_params("tiny"), LoadParams(n_ctx=LONG_CTX, n_parallel=1).model_dump_json())
             processes.append(start_worker(redis_url, models_dir, tmp_path / f"worker{count}.log"))
             eventually(lambda n=count: len(long_context_workers(connection, keys)) == n, f"{count} loaded workers", 60)
         by_pid = {p.pid: p for p in processes}
