@@ -1,7 +1,7 @@
 """The keyword arguments of the client methods, typed so that a misspelt one fails mypy.
 
 SamplingKwargs and LoadParamsKwargs restate SamplingParams' and LoadParams' fields, because
-a TypedDict cannot be derived from a model at type-check time; tests/test_client_core.py keeps
+a TypedDict cannot be derived from a model at type-check time; tests/client/test_client_core.py keeps
 them equal (the one widening: `stop` also takes a bare string, as SamplingParams does).
 Pydantic checks the values at run time either way. Each method's options are written here
 once, for Client and AsyncClient alike.
