@@ -45,7 +45,7 @@ def test_a_job_with_retries_survives_its_worker_being_killed(stack: Stack) -> No
     # One slot: a long generation in a 16k context costs per token with every slot's KV cache.
     client.load("tiny", n_ctx=LONG_CTX, n_parallel=1)
     [pid] = stack.worker_pids("tiny")
-    handle = client.submit("tiny", "Once upon a time", max_tokens=6000, temperature=0, retries=1)
+    handle = client.submit("tiny", "Once upon a time", max_tokens=3000, temperature=0, retries=1)
     wait_status(stack, handle.id, JobStatus.STARTED)
     os.kill(pid, signal.SIGKILL)
     result = handle.result(timeout=120)
@@ -54,7 +54,7 @@ def test_a_job_with_retries_survives_its_worker_being_killed(stack: Stack) -> No
     assert job is not None and job.retries_left == 0
     assert stack.worker_pids("tiny") not in ([], [pid])
     # At temperature 0 the retried run gives what an undisturbed run gives.
-    again = client.complete("tiny", "Once upon a time", max_tokens=6000, temperature=0)
+    again = client.complete("tiny", "Once upon a time", max_tokens=3000, temperature=0)
     assert again.text == result.text
 
 
