@@ -13,10 +13,10 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from hostler.schemas import (
     CHAT_URL,
@@ -34,12 +34,15 @@ from pydantic import ValidationError
 from . import _reads as reads
 from ._async import AsyncClient
 from ._async_handle import AsyncJobHandle
-from ._errors import HostlerError, JobFailed, ModelNotFound, Timeout
+from ._errors import HostlerError, InvalidRequest, JobFailed, ModelNotFound, QueueFull, Timeout
 from ._progress import Progress
 
 # A batch's bookkeeping in Redis outlives its jobs' results (kept an hour) by a day.
 BATCH_TTL_S = 25 * 3600
 MAX_CUSTOM_ID_CHARS = 512
+
+
+Outcome = CompletionResult | JobFailed
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,15 @@ def read_done(output: Path, key: str = "custom_id") -> set[str]:
     return done
 
 
+# A failed request's HTTP status in its output line, as the endpoint would have answered it.
+_FAILED_STATUS = {
+    ErrorCode.CONTEXT_EXCEEDED: 400,
+    ErrorCode.INVALID_JOB: 400,
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+}
+
+
 def output_record(request: Request, job_id: str, outcome: CompletionResult | JobFailed) -> dict[str, Any]:
     """One output line in the Batch API's shape."""
     if isinstance(outcome, CompletionResult):
@@ -166,7 +178,7 @@ def output_record(request: Request, job_id: str, outcome: CompletionResult | Job
             "response": {"status_code": 200, "request_id": job_id, "body": body},
             "error": None,
         }
-    status = 400 if outcome.code in (ErrorCode.CONTEXT_EXCEEDED, ErrorCode.INVALID_JOB) else 500
+    status = _FAILED_STATUS.get(outcome.code, 500)
     error = {"code": outcome.code, "message": outcome.message}
     return {
         "id": f"batch_req_{job_id}",
@@ -231,8 +243,13 @@ async def run_batch(
     started = time.monotonic()
     deadline = started + timeout
     with output.open("a", encoding="utf-8") as out:
+
+        async def append(request: Request, job_id: str, outcome: Outcome) -> None:
+            out.write(json.dumps(output_record(request, job_id, outcome)) + "\n")
+            out.flush()
+
         try:
-            await _run(client, batch_id, todo, out, summary, max_in_flight, deadline, progress)
+            await run_requests(client, batch_id, todo, append, summary, max_in_flight, deadline, progress)
         finally:
             summary.seconds = time.monotonic() - started
             summary.unfinished = len(todo) - summary.finished - summary.failed
@@ -241,18 +258,25 @@ async def run_batch(
     return summary
 
 
-async def _run(
+async def run_requests(
     client: AsyncClient,
     batch_id: str,
-    todo: list[Request],
-    out: TextIO,
+    todo: Iterable[Request],
+    write: Callable[[Request, str, Outcome], Awaitable[None]],
     summary: BatchSummary,
     max_in_flight: int,
     deadline: float,
-    progress: Progress | None,
+    progress: Progress | None = None,
 ) -> None:
+    """Runs requests as batch jobs, at most max_in_flight at a time, and hands each outcome to
+    `write` as it ends (`hostler batch run` appends to a file, the gateway's Batch API to Redis).
+
+    Job ids come from batch_id and each custom_id, so running the same requests again re-attaches
+    to their jobs instead of queuing them twice. A request still unfinished at the deadline is
+    not written. `todo` is read lazily: an iterator that stops early stops the submitting.
+    """
     pending = iter(todo)
-    running: set[asyncio.Task[tuple[Request, str, CompletionResult | JobFailed | None]]] = set()
+    running: set[asyncio.Task[tuple[Request, str, Outcome | None]]] = set()
 
     def start_more() -> None:
         for request in pending:
@@ -269,8 +293,7 @@ async def _run(
                 request, job_id, outcome = task.result()
                 if outcome is None:
                     continue  # timed out: still queued or running, a later run picks it up
-                out.write(json.dumps(output_record(request, job_id, outcome)) + "\n")
-                out.flush()
+                await write(request, job_id, outcome)
                 tokens = outcome.usage.completion_tokens if isinstance(outcome, CompletionResult) else 0
                 summary.tokens += tokens
                 if isinstance(outcome, JobFailed):
@@ -290,9 +313,16 @@ async def _run(
 
 async def _one(
     client: AsyncClient, batch_id: str, request: Request, deadline: float
-) -> tuple[Request, str, CompletionResult | JobFailed | None]:
+) -> tuple[Request, str, Outcome | None]:
     job_id = job_id_for(batch_id, request.custom_id)
-    handle = await _submit(client, request, job_id, deadline)
+    try:
+        handle = await _submit(client, request, job_id, deadline)
+    except (InvalidRequest, ModelNotFound) as refused:
+        # The line's fault, found only now (a model removed since the run began): one failed line.
+        code = ErrorCode.MODEL_NOT_FOUND if isinstance(refused, ModelNotFound) else ErrorCode.INVALID_REQUEST
+        return request, job_id, JobFailed(job_id, code, str(refused))
+    except QueueFull:
+        return request, job_id, None  # full until the deadline: unfinished, a later run picks it up
     async with client.connection.pipeline(transaction=False) as pipe:
         pipe.hset(client.keys.batch_jobs(batch_id), request.custom_id, job_id)
         pipe.expire(client.keys.batch_jobs(batch_id), BATCH_TTL_S)
