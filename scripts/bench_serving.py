@@ -2,7 +2,8 @@
 """Benchmark: hostler against llama.cpp's llama-server and llama-cpp-python's batched example server.
 
 One run serves the same model (SmolLM2-135M-Instruct GGUF, hostler.worker.models.fetch), the same
-chat requests (one-sentence summaries of short paragraphs, generated deterministically), the same
+chat requests (a one-sentence summary of a short paragraph: two of the passages of
+bench_gateway.py, each pair used once, so every run sends prompts no server has seen), the same
 max_tokens (64) and temperature 0 through:
 
 1. llama.cpp's `llama-server -np 8 -c 8*2048 -t T`, built once from the llama.cpp vendored in the
@@ -15,12 +16,13 @@ max_tokens (64) and temperature 0 through:
    gateway with the official openai SDK and through hostler.AsyncClient straight to Redis.
 
 All servers start first and stay up (idle); then, for each client count (1 and 8 by default),
-each is driven alone in turn, with the order reversed every other round. A run sends every
-request, `clients` at a time (closed loop: each client sends its next request when its last one
-ended); every request is streamed, so the time to the first content delta (TTFT) is measured on
-every one. tokens/s is completion tokens (from the streamed usage; counted from the text where a
-server sends none) / wall time of the whole run. Afterwards an in-process llama-cpp-python run of
-the same prompts, one at a time, gives the TTFT hostler's queue adds at 1 client.
+each is driven alone in turn with the same new paragraphs, the order reversed every other round.
+A run sends every request, `clients` at a time (closed loop: each client sends its next request
+when its last one ended); every request is streamed, so the time to the first content delta
+(TTFT) is measured on every one. tokens/s is completion tokens (from the streamed usage; counted
+from the text where a server sends none) / wall time of the whole run. Afterwards an in-process
+llama-cpp-python run of the first run's prompts, one at a time, gives the TTFT hostler's queue
+adds at 1 client.
 
 On a CPU with AMX (amx_int8) ggml's AMX matrix multiply crashes (worker/engines/llama_cpu.py),
 so there llama-server runs with --no-repack and the example server and the in-process run load
@@ -28,7 +30,7 @@ without extra buffer types, as hostler's worker does; the script prints it.
 
     python scripts/bench_serving.py [--requests 32] [--clients 1,8] [--threads N] [--rounds 1]
 
-About 5 minutes on 2 cores (plus the one-time build, about 20 minutes). Other programs on a
+About 3 minutes on 2 cores, 5 with --rounds 3 (plus the one-time build, about 20 minutes). Other programs on a
 shared machine change the figures; each run prints the CPU they used meanwhile.
 """
 
@@ -95,17 +97,21 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def paragraph(i: int) -> str:
-    """The i-th paragraph: the gateway benchmark's 32 passages first, then pairs of them."""
-    n = len(PASSAGES)
-    if i < n:
-        return PASSAGES[i]
-    first = i % n
-    return f"{PASSAGES[first]} {PASSAGES[(first + 1 + (i // n + 7 * i) % (n - 1)) % n]}"
+Chats = list[list[dict[str, str]]]
+PAIRS = len(PASSAGES) * (len(PASSAGES) - 1)  # distinct paragraphs of two passages
+WARM_UP = PAIRS - 2  # the warm-up's two paragraphs, far from the measured ones
 
 
-def prompts(count: int) -> list[list[dict[str, str]]]:
-    return [messages(paragraph(i)) for i in range(count)]
+def paragraph(k: int) -> str:
+    """The k-th short paragraph: two different passages of the gateway benchmark, each pair once."""
+    n, k = len(PASSAGES), k % PAIRS
+    first = k % n
+    return f"{PASSAGES[first]} {PASSAGES[(first + 1 + k // n) % n]}"
+
+
+def prompts(count: int, start: int = 0) -> Chats:
+    """Chat requests asking for a one-sentence summary of paragraphs start .. start+count-1."""
+    return [messages(paragraph(start + i)) for i in range(count)]
 
 
 def has_amx() -> bool:
@@ -137,6 +143,7 @@ class Cell:
     error: str | None = None
     counted_tokens: int = 0  # replies whose tokens were counted from their text (no usage sent)
     idle_cores: float = 0.0  # CPU of this benchmark's other servers, idle meanwhile
+    round_no: int = 0
 
     @property
     def ok(self) -> list[Reply]:
@@ -197,7 +204,7 @@ async def closed_loop(ask: Ask, requests: int, clients: int, timeout: float) -> 
 
 
 @contextlib.asynccontextmanager
-async def openai_asker(base_url: str, chats: list[list[dict[str, str]]], max_tokens: int) -> AsyncIterator[Ask]:
+async def openai_asker(base_url: str, chats: Chats, max_tokens: int) -> AsyncIterator[Ask]:
     sdk = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
 
     async def ask(i: int) -> Reply:
@@ -245,7 +252,7 @@ async def openai_asker(base_url: str, chats: list[list[dict[str, str]]], max_tok
 
 
 @contextlib.asynccontextmanager
-async def queue_asker(redis_url: str, chats: list[list[dict[str, str]]], max_tokens: int) -> AsyncIterator[Ask]:
+async def queue_asker(redis_url: str, chats: Chats, max_tokens: int) -> AsyncIterator[Ask]:
     from hostler import AsyncClient
 
     async with AsyncClient(redis_url) as client:
@@ -277,14 +284,13 @@ class Target:
     """One way of sending the requests, and the processes whose CPU is its own."""
 
     row: str
-    asker: Callable[[], contextlib.AbstractAsyncContextManager[Ask]]
+    asker: Callable[[Chats], contextlib.AbstractAsyncContextManager[Ask]]
     pids: list[int]
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, chats: list[list[dict[str, str]]], count_tokens: Callable[[str], int]):
+    def __init__(self, args: argparse.Namespace, count_tokens: Callable[[str], int]):
         self.args = args
-        self.chats = chats
         self.count_tokens = count_tokens
         self.cells: list[Cell] = []
         self.all_pids: set[int] = set()
@@ -293,8 +299,8 @@ class Bench:
         """Two requests, not timed: loads what loads lazily (hostler's model) and warms every path."""
 
         async def go() -> list[Reply | None]:
-            async with target.asker() as ask:
-                return (await closed_loop(ask, min(2, self.args.requests), 1, self.args.start_timeout))[1]
+            async with target.asker(prompts(2, WARM_UP)) as ask:
+                return (await closed_loop(ask, 2, 1, self.args.start_timeout))[1]
 
         replies = asyncio.run(go())
         if not any(replies):
@@ -316,19 +322,19 @@ class Bench:
         if other >= NOISY_CORES and self.args.quiet_wait > 0:
             print(f"    (other programs still use {other:.2f} cores after {self.args.quiet_wait:.0f} s; going on)")
 
-    def run(self, target: Target, clients: int) -> Cell:
+    def run(self, target: Target, clients: int, round_no: int, chats: Chats) -> Cell:
         """All the requests, `clients` at a time, with the CPU other programs used meanwhile."""
         self.wait_quiet()
         others = sorted(self.all_pids - set(target.pids))
 
         async def go() -> tuple[float, list[Reply | None]]:
-            async with target.asker() as ask:
-                return await closed_loop(ask, self.args.requests, clients, self.args.run_timeout)
+            async with target.asker(chats) as ask:
+                return await closed_loop(ask, len(chats), clients, self.args.run_timeout)
 
         before = (tree_cpu(target.pids) + _self_cpu(), tree_cpu(others), machine_cpu())
         seconds, replies = asyncio.run(go())
         ours, idle = tree_cpu(target.pids) + _self_cpu() - before[0], max(0.0, tree_cpu(others) - before[1])
-        cell = Cell(target.row, clients, seconds, replies)
+        cell = Cell(target.row, clients, seconds, replies, round_no=round_no)
         cell.other_cores = max(0.0, machine_cpu() - before[2] - ours - idle) / seconds
         cell.idle_cores = idle / seconds
         for reply in cell.ok:
@@ -405,7 +411,7 @@ def start_llama_server(setup: Setup) -> list[Target]:
     proc = setup.stack.enter_context(process(cmd, log))
     wait_http(f"http://127.0.0.1:{port}/health", LLAMA_SERVER, proc, log, timeout=args.start_timeout)
     url = f"http://127.0.0.1:{port}/v1"
-    return [Target(LLAMA_SERVER, lambda: openai_asker(url, setup.bench.chats, args.max_tokens), [proc.pid])]
+    return [Target(LLAMA_SERVER, lambda chats: openai_asker(url, chats, args.max_tokens), [proc.pid])]
 
 
 def start_example_server(setup: Setup) -> list[Target]:
@@ -440,7 +446,7 @@ def start_example_server(setup: Setup) -> list[Target]:
     proc = setup.stack.enter_context(process(cmd, log))
     wait_http(f"http://127.0.0.1:{port}/v1/models", EXAMPLE, proc, log, timeout=args.start_timeout)
     url = f"http://127.0.0.1:{port}/v1"
-    return [Target(EXAMPLE, lambda: openai_asker(url, setup.bench.chats, args.max_tokens), [proc.pid])]
+    return [Target(EXAMPLE, lambda chats: openai_asker(url, chats, args.max_tokens), [proc.pid])]
 
 
 def _importable(module: str) -> bool:
@@ -467,10 +473,10 @@ def start_hostler(setup: Setup) -> list[Target]:
     gateway = setup.stack.enter_context(process(gateway_cmd, tmp / "gateway.log", server.url))
     wait_http(f"http://127.0.0.1:{port}/health", GATEWAY, gateway, tmp / "gateway.log", timeout=args.start_timeout)
     redis_pids = [server.process.pid] if server.process else []
-    url, chats = f"http://127.0.0.1:{port}/v1", setup.bench.chats
+    url = f"http://127.0.0.1:{port}/v1"
     return [
-        Target(GATEWAY, lambda: openai_asker(url, chats, args.max_tokens), [up.pid, gateway.pid, *redis_pids]),
-        Target(QUEUE, lambda: queue_asker(server.url, chats, args.max_tokens), [up.pid, *redis_pids]),
+        Target(GATEWAY, lambda chats: openai_asker(url, chats, args.max_tokens), [up.pid, gateway.pid, *redis_pids]),
+        Target(QUEUE, lambda chats: queue_asker(server.url, chats, args.max_tokens), [up.pid, *redis_pids]),
     ]
 
 
@@ -498,7 +504,7 @@ def no_extra_buffers(amx: bool) -> Iterator[None]:
         lib.llama_model_default_params = original
 
 
-def inprocess_ttft(path: Path, chats: list[list[dict[str, str]]], threads: int, amx: bool) -> dict[str, list[float]]:
+def inprocess_ttft(path: Path, chats: Chats, threads: int, amx: bool) -> dict[str, list[float]]:
     """TTFT of each prompt with llama-cpp-python in this process, one at a time, two ways.
 
     "empty KV": llm.reset() before each prompt, so all of it is evaluated (hostler's worker
@@ -574,7 +580,7 @@ def report(bench: Bench, inproc: dict[str, list[float]] | None) -> None:
     report_ratios(by, bench.args.clients)
     if inproc:
         report_added_ttft(by, inproc)
-    report_texts(cells)
+    report_texts(bench.cells)
     busy = [c for c in bench.cells if not c.error and (c.other_cores or 0.0) > NOISY_CORES]
     if busy:
         worst = max(c.other_cores or 0.0 for c in busy)
@@ -614,17 +620,20 @@ def report_added_ttft(by: dict[tuple[str, int], Cell], inproc: dict[str, list[fl
 
 
 def report_texts(cells: list[Cell]) -> None:
-    print("\ntemperature-0 texts equal to llama-server's (same request):")
-    reference = {c.clients: c for c in cells if c.row == LLAMA_SERVER and not c.error and c.ok}
+    """Temperature-0 texts equal to llama-server's for the same request, over every round."""
+    reference = {(c.round_no, c.clients): c for c in cells if c.row == LLAMA_SERVER and not c.error}
+    same: dict[tuple[str, int], list[int]] = {}
     for cell in cells:
-        ref = reference.get(cell.clients)
+        ref = reference.get((cell.round_no, cell.clients))
         if cell.row == LLAMA_SERVER or cell.error or ref is None:
             continue
-        same = sum(
-            a is not None and b is not None and a.text.strip() == b.text.strip()
-            for a, b in zip(cell.replies, ref.replies, strict=True)
-        )
-        print(f"  {cell.row} x{cell.clients}: {same}/{len(ref.replies)}")
+        counts = same.setdefault((cell.row, cell.clients), [0, 0])
+        for a, b in zip(cell.replies, ref.replies, strict=True):
+            counts[0] += a is not None and b is not None and a.text.strip() == b.text.strip()
+            counts[1] += 1
+    if same:
+        print("\ntemperature-0 texts equal to llama-server's for the same request:")
+        print("  " + ", ".join(f"{row} x{clients} {n}/{total}" for (row, clients), (n, total) in same.items()))
 
 
 def hostler_state() -> str:
@@ -681,7 +690,6 @@ def main(argv: list[str] | None = None) -> int:
 
     path = fetch(SMOLLM2, quiet=True)
     amx = has_amx()
-    chats = prompts(args.requests)
     print(
         f"{args.requests} chat requests (one-sentence summaries), max_tokens {args.max_tokens}, temperature 0, "
         f"streamed, clients {args.clients}, on {path.name}; llama-cpp-python {llama_cpp_python_version()}; "
@@ -692,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
             "CPU has AMX (amx_int8): llama-server runs with --no-repack, the example server and the in-process run "
             "load without extra buffer types (ggml's AMX matmul crashes here; see worker/engines/llama_cpu.py)"
         )
-    bench = Bench(args, chats, token_counter(path))
+    bench = Bench(args, token_counter(path))
     started = time.monotonic()
     inproc: dict[str, list[float]] | None = None
     try:
@@ -702,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_all(bench, targets)
         if "hostler" in args.only:
             bench.wait_quiet()
-            inproc = inprocess_ttft(path, chats, args.threads, amx)
+            inproc = inprocess_ttft(path, prompts(args.requests), args.threads, amx)
     except KeyboardInterrupt:
         print("interrupted; servers stopped; what was measured so far:", file=sys.stderr)
         report(bench, inproc)
@@ -741,13 +749,19 @@ def start_all(bench: Bench, setup: Setup) -> list[Target]:
 
 
 def measure_all(bench: Bench, targets: list[Target]) -> None:
-    """Every client count on every target, one at a time, rotating the order each round."""
-    for round_no in range(bench.args.rounds):
+    """Every client count on every target, one at a time, rotating the order each round.
+
+    Each (round, client count) sends its own paragraphs, the same to every target: a prompt a
+    server has seen before would be a prompt-cache hit (llama-server keeps prompts in RAM).
+    """
+    args = bench.args
+    for round_no in range(args.rounds):
         order = targets if round_no % 2 == 0 else targets[::-1]
-        for clients in bench.args.clients:
+        for index, clients in enumerate(args.clients):
+            chats = prompts(args.requests, (round_no * len(args.clients) + index) * args.requests)
             print(f"round {round_no + 1}, {clients} client(s):", flush=True)
             for target in order:
-                bench.run(target, clients)
+                bench.run(target, clients, round_no, chats)
 
 
 if __name__ == "__main__":

@@ -66,9 +66,11 @@ def test_evicts_the_least_recently_used_idle_model_never_a_busy_one(
     # Both idle; a third only fits if one goes, and sm-a was used least recently.
     ask(client, "sm-c")
     assert {a.model for a in cluster.placements()} == {"sm-b", "sm-c"}
-    # Keep sm-b busy with queued work; sm-a must then take the place of the idle sm-c.
-    with ThreadPoolExecutor(8) as pool:
-        busy = [pool.submit(ask, client, "sm-b", 48) for _ in range(8)]
+    # Keep sm-b busy with queued work (more jobs than its worker has slots); sm-a must then take
+    # the place of the idle sm-c.
+    jobs = 3 * LoadParams().n_parallel
+    with ThreadPoolExecutor(jobs) as pool:
+        busy = [pool.submit(ask, client, "sm-b", 48) for _ in range(jobs)]
         cluster.wait_for(lambda: client.queue_length("sm-b") > 0 or None, "sm-b to have a queue")
         ask(client, "sm-a")
         assert {a.model for a in cluster.placements()} == {"sm-b", "sm-a"}
