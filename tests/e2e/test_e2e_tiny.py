@@ -140,7 +140,7 @@ LONG_CTX = 16_384
 
 def test_a_killed_worker_fails_its_job_and_the_next_job_is_served(stack: Stack) -> None:
     client = stack.client
-    # One slot, so the second job waits in the queue (tests/test_batching.py kills a full batch).
+    # One slot, so the second job waits in the queue (tests/worker/serving/test_batching_e2e.py kills a full batch).
     client.load("tiny", n_ctx=LONG_CTX, n_parallel=1)
     [pid] = stack.worker_pids("tiny")
     pieces = client.stream("tiny", "Once upon a time", max_tokens=LONG_CTX - 100, temperature=0.5)
