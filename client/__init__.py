@@ -11,6 +11,7 @@ from ._errors import (
     JobFailed,
     ModelNotFound,
     NoCapacity,
+    NotReplicated,
     QueueFull,
     Timeout,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "JobHandle",
     "ModelNotFound",
     "NoCapacity",
+    "NotReplicated",
     "QueueFull",
     "Stream",
     "Timeout",

@@ -38,8 +38,8 @@ from hostler.schemas import (
 from rq.queue import Queue
 
 from . import _reads as reads
-from ._connection import PREFIX_ENV
-from ._errors import HostlerError, ModelNotFound, QueueFull
+from ._connection import PREFIX_ENV, durability_of
+from ._errors import HostlerError, ModelNotFound, NotReplicated, QueueFull
 from ._follow import waiting_ttl_ms
 from ._kwargs import CompleteOptions, LoadOptions, StreamOptions, SubmitOptions, split
 from ._options import Options
@@ -61,7 +61,7 @@ from ._requests import (
     room_wait_s,
 )
 from ._rqstore import ENQUEUE_SCRIPT, cancel_queued, make_queue
-from ._steps import Pause, ScriptRun, Steps
+from ._steps import Pause, Replicated, ScriptRun, Steps
 
 R = TypeVar("R", bound=JobResult)
 C = TypeVar("C", bound="ClientCore")
@@ -97,6 +97,8 @@ class ClientCore:
         self.timeout = timeout
         # rq builds its job records on a sync connection; that one does no I/O but cancel().
         self._rq_connection = rq_connection
+        # Replicas that must hold an enqueue before the caller hears it was accepted (the URL's).
+        self._durability = durability_of(rq_connection)
         self._queues: dict[str, Queue] = {}
         self._catalog: dict[str, list[ModelInfo]] = {}
         self._catalog_at = 0.0
@@ -199,8 +201,14 @@ class ClientCore:
         waiting_ms = waiting_ttl_ms(watch_until) if watch_until is not None else 0
         queue = self._queue(job.model, options.priority)
         run = enqueue_call(queue, self.keys, job, job_id, options, waiting_ms=waiting_ms)
-        accepted, length, bound, alive = yield ScriptRun(ENQUEUE_SCRIPT, run.keys, run.args)
+        script, durability = ScriptRun(ENQUEUE_SCRIPT, run.keys, run.args), self._durability
+        if durability.waits:
+            reply, confirmed = yield Replicated(script, durability.replicas, durability.timeout_ms)
+        else:
+            reply, confirmed = (yield script), 0
+        accepted, length, bound, alive = reply
         if accepted == EXISTS:
+            # Also the answer to an enqueue sent again after a failover: the promoted replica had it.
             return False
         if accepted != ACCEPTED:
             reports = [r for r in (yield from reads.worker_reports(self.keys)) if r.model == job.model]
@@ -209,6 +217,8 @@ class ClientCore:
         if not alive:
             # No worker serves this model: ask the controller to place one.
             yield [("RPUSH", self.keys.demand, job.model)]
+        if confirmed < durability.replicas:
+            raise NotReplicated(job_id, confirmed, durability.replicas, durability.timeout_ms)
         return True
 
     def _submit(self, call: Call[Any], job_id: str) -> Steps[bool]:

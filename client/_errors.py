@@ -5,6 +5,7 @@ HostlerError
  ├── InvalidRequest       a parameter failed validation (also a ValueError)
  ├── Timeout              a wait ran past its timeout (also a TimeoutError)
  ├── ConnectionFailed     Redis could not be reached, or refused the credentials or a command (ACL)
+ ├── NotReplicated        the primary took a job, but too few replicas confirmed it in time
  ├── QueueFull            the model's queue is at its bound (nothing was enqueued)
  └── JobFailed            the job ended with an error
       ├── ContextExceeded the prompt does not fit the model's context
@@ -41,6 +42,20 @@ class ConnectionFailed(HostlerError, ConnectionError):
 
     A refusal is final: it is never retried as if the server were down.
     """
+
+
+class NotReplicated(HostlerError):
+    """The primary queued the job, but fewer replicas than the URL's wait_replicas confirmed it
+    within wait_timeout_ms: it may run, or vanish if the primary fails now. `job_id` names it."""
+
+    def __init__(self, job_id: str, confirmed: int, wanted: int, timeout_ms: int) -> None:
+        self.job_id = job_id
+        self.confirmed = confirmed
+        self.wanted = wanted
+        super().__init__(
+            f"job {job_id} was queued on the primary, but only {confirmed} of {wanted} replica(s) confirmed it "
+            f"within {timeout_ms} ms (wait_replicas in the Redis URL); a failover now could lose it"
+        )
 
 
 class QueueFull(HostlerError):

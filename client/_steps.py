@@ -4,6 +4,8 @@ A generator of `Steps[T]` yields what it needs done and is sent the answer:
 - a list of Redis commands: one pipelined round trip, answered with their replies;
 - a `ScriptRun`: one Lua script run by its SHA (loaded first where Redis lacks it), answered
   with the script's reply;
+- a `Replicated` script run: the script and a WAIT on one connection in one round trip,
+  answered with the script's reply and the number of replicas that confirmed it;
 - a `Pause`: a sleep, answered with None.
 It finally returns its value. An error of a step is thrown into the generator where it
 yielded, so it can handle it (a follower treats an unreachable Redis as "no news yet").
@@ -39,11 +41,21 @@ class ScriptRun:
 
 
 @dataclass(frozen=True)
+class Replicated:
+    """A ScriptRun then `WAIT replicas timeout_ms`, pipelined: WAIT counts the replicas that hold
+    what its own connection wrote, so it cannot be a step of its own."""
+
+    run: ScriptRun
+    replicas: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
 class Pause:
     seconds: float
 
 
-Step = list[Command] | ScriptRun | Pause
+Step = list[Command] | ScriptRun | Replicated | Pause
 Steps = Generator[Step, Any, T]
 # What only reads (and pipelines): one list of commands per round trip.
 Reads = Generator[list[Command], list[Any], T]
@@ -54,10 +66,37 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
+def _replicated_commands(step: Replicated, *, load: bool) -> list[Command]:
+    run = step.run
+    commands: list[Command] = [("SCRIPT", "LOAD", run.script)] if load else []
+    commands.append(("EVALSHA", _sha(run.script), len(run.keys), *run.keys, *run.args))
+    commands.append(("WAIT", step.replicas, step.timeout_ms))
+    return commands
+
+
+def _sync_replicated(connection: redis.Redis, step: Replicated) -> tuple[Any, int]:
+    try:
+        replies = _sync_step(connection, _replicated_commands(step, load=False))
+    except NoScriptError:
+        # In the same round trip as the run, so that WAIT still follows the script's writes.
+        replies = _sync_step(connection, _replicated_commands(step, load=True))
+    return replies[-2], int(replies[-1])
+
+
+async def _async_replicated(connection: redis.asyncio.Redis, step: Replicated) -> tuple[Any, int]:
+    try:
+        replies = await _async_step(connection, _replicated_commands(step, load=False))
+    except NoScriptError:
+        replies = await _async_step(connection, _replicated_commands(step, load=True))
+    return replies[-2], int(replies[-1])
+
+
 def _sync_step(connection: redis.Redis, step: Step) -> Any:
     if isinstance(step, Pause):
         time.sleep(step.seconds)
         return None
+    if isinstance(step, Replicated):
+        return _sync_replicated(connection, step)
     if isinstance(step, ScriptRun):
         arguments = (len(step.keys), *step.keys, *step.args)
         try:
@@ -77,6 +116,8 @@ async def _async_step(connection: redis.asyncio.Redis, step: Step) -> Any:
     if isinstance(step, Pause):
         await asyncio.sleep(step.seconds)
         return None
+    if isinstance(step, Replicated):
+        return await _async_replicated(connection, step)
     if isinstance(step, ScriptRun):
         arguments = (len(step.keys), *step.keys, *step.args)
         try:

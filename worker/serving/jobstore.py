@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import redis
+from hostler.client._connection import durability_of
 from hostler.client._rqstore import (
     FAILURE_TTL,
     RESULT_TTL,
@@ -71,8 +72,28 @@ return replies
 """
 
 
+# The end event of a job, sent after WAIT, and only if the end it announces is the one that
+# applied (the job has that status and this worker's name), as the guarded end would have.
+# KEYS: job hash. ARGV: ended status, worker name, channel, event.
+_ANNOUNCE = """
+if redis.call('HGET', KEYS[1], 'status') == ARGV[1] and redis.call('HGET', KEYS[1], 'worker_name') == ARGV[2] then
+  return redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
+return false
+"""
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class _Announce:
+    """A job's end event, and the status the end it announces leaves the job in."""
+
+    status: str
+    channel: str
+    event: str
 
 
 @dataclass
@@ -129,6 +150,9 @@ class JobStore:
         self._take_keys = [*(q.key for q in self.queues), taken_key, self.bell]
         self._take_args = [RqJob.redis_job_namespace_prefix, *(q.name for q in self.queues)]
         self._if_held = connection.register_script(_IF_HELD)
+        self._announce = connection.register_script(_ANNOUNCE)
+        # What the URL asks of an end before its client hears of it (see _end_held).
+        self.durability = durability_of(connection)
         # The job taken with the previous job's end, so a busy worker skips one round trip.
         self._prefetched: tuple[int, str] | None = None
         self._claiming: _Claiming | None = None
@@ -273,9 +297,8 @@ class JobStore:
             self._registries[claimed.queue.name][0].add(job, RESULT_TTL, pipe)
             self._end(claimed, pipe, RESULT_TTL)
             self.metrics.finished(pipe, result, claimed.kind, claimed.clock)
-            pipe.publish(channel, done_event)
 
-        return self._end_held(claimed, build)
+        return self._end_held(claimed, build, _Announce(JobStatus.FINISHED.value, channel, done_event))
 
     def fail(self, claimed: Claimed, code: str, message: str, channel: str, error_event: str) -> bool:
         job = claimed.job
@@ -300,9 +323,8 @@ class JobStore:
             )
             self._end(claimed, pipe, FAILURE_TTL)
             self.metrics.ended(pipe, "failed", kind=claimed.kind, code=code, ran_s=claimed.clock.ran_s())
-            pipe.publish(channel, error_event)
 
-        return self._end_held(claimed, build)
+        return self._end_held(claimed, build, _Announce(JobStatus.FAILED.value, channel, error_event))
 
     def cancel(self, claimed: Claimed, code: str, message: str, channel: str) -> bool:
         """Ends a claimed job that must not run (its client left, its start deadline passed)."""
@@ -314,37 +336,61 @@ class JobStore:
 
         return self._end_held(claimed, build)
 
-    def _end_held(self, claimed: Claimed, build: Callable[[Any], None]) -> bool:
-        """One round trip: the job's end, guarded, and the take of the next job id."""
+    def _end_held(self, claimed: Claimed, build: Callable[[Any], None], announce: _Announce | None = None) -> bool:
+        """One round trip: the job's end, guarded, and the take of the next job id.
+
+        With a durability to wait for, the end event goes out after WAIT (in the same round
+        trip), so a client never hears of an end that a failover could still undo.
+        """
         announced = self.metrics.announced
-        _, commands = self._commands(build)
+        waits = announce is not None and self.durability.waits
+
+        def build_all(pipe: Any) -> None:
+            build(pipe)
+            if announce is not None and not waits:
+                pipe.publish(announce.channel, announce.event)
+
+        _, commands = self._commands(build_all)
         args = self._guarded(claimed.job.id, commands)
         try:
-            ended, taken = self._end_round_trip(claimed, args)
+            ended, taken, *after = self._end_round_trip(claimed, args, announce if waits else None)
         except redis.RedisError:
             # Maybe not applied: the next try queues the once-per-process writes again.
             self.metrics.announced = announced
             raise
         self._prefetched = self._decode(taken)
         self._empty = self._prefetched is None
+        if after and ended is not None and int(after[0]) < self.durability.replicas:
+            log.warning(
+                "the end of job %s reached %s of %d replica(s) within %d ms; a failover now could lose it",
+                claimed.job.id,
+                after[0],
+                self.durability.replicas,
+                self.durability.timeout_ms,
+            )
         if ended is None:
             self.metrics.announced = announced
             return False
         return True
 
-    def _end_round_trip(self, claimed: Claimed, args: list[Any]) -> list[Any]:
+    def _end_round_trip(self, claimed: Claimed, args: list[Any], announce: _Announce | None) -> list[Any]:
         try:
-            return self._send_end(claimed, args)
+            return self._send_end(claimed, args, announce)
         except redis.exceptions.NoScriptError:
             # redis-py loads a pipeline's scripts once, then replays the pipeline after a
-            # reconnect; a Redis that restarted in between has none. Neither call changes
-            # anything twice, so the whole round trip is sent again (its scripts loaded first).
-            return self._send_end(claimed, args)
+            # reconnect; a Redis that restarted (or a replica promoted) in between has none.
+            # No call changes anything twice, so the whole round trip is sent again (its
+            # scripts loaded first).
+            return self._send_end(claimed, args, announce)
 
-    def _send_end(self, claimed: Claimed, args: list[Any]) -> list[Any]:
+    def _send_end(self, claimed: Claimed, args: list[Any], announce: _Announce | None) -> list[Any]:
         with self.connection.pipeline(transaction=False) as pipe:
             self._if_held(keys=[claimed.job.key], args=args, client=pipe)
             self._take(keys=self._take_keys, args=self._take_args, client=pipe)
+            if announce is not None:
+                pipe.execute_command("WAIT", self.durability.replicas, self.durability.timeout_ms)
+                event_args = [announce.status, self.worker_name, announce.channel, announce.event]
+                self._announce(keys=[claimed.job.key], args=event_args, client=pipe)
             return list(pipe.execute())
 
     def give_back(self) -> None:
