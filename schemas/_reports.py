@@ -15,6 +15,25 @@ PlacementPolicy = Literal["most-free", "best-fit"]
 DEFAULT_KEEP_ALIVE_S = 300.0
 
 
+class GpuOffload(BaseModel):
+    """A GGUF model's sizes by llama.cpp layer, so placement can split it between one GPU and
+    host memory for any n_gpu_layers and n_ctx without the file (`memory.offload`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layer_bytes: list[int] = Field(description="Weights of each repeating layer (blk.N.*), in layer order.")
+    layer_kv_bytes_per_cell: list[int] = Field(description="KV cache of each layer per context cell of one slot.")
+    output_bytes: int = Field(ge=0, description="The output layer's own tensors: its norm and matrix.")
+    tied_output_bytes: int = Field(
+        0, ge=0, description="Without an output matrix, the copy of token_embd the output layer's device gets."
+    )
+    input_bytes: int = Field(ge=0, description="What stays on the CPU whatever is offloaded: token_embd and the rest.")
+    n_vocab: int = Field(ge=0)
+    n_embd: int = Field(ge=0)
+    n_head: int = Field(ge=0, description="The most attention heads of any layer.")
+    n_ff: int = Field(ge=0, description="The widest feed-forward layer.")
+
+
 class ModelInfo(BaseModel):
     """One model on one host's disk."""
 
@@ -33,6 +52,11 @@ class ModelInfo(BaseModel):
     estimate: str | None = Field(None, description="The estimate's parts, for a person.")
     estimate_n_ctx: int | None = Field(None, description="The context length the estimate is for.")
     kv_bytes_per_cell: int | None = Field(None, description="KV cache per context cell, to rescale to another n_ctx.")
+    estimate_params: LoadParams | None = Field(None, description="The load params the estimate is for.")
+    vram_estimate_bytes: int | None = Field(
+        None, description="GPU memory the estimate's load takes on one GPU (0: nothing offloaded)."
+    )
+    offload: GpuOffload | None = Field(None, description="Sizes by layer, to split it between GPU and RAM.")
     fits_on: list[str] = Field(default_factory=list, description="Live hosts with enough free memory for it now.")
     available: bool = Field(True, description="Whether this host can run the model's engine.")
     unavailable_reason: str | None = Field(
@@ -161,6 +185,8 @@ class Assignment(BaseModel):
     model: str
     host: str
     estimate_bytes: int = Field(ge=0, description="Reserved on the host until the worker reports loaded.")
+    gpu: int | None = Field(None, description="The GPU (NVML index) the worker may use; None: host memory only.")
+    vram_bytes: int = Field(0, ge=0, description="Reserved on that GPU.")
     placed_at: float
     reason: str = Field(description="Why it was placed: jobs waiting, load, replicas, autoscale.")
 

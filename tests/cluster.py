@@ -31,23 +31,25 @@ class Cluster:
     def keys(self) -> Keys:
         return self.client.keys
 
-    def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         handle = (self.logs / f"{name}.log").open("ab")
         # The URL by environment, never argv: `ps` shows every user a command line.
         process = subprocess.Popen(
             [sys.executable, "-m", "hostler.worker", "-v", *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", HOSTLER_REDIS_URL=self.url),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", HOSTLER_REDIS_URL=self.url, **(env or {})),
             start_new_session=True,
         )
         handle.close()
         self.processes[name] = process
         return process
 
-    def host(self, host_id: str, models_dir: Path, max_memory: int) -> subprocess.Popen[bytes]:
+    def host(
+        self, host_id: str, models_dir: Path, max_memory: int, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         process = self._start(
-            host_id, "host", "--models", str(models_dir), "--host-id", host_id, "--max-memory", str(max_memory)
+            host_id, "host", "--models", str(models_dir), "--host-id", host_id, "--max-memory", str(max_memory), env=env
         )
         self.wait_for(lambda: self.client.connection.exists(self.keys.host(host_id)) or None, f"host {host_id}")
         return process

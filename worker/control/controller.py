@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -31,11 +32,11 @@ from hostler.schemas import (
     PlacementPolicy,
     as_text,
 )
-from hostler.worker.memory.estimate import worker_need
+from hostler.worker.memory.estimate import Need, worker_need
 from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff, OutageGuard
 
 from .endings import fail_orphans, fail_queued
-from .placement import NoFit, Placement, choose_host, fits_once_settled, keep_alive_expired
+from .placement import Demand, NoFit, Placement, choose_host, fits_once_settled, keep_alive_expired
 from .snapshot import Snapshot, read_snapshot
 
 log = logging.getLogger("hostler.controller")
@@ -133,6 +134,7 @@ class Controller:
 
     def step(self, wait: float = 0.5) -> None:
         demanded = self._wait_demand(wait)
+        started = time.perf_counter()
         snap = self.read()
         if snap.dead and self._outage.settled(self.connection):
             for host in snap.dead:
@@ -145,6 +147,14 @@ class Controller:
         for model in models:
             self._place(model, snap, max(desired[model], 1 if model in demanded else 0))
         self._publish_view(snap)
+        # scripts/simulate_hosts.py reads these lines: the step's own work, not its wait for demand.
+        log.debug(
+            "step took %.1f ms (%d hosts, %d models, %d demanded)",
+            (time.perf_counter() - started) * 1000,
+            len(snap.reports),
+            len(models),
+            len(demanded),
+        )
 
     def _wait_demand(self, wait: float) -> set[str]:
         popped = self.connection.blpop([self.keys.demand], timeout=wait)
@@ -281,19 +291,23 @@ class Controller:
                 log.info("evicting idle %s from %s to make room for %s", victim, decision.host, model)
                 self._unassign(decision.host, victim, snap)
             reason = "jobs waiting" if len(placed) == 0 else "replicas"
-            placed.append(self._assign(decision.host, model, snap, reason))
+            placed.append(self._assign(decision, model, snap, reason))
 
-    def _need(self, model: str, snap: Snapshot) -> tuple[int, str]:
-        """Bytes a new worker of the model reserves, and how that adds up."""
+    def _need(self, model: str, snap: Snapshot) -> Need:
+        """What a new worker of the model reserves (RAM, VRAM on one GPU), and how that adds up."""
         spec = snap.specs.get(model)
-        return worker_need(snap.info(model), spec.params.n_ctx if spec is not None else None)
+        return worker_need(snap.info(model), spec.params if spec is not None else None)
+
+    @staticmethod
+    def _demand(need: Need) -> Demand:
+        return Demand(need.ram, need.vram, need.ram_without_gpu)
 
     def _settling(self, model: str, snap: Snapshot) -> bool:
-        return fits_once_settled(model, self._need(model, snap)[0], snap.views())
+        return fits_once_settled(model, self._demand(self._need(model, snap)), snap.views())
 
     def _choose(self, model: str, snap: Snapshot) -> Placement | NoFit:
-        need, text = self._need(model, snap)
-        return choose_host(model, need, snap.views(), self.policy, need_text=text)
+        need = self._need(model, snap)
+        return choose_host(model, self._demand(need), snap.views(), self.policy, need_text=need.text)
 
     def _refuse(self, model: str, message: str, snap: Snapshot) -> None:
         crashing = {h: r.crashing[model] for h, r in snap.reports.items() if model in r.crashing}
@@ -309,16 +323,28 @@ class Controller:
         if count:
             log.warning("failed %d waiting job(s) of %s: %s", count, model, message)
 
-    def _assign(self, host: str, model: str, snap: Snapshot, reason: str) -> Assignment:
-        estimate = self._need(model, snap)[0]
-        assignment = Assignment(model=model, host=host, estimate_bytes=estimate, placed_at=snap.now, reason=reason)
+    def _assign(self, decision: Placement, model: str, snap: Snapshot, reason: str) -> Assignment:
+        host = decision.host
+        need = self._need(model, snap)
+        on_gpu = decision.gpu is not None
+        # A host without GPUs holds every layer in its own memory, whatever n_gpu_layers says.
+        ram = need.ram if on_gpu or not need.vram or snap.reports[host].gpus else need.ram_without_gpu
+        assignment = Assignment(
+            model=model,
+            host=host,
+            estimate_bytes=ram,
+            gpu=decision.gpu,
+            vram_bytes=need.vram if on_gpu else 0,
+            placed_at=snap.now,
+            reason=reason,
+        )
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.hset(self.keys.assignments(host), model, assignment.model_dump_json())
             pipe.rpush(self.keys.wake(host), "1")
             pipe.expire(self.keys.wake(host), 10)
             pipe.execute()
         snap.assignments.setdefault(host, {})[model] = assignment
-        log.info("placed %s on %s (%s)", model, host, reason)
+        log.info("placed %s on %s%s (%s)", model, host, f" GPU {decision.gpu}" if on_gpu else "", reason)
         return assignment
 
     def _unassign(self, host: str, model: str, snap: Snapshot) -> None:

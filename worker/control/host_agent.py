@@ -63,13 +63,18 @@ def worker_command(model: str, models_dir: Path, prefix: str, host: str, *extra:
     ]  # fmt: skip
 
 
-def worker_env(redis_url: str) -> dict[str, str]:
-    """A worker's environment: the agent's own plus the Redis URL.
+def worker_env(redis_url: str, gpu: int | None = None) -> dict[str, str]:
+    """A worker's environment: the agent's own plus the Redis URL, and the one GPU placement
+    reserved memory on.
 
     Not on the command line: /proc/<pid>/cmdline (`ps`) is readable by every user of the
-    machine, a process's environment only by its owner.
+    machine, a process's environment only by its owner. CUDA numbers GPUs fastest first
+    unless told to follow the PCI bus, as NVML (and so the host report) does.
     """
-    return {**os.environ, URL_ENV: redis_url}
+    env = {**os.environ, URL_ENV: redis_url}
+    if gpu is not None:
+        env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=str(gpu))
+    return env
 
 
 @dataclass
@@ -195,6 +200,9 @@ class HostAgent:
                     "estimate": found.describe(),
                     "estimate_n_ctx": manifest.load.n_ctx,
                     "kv_bytes_per_cell": found.kv_bytes_per_cell,
+                    "estimate_params": manifest.load,
+                    "vram_estimate_bytes": found.vram_bytes,
+                    "offload": found.offload,
                 }
             except EstimateError as exc:
                 log.warning("no memory estimate for %s: %s", manifest.id, exc)
@@ -236,19 +244,19 @@ class HostAgent:
             crash = self.crashes.get(model)
             if crash is not None and (crash.count >= MAX_CRASHES or time.monotonic() < crash.not_before):
                 continue
-            self._spawn(model)
+            self._spawn(model, wanted[model].gpu)
             changed = True
         return changed
 
     # -- processes ----------------------------------------------------------------
 
-    def _spawn(self, model: str) -> None:
+    def _spawn(self, model: str, gpu: int | None = None) -> None:
         cmd = worker_command(
             model, self.models_dir, self.keys.prefix, self.host, "--preload", "--exit-with-parent", *self.worker_args
         )
         # Own process group: a terminal's Ctrl-C reaches the agent, which then stops
         # workers in two stages instead of killing them mid-token.
-        process = subprocess.Popen(cmd, env=worker_env(self.redis_url), start_new_session=True)
+        process = subprocess.Popen(cmd, env=worker_env(self.redis_url, gpu), start_new_session=True)
         self.children[model] = _Child(model, process, time.monotonic())
         log.info("started worker for %s (pid %d)", model, process.pid)
 

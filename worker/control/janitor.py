@@ -73,9 +73,14 @@ class Janitor:
             self.connection.hset(self.keys.max_queue, "*", self.max_queue)
 
     def step(self) -> None:
+        started = time.perf_counter()
         self.expire_leases()
+        # scripts/simulate_hosts.py reads these lines.
+        log.debug("lease pass took %.1f ms", (time.perf_counter() - started) * 1000)
         if time.monotonic() - self._last_sweep > SWEEP_EVERY_S and self._outage.settled(self.connection):
+            started = time.perf_counter()
             self.sweep()
+            log.debug("sweep took %.1f ms", (time.perf_counter() - started) * 1000)
         if time.monotonic() - self._last_trim > TRIM_EVERY_S:
             self.trim()
 

@@ -16,7 +16,7 @@ from hostler.client._rqstore import queue_keys
 from hostler.schemas import Assignment, HostReport, Keys, ModelInfo, ModelSpec, WorkerReport, as_text
 from pydantic import ValidationError
 
-from .placement import HostView, Resident
+from .placement import GpuView, HostView, Resident
 
 __all__ = ["Snapshot", "read_snapshot"]
 
@@ -83,6 +83,9 @@ class Snapshot:
             busy=self.queues.get(model, 0) > 0 or (worker is not None and worker.current_job is not None),
             pinned=spec is not None and spec.pinned,
             last_used=last,
+            gpu=assignment.gpu,
+            vram=assignment.vram_bytes,
+            loaded=worker is not None and worker.loaded,
         )
 
     def views(self) -> list[HostView]:
@@ -106,6 +109,7 @@ class Snapshot:
                     residents=tuple(residents),
                     crashing=frozenset(report.crashing),
                     unavailable={m.id: m.unavailable_reason or "unavailable" for m in report.models if not m.available},
+                    gpus=tuple(GpuView(g.index, g.total_bytes, g.free_bytes) for g in report.gpus),
                 )
             )
         return views

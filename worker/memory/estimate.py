@@ -9,7 +9,8 @@ untouched pages cost nothing: llama.cpp reserves a compute buffer for a whole ba
 Left out: a long prompt touches more of the compute buffer, up to about
 n_head * n_ctx * n_ubatch * 8 bytes of attention scores plus per-token activations (128 MiB
 for Gemma 3 270M at n_ctx 8192; a 4000-token prompt measured 78 MiB more than a short one).
-GPU offload (n_gpu_layers) moves weights and KV cache off the host and is not modelled.
+GPU offload (n_gpu_layers) moves layers' weights and KV cache to one GPU (`offload.py`); the
+estimate then counts them in `vram_bytes` instead of host memory.
 
 This module is the policy (what each part costs, and what a worker process adds: `worker_need`);
 `gguf` and `safetensors` read the facts it needs from the files.
@@ -23,17 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hostler.schemas import LoadParams, ModelInfo, format_bytes
+from hostler.schemas import GpuOffload, LoadParams, ModelInfo, format_bytes
 from hostler.worker.hardware.cpu import instruction_sets, llama_extra_buffers_safe
 
+from .embedding import embedding_context_bytes
 from .files import MLX_CONFIG, MLX_WEIGHTS, EstimateError
 from .gguf import GGUFInfo, Tensor, meta_int, read_gguf
+from .offload import GpuSplit, gpu_split, offload_facts
 from .safetensors import read_mlx_config, safetensors_bytes
 
 __all__ = [
     "WORKER_BASE_BYTES",
     "EstimateError",
     "MemoryEstimate",
+    "Need",
     "estimate",
     "estimate_gguf",
     "estimate_mlx",
@@ -89,17 +93,26 @@ class MemoryEstimate:
     overhead_bytes: int  # runtime buffers not in the above: vocabulary, output/logits buffers, batch
     # KV cache per context cell, so a placement can rescale this estimate to another n_ctx.
     kv_bytes_per_cell: int = 0
+    # What n_gpu_layers put on one GPU (None: nothing), and the file's sizes by layer.
+    gpu: GpuSplit | None = None
+    offload: GpuOffload | None = None
+
+    @property
+    def vram_bytes(self) -> int:
+        return self.gpu.total_bytes if self.gpu is not None else 0
 
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
 
     def describe(self) -> str:
-        return (
+        """The host-memory part; `gpu.describe()` tells the GPU's."""
+        text = (
             f"{format_bytes(self.total_bytes)} (weights {format_bytes(self.weights_bytes)}"
             f" + KV cache {format_bytes(self.kv_cache_bytes)} + compute {format_bytes(self.compute_bytes)}"
             f" + runtime {format_bytes(self.overhead_bytes)})"
         )
+        return text
 
 
 def estimate(path: Path, engine: Engine, params: LoadParams) -> MemoryEstimate:
@@ -124,19 +137,27 @@ def estimate_gguf(path: Path, params: LoadParams) -> MemoryEstimate:
     n_vocab = info.lengths.get("tokenizer.ggml.tokens") or meta_int(info.meta.get(f"{arch}.vocab_size"))
     n_merges = info.lengths.get("tokenizer.ggml.merges", 0)
 
-    weights = _resident_weight_bytes(info, _repacked_row_multiples())
+    per_layer_cell = _kv_bytes_per_layer_cell(info.meta, arch)
+    facts = offload_facts(info, arch, per_layer_cell)
+    split = gpu_split(facts, params)
+    # The same arithmetic as placement's (worker_need), which has only the report: what stays
+    # is everything less the offloaded layers' own tensors.
+    weights = max(0, _resident_weight_bytes(info, _repacked_row_multiples()) - split.host_weights_bytes)
 
     # BatchedLlama passes n_ctx through unclamped (beyond the trained context llama.cpp only
     # warns), and llama.cpp pads it. llama-cpp-python leaves llama.cpp's swa_full at its
     # default (true), so sliding-window layers get a full-size cache too: the load log says
     # "using full-size SWA cache" and sizes both caches at n_ctx cells.
-    per_cell = _kv_bytes_per_cell(info.meta, arch)
-    # One KV stream of n_ctx cells per slot (continuous batching, engines/llama_batch.py).
-    kv = kv_cells(n_ctx) * params.n_parallel * per_cell
+    per_cell = sum(per_layer_cell)
+    # One KV stream of n_ctx cells per slot (continuous batching, engines/llama_batch.py);
+    # an offloaded layer's cache is on the GPU.
+    kv = kv_cells(n_ctx) * params.n_parallel * per_cell - split.kv_cache_bytes
 
     # Only the rows a step writes: one row of logits per slot, plus graph bookkeeping.
     max_nodes = max(1024, 8 * len(info.tensors))
     compute = n_vocab * LOGIT_BYTES * params.n_parallel + max_nodes * GRAPH_NODE_BYTES
+    # The embedding context while embedding jobs run (freed when none does): memory/embedding.py.
+    compute += _embedding_bytes(info.meta, arch, n_vocab, per_cell, n_batch)
 
     # llama-cpp-python's llama_batch gives each of its n_batch slots a seq_id array of
     # n_ctx ints; malloc writes a header per allocation, so each slot costs at most a page.
@@ -147,8 +168,11 @@ def estimate_gguf(path: Path, params: LoadParams) -> MemoryEstimate:
         + n_merges * MERGE_BYTES
         + batch
     )
-    # Per context cell of every slot: a spec with another n_ctx resizes all of them.
-    return MemoryEstimate(weights, kv, compute, overhead, per_cell * params.n_parallel)
+    # Per context cell of every slot (all layers, wherever they are): a spec with another n_ctx
+    # resizes all of them.
+    return MemoryEstimate(
+        weights, kv, compute, overhead, per_cell * params.n_parallel, gpu=split if split.layers else None, offload=facts
+    )
 
 
 def kv_cells(n_ctx: int) -> int:
@@ -161,30 +185,58 @@ def kv_resize_bytes(kv_bytes_per_cell: int, estimated_n_ctx: int, n_ctx: int) ->
     return (kv_cells(n_ctx) - kv_cells(estimated_n_ctx)) * kv_bytes_per_cell
 
 
-def worker_need(info: ModelInfo | None, n_ctx: int | None = None) -> tuple[int, str]:
-    """Bytes a new worker of a model reserves, and how that adds up, for a person to read.
+@dataclass(frozen=True)
+class Need:
+    """What a new worker of a model reserves: host memory, and memory on one GPU.
 
-    info is the model as a host reports it (its estimate at estimate_n_ctx); n_ctx, when the
-    model is to be loaded with another context (a client.load spec), resizes its KV cache.
+    `ram_without_gpu` is the host memory it takes on a host whose report lists no GPU: there
+    llama.cpp runs every layer on the CPU (or, on Apple silicon, in the unified memory the
+    RAM figure already covers), whatever n_gpu_layers says."""
+
+    ram: int
+    vram: int
+    ram_without_gpu: int
+    text: str
+
+
+def worker_need(info: ModelInfo | None, params: LoadParams | None = None) -> Need:
+    """What a new worker of a model reserves, and how that adds up, for a person to read.
+
+    info is the model as a host reports it (its estimate at `estimate_params`); params, when
+    the model is to be loaded with others (a client.load spec), resize its KV cache and move
+    layers between the GPU and host memory.
     """
     base = f"worker process {format_bytes(WORKER_BASE_BYTES)}"
     if info is None:
-        return WORKER_BASE_BYTES, base
+        return Need(WORKER_BASE_BYTES, 0, WORKER_BASE_BYTES, base)
     if info.estimate_bytes is None:
         # Unreadable files: place it anyway so the worker fails its jobs with the reason.
         need = info.size_bytes + WORKER_BASE_BYTES
-        return need, f"{format_bytes(need)} (file size {format_bytes(info.size_bytes)} + {base})"
+        return Need(need, 0, need, f"{format_bytes(need)} (file size {format_bytes(info.size_bytes)} + {base})")
     need = info.estimate_bytes + WORKER_BASE_BYTES
     text = f"{info.estimate} + {base}"
-    if n_ctx is not None and info.kv_bytes_per_cell and info.estimate_n_ctx is not None:
-        kv_delta = kv_resize_bytes(info.kv_bytes_per_cell, info.estimate_n_ctx, n_ctx)
+    estimated = info.estimate_params or LoadParams(n_ctx=info.estimate_n_ctx or LoadParams().n_ctx)
+    target = params or estimated
+    if target.n_ctx != estimated.n_ctx and info.kv_bytes_per_cell:
+        kv_delta = kv_resize_bytes(info.kv_bytes_per_cell, estimated.n_ctx, target.n_ctx)
         if kv_delta:
             need += kv_delta
-            text += f", KV cache resized to n_ctx {n_ctx}: {kv_delta / 2**20:+.0f} MiB"
-    return need, f"{format_bytes(need)} ({text})"
+            text += f", KV cache resized to n_ctx {target.n_ctx}: {kv_delta / 2**20:+.0f} MiB"
+    if info.offload is None:
+        return Need(need, 0, need, f"{format_bytes(need)} ({text})")
+    # Back to every layer in host memory, then out again as `target` offloads them.
+    was = gpu_split(info.offload, estimated)
+    split = gpu_split(info.offload, target)
+    all_in_ram = need + was.host_saved_bytes
+    ram = all_in_ram - split.host_saved_bytes
+    if not split.layers:
+        return Need(all_in_ram, 0, all_in_ram, f"{format_bytes(all_in_ram)} ({text})")
+    if split.host_saved_bytes != was.host_saved_bytes:
+        text += f", {split.layers} layers offloaded: {(was.host_saved_bytes - split.host_saved_bytes) / 2**20:+.0f} MiB"
+    return Need(ram, split.total_bytes, all_in_ram, f"{format_bytes(ram)} of RAM ({text}) + {split.describe()}")
 
 
-def _kv_bytes_per_cell(meta: dict[str, object], arch: str) -> int:
+def _kv_bytes_per_layer_cell(meta: dict[str, object], arch: str) -> list[int]:
     n_layer = meta_int(meta.get(f"{arch}.block_count"))
     n_embd = meta_int(meta.get(f"{arch}.embedding_length"))
     heads = _per_layer(meta.get(f"{arch}.attention.head_count"), n_layer)
@@ -196,7 +248,7 @@ def _kv_bytes_per_cell(meta: dict[str, object], arch: str) -> int:
     head_default = n_embd // max(heads) if heads and max(heads) > 0 else 0
     key_length = meta_int(meta.get(f"{arch}.attention.key_length")) or head_default
     value_length = meta_int(meta.get(f"{arch}.attention.value_length")) or head_default
-    return sum(kv_heads) * (key_length + value_length) * KV_BYTES_PER_VALUE
+    return [heads_kv * (key_length + value_length) * KV_BYTES_PER_VALUE for heads_kv in kv_heads]
 
 
 def _resident_weight_bytes(info: GGUFInfo, repacked: dict[str, int]) -> int:
@@ -312,6 +364,18 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
 
 def _pad(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def _embedding_bytes(meta: dict[str, object], arch: str, n_vocab: int, kv_per_cell: int, n_batch: int) -> int:
+    n_layer = meta_int(meta.get(f"{arch}.block_count"))
+    return embedding_context_bytes(
+        n_vocab=n_vocab,
+        n_embd=meta_int(meta.get(f"{arch}.embedding_length")),
+        n_head=max(_per_layer(meta.get(f"{arch}.attention.head_count"), n_layer) or [0]),
+        n_ff=max(_per_layer(meta.get(f"{arch}.feed_forward_length"), n_layer) or [0]),
+        kv_per_cell=kv_per_cell,
+        n_batch=n_batch,
+    )
 
 
 def _per_layer(value: object, n_layer: int) -> list[int]:

@@ -1,0 +1,126 @@
+"""The controller's step on a real Redis, without processes: host reports are written as an
+agent writes them, and the step's decisions are read back from the assignment hashes.
+
+These pin down the bookkeeping a step keeps as it decides (assignments indexed by model, host
+views rebuilt only for the host that changed), which scripts/simulate_hosts.py showed must
+not cost hosts x models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+from hostler.schemas import Assignment, GpuInfo, HostReport, Keys, LoadParams, ModelInfo, ModelSpec
+from hostler.worker.control.controller import Controller
+from hostler.worker.memory.estimate import worker_need
+from model_infos import info_of
+
+GIB = 1024**3
+KEYS = Keys()
+
+
+def report(host: str, models: list[ModelInfo], ram: int, gpus: list[GpuInfo] | None = None) -> HostReport:
+    return HostReport(
+        host=host,
+        pid=1,
+        models_dir="/models",
+        models=[m.model_copy(update={"host": host}) for m in models],
+        ram_total_bytes=ram,
+        ram_available_bytes=ram,
+        gpus=gpus or [],
+        updated_at=time.time(),
+    )
+
+
+def announce(conn: redis.Redis, *reports: HostReport) -> None:
+    for r in reports:
+        conn.set(KEYS.host(r.host), r.model_dump_json(), ex=30)
+        conn.sadd(KEYS.hosts, r.host)
+
+
+def demand(conn: redis.Redis, model: str) -> None:
+    """A job waiting for a model no worker serves, as the client leaves it."""
+    conn.rpush(f"rq:queue:{KEYS.queue_name(model)}", f"job-for-{model}")
+    conn.rpush(KEYS.demand, model)
+
+
+def placed(conn: redis.Redis) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for host in sorted(h.decode() for h in conn.smembers(KEYS.hosts)):
+        for raw in conn.hgetall(KEYS.assignments(host)).values():
+            found.setdefault(Assignment.model_validate_json(raw).model, []).append(host)
+    return found
+
+
+def models(tiny: Path, *ids: str) -> list[ModelInfo]:
+    return [info_of(tiny, LoadParams(), model_id=m) for m in ids]
+
+
+def test_a_demanded_model_goes_to_the_host_with_most_room(
+    connection: redis.Redis, model_files: dict[str, Path]
+) -> None:
+    catalog = models(model_files["tiny"], "a", "b")
+    announce(connection, report("small", catalog, 2 * GIB), report("big", catalog, 8 * GIB))
+    demand(connection, "a")
+    Controller(connection=connection, keys=KEYS).step(wait=0.01)
+    assert placed(connection) == {"a": ["big"]}
+
+
+def test_an_eviction_and_a_placement_in_one_step_leave_one_picture(
+    connection: redis.Redis, model_files: dict[str, Path]
+) -> None:
+    catalog = models(model_files["tiny"], "a", "b", "c")
+    need = worker_need(catalog[0]).ram
+    announce(connection, report("solo", catalog, int(2.5 * need)))
+    controller = Controller(connection=connection, keys=KEYS)
+    for model in ("a", "b"):
+        demand(connection, model)
+        controller.step(wait=0.01)
+        connection.delete(f"rq:queue:{KEYS.queue_name(model)}")  # its worker took the job
+    assert placed(connection) == {"a": ["solo"], "b": ["solo"]}
+    # c fits only once the least recently placed idle model (a) goes: both in one step.
+    demand(connection, "c")
+    controller.step(wait=0.01)
+    assert placed(connection) == {"b": ["solo"], "c": ["solo"]}
+    # Nothing waits for a any more: the next step changes nothing.
+    connection.delete(f"rq:queue:{KEYS.queue_name('c')}")
+    controller.step(wait=0.01)
+    assert placed(connection) == {"b": ["solo"], "c": ["solo"]}
+
+
+def test_a_spec_offloading_every_layer_reserves_room_on_one_gpu(
+    connection: redis.Redis, model_files: dict[str, Path]
+) -> None:
+    catalog = models(model_files["tiny"], "a", "b")
+    offload = LoadParams(n_gpu_layers=-1)
+    need = worker_need(catalog[0], offload)
+    gpus = [
+        GpuInfo(index=0, name="small", total_bytes=2 * need.vram, free_bytes=need.vram // 2),
+        GpuInfo(index=1, name="large", total_bytes=3 * need.vram, free_bytes=3 * need.vram),
+    ]
+    announce(connection, report("gpu", catalog, 8 * GIB, gpus))
+    controller = Controller(connection=connection, keys=KEYS)
+    for model in ("a", "b"):
+        connection.set(KEYS.spec(model), ModelSpec(model=model, params=offload, pinned=True).model_dump_json())
+        demand(connection, model)
+        controller.step(wait=0.01)
+    raw = connection.hgetall(KEYS.assignments("gpu"))
+    assigned = {a.model: a for a in (Assignment.model_validate_json(v) for v in raw.values())}
+    # Both on GPU 1, the only one with room, and each reserves its offload there.
+    assert {m: (a.gpu, a.vram_bytes, a.estimate_bytes) for m, a in assigned.items()} == {
+        "a": (1, need.vram, need.ram),
+        "b": (1, need.vram, need.ram),
+    }
+
+
+def test_an_idle_model_past_its_keep_alive_is_unloaded(connection: redis.Redis, model_files: dict[str, Path]) -> None:
+    catalog = models(model_files["tiny"], "a", "b")
+    announce(connection, report("solo", catalog, 8 * GIB))
+    long_ago = time.time() - 3600
+    for model in ("a", "b"):
+        old = Assignment(model=model, host="solo", estimate_bytes=GIB, placed_at=long_ago, reason="test")
+        connection.hset(KEYS.assignments("solo"), model, old.model_dump_json())
+    connection.set(KEYS.spec("b"), ModelSpec(model="b", keep_alive_s=-1).model_dump_json())
+    Controller(connection=connection, keys=KEYS).step(wait=0.01)
+    assert placed(connection) == {"b": ["solo"]}
