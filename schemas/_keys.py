@@ -126,6 +126,52 @@ class Keys:
         """Hash custom_id -> job id of a batch run's jobs, for `hostler batch status`."""
         return f"{self.prefix}batch:{batch_id}:jobs"
 
+    # -- the Batch API over HTTP (the gateway's /v1/files and /v1/batches) --------------
+
+    @property
+    def files(self) -> str:
+        """Sorted set of uploaded file ids by upload time: how many there are, newest first."""
+        return f"{self.prefix}files"
+
+    @property
+    def files_bytes(self) -> str:
+        """The bytes all uploaded files hold together (their limit is checked against it)."""
+        return f"{self.prefix}files:bytes"
+
+    def file(self, file_id: str) -> str:
+        """Hash of one file: `meta` (FileObject JSON) and `content` (its bytes)."""
+        return f"{self.prefix}file:{file_id}"
+
+    @property
+    def api_batches(self) -> str:
+        """Sorted set of Batch API batch ids by creation time, for GET /v1/batches."""
+        return f"{self.prefix}openai-batches"
+
+    @property
+    def api_batches_active(self) -> str:
+        """Set of batch ids not yet in a final state: what the gateways' runners take leases on."""
+        return f"{self.prefix}openai-batches:active"
+
+    def api_batch(self, batch_id: str) -> str:
+        """A Batch API batch: its BatchObject JSON."""
+        return f"{self.prefix}openai-batch:{batch_id}"
+
+    def api_batch_lease(self, batch_id: str) -> str:
+        """Holds the id of the gateway running the batch, with a TTL that gateway renews."""
+        return f"{self.prefix}openai-batch:{batch_id}:lease"
+
+    def api_batch_output(self, batch_id: str) -> str:
+        """Hash custom_id -> output line of the requests that succeeded (each custom_id once)."""
+        return f"{self.prefix}openai-batch:{batch_id}:output"
+
+    def api_batch_errors(self, batch_id: str) -> str:
+        """Hash `id:<custom_id>` or `line:<n>` -> error line of the requests that failed or could not run."""
+        return f"{self.prefix}openai-batch:{batch_id}:errors"
+
+    def api_batch_usage(self, batch_id: str) -> str:
+        """Hash of token counters (input, output) of a batch's requests that ran."""
+        return f"{self.prefix}openai-batch:{batch_id}:usage"
+
     def load_params(self, model: str) -> str:
         """The params of the last successful load; a restarted worker loads with them."""
         return f"{self.prefix}load-params:{model}"

@@ -35,6 +35,16 @@ from .options import prefix_option
     show_default=True,
     help="Longest a request may take, queue wait included; past it: 504, and its job leaves the queue.",
 )
+@click.option("--max-file-bytes", type=click.IntRange(1024, 512 * 1024 * 1024), default=64 * 1024 * 1024,
+              show_default=True, help="Batch API: largest uploaded file (files are kept in Redis).")  # fmt: skip
+@click.option("--max-files", type=click.IntRange(1), default=1000, show_default=True,
+              help="Batch API: most uploaded files kept at once.")  # fmt: skip
+@click.option("--max-stored-bytes", type=click.IntRange(1024), default=1024**3, show_default=True,
+              help="Batch API: most bytes all uploaded files hold together.")  # fmt: skip
+@click.option("--max-batch-lines", type=click.IntRange(1), default=50_000, show_default=True,
+              help="Batch API: most requests in one batch.")  # fmt: skip
+@click.option("--batch-in-flight", type=click.IntRange(1, 10_000), default=64, show_default=True,
+              help="Batch API: jobs of one batch queued or running at once.")  # fmt: skip
 @click.pass_context
 def gateway_command(
     ctx: click.Context,
@@ -44,6 +54,11 @@ def gateway_command(
     port: int,
     api_keys: tuple[str, ...],
     timeout: float,
+    max_file_bytes: int,
+    max_files: int,
+    max_stored_bytes: int,
+    max_batch_lines: int,
+    batch_in_flight: int,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/models, /metrics and more over HTTP,
     as one more client of the queues. Run as many as you like in front of one Redis.
@@ -52,14 +67,23 @@ def gateway_command(
     """
     import importlib.util
 
-    missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(name) is None]
+    needed = ("fastapi", "uvicorn", "prometheus_client", "python_multipart")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise click.UsageError(f"the gateway needs {', '.join(missing)}: pip install 'hostler[gateway]'")
     from hostler.worker.gateway.server import serve
     from hostler.worker.gateway.settings import GatewaySettings, api_keys_from
 
     settings = GatewaySettings(
-        redis_url=resolve_url(redis_url), prefix=prefix, api_keys=api_keys_from(api_keys), timeout_s=timeout
+        redis_url=resolve_url(redis_url),
+        prefix=prefix,
+        api_keys=api_keys_from(api_keys),
+        timeout_s=timeout,
+        max_file_bytes=max_file_bytes,
+        max_files=max_files,
+        max_stored_bytes=max_stored_bytes,
+        max_batch_lines=max_batch_lines,
+        batch_in_flight=batch_in_flight,
     )
     _check_access(settings.redis_url, prefix)
     verbosity = ctx.find_root().params.get("verbose", 0)

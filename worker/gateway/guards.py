@@ -7,7 +7,7 @@ request never reaches a route, let alone a queue.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from pydantic import SecretStr
@@ -20,8 +20,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Probes and load balancers call it without credentials.
-OPEN_PATHS = frozenset({"/health"})
+# Probes and load balancers call /health without credentials; the API's description is no secret,
+# and the /docs page could not fetch it with one.
+OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json"})
 
 
 class BodyTooLarge(ApiError):
@@ -76,16 +77,19 @@ class ApiKeyGuard:
 
 
 class BodyLimit:
-    """Refuses a body over the limit: at once from Content-Length, else while it is read."""
+    """Refuses a body over the limit: at once from Content-Length, else while it is read.
+    `larger` gives paths (file uploads) their own, larger limit."""
 
-    def __init__(self, app: App, limit: int) -> None:
+    def __init__(self, app: App, limit: int, larger: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", ""), self.limit)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -93,8 +97,8 @@ class BodyLimit:
                 except ValueError:
                     await send_error(send, ApiError(400, "invalid Content-Length header", code="invalid_request"))
                     return
-                if declared > self.limit:
-                    await send_error(send, BodyTooLarge(self.limit))
+                if declared > limit:
+                    await send_error(send, BodyTooLarge(limit))
                     return
         received = 0
 
@@ -104,8 +108,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         await self.app(scope, bounded, send)
