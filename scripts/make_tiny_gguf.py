@@ -202,12 +202,16 @@ def write_tiny_gguf(
     chat_template: str | None = DEFAULT_TEMPLATE,
     seed: int = 0,
     n_ctx_train: int = 512,
+    pooling_type: int | None = None,
+    causal: bool = True,
 ) -> pathlib.Path:
     """Write the tiny model to ``path`` and return ``path``.
 
     The output is byte-for-byte deterministic for a given (chat_template,
-    seed, n_ctx_train). ``chat_template=None`` omits
-    ``tokenizer.chat_template`` entirely.
+    seed, n_ctx_train, pooling_type, causal). ``chat_template=None`` omits
+    ``tokenizer.chat_template`` entirely. ``pooling_type`` (llama.cpp's enum: 1 mean,
+    2 cls, 3 last) writes ``llama.pooling_type``, as embedding models declare theirs;
+    ``causal=False`` writes ``llama.attention.causal = false``, as BERT-like ones do.
     """
     path = pathlib.Path(path)
     if n_ctx_train < 1:
@@ -253,6 +257,10 @@ def write_tiny_gguf(
         writer.add_add_space_prefix(False)
         if chat_template is not None:
             writer.add_chat_template(chat_template)
+        if pooling_type is not None:
+            writer.add_pooling_type(gguf.PoolingType(pooling_type))
+        if not causal:
+            writer.add_causal_attention(False)
 
         for name, tensor in tensors.items():
             writer.add_tensor(name, tensor)
