@@ -3,9 +3,11 @@
 Every process that lives on Redis (worker, host agent, controller, janitor) keeps going through
 an outage instead of exiting: `OutageBackoff` is the one wait between tries, used by all of
 them. `OutageGuard` is for those that judge others by their heartbeats (janitor, controller):
-after a Redis restart (or an outage the process noticed), heartbeat keys that expired while
-Redis was away say nothing about the processes behind them, so each gets one heartbeat TTL
-to write again before anyone calls it dead.
+after a Redis restart (or an outage the process noticed, or a failover to a replica: another
+server answers, told by its run_id), heartbeat keys that expired while Redis was away say
+nothing about the processes behind them, so each gets one heartbeat TTL to write again before
+anyone calls it dead. The same holds for the waiting keys clients renew (`recovered`): a
+failover longer than their TTL must not read as every client having left.
 
 A refusal (`hostler.client.ConnectionFailed`: wrong password, missing permission) is no
 outage and is never waited out: it is not a `redis.ConnectionError`.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -50,16 +53,36 @@ class OutageBackoff:
 
 
 class OutageGuard:
-    """Tells a janitor or controller whether heartbeats can be trusted right now."""
+    """Tells a janitor, controller or worker whether keys others renew can be trusted right now."""
 
     def __init__(self) -> None:
         self._trust_after = 0.0
+        self._run_id: str | None = None
 
     def lost_redis(self) -> None:
         self._trust_after = time.monotonic() + SETTLE_S
 
     def settled(self, connection: redis.Redis) -> bool:
+        """Heartbeats can be judged: no outage or new server lately, and Redis up long enough."""
+        info = self._server(connection)
         if time.monotonic() < self._trust_after:
             return False
-        uptime = int(connection.info("server").get("uptime_in_seconds", SETTLE_S))
-        return uptime >= SETTLE_S
+        return int(info.get("uptime_in_seconds", SETTLE_S)) >= SETTLE_S
+
+    def recovered(self, connection: redis.Redis) -> bool:
+        """Keys clients renew can be judged: no outage or new server in the last SETTLE_S.
+
+        Unlike `settled`, a young server is no reason to wait: a restarted one kept the keys'
+        deadlines (persistence stores them absolute), and a fresh one has no jobs to judge.
+        """
+        self._server(connection)
+        return time.monotonic() >= self._trust_after
+
+    def _server(self, connection: redis.Redis) -> dict[str, Any]:
+        info: dict[str, Any] = connection.info("server")
+        run_id = str(info.get("run_id", ""))
+        if self._run_id is not None and run_id != self._run_id:
+            # Another server answers (a replica promoted, or a restart redis-py's retries hid).
+            self.lost_redis()
+        self._run_id = run_id
+        return info

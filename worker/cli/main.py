@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import click
-from hostler.client import ConnectionFailed
+from hostler.client import ConnectionFailed, InvalidRequest
 from hostler.client.cli import CLIENT_COMMANDS, models_group
 
 from .gateway import gateway_command
@@ -22,11 +22,11 @@ from .up import up_command
 
 class _Main(click.Group):
     def invoke(self, ctx: click.Context) -> object:
-        # Refused credentials (or a command the ACL refuses) end any command with one line,
-        # not a traceback: retrying cannot fix them, the person running it can.
+        # Refused credentials (or a command the ACL refuses) and a malformed Redis URL end any
+        # command with one line, not a traceback: retrying cannot fix them, the person running it can.
         try:
             return super().invoke(ctx)
-        except ConnectionFailed as exc:
+        except (ConnectionFailed, InvalidRequest) as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
 

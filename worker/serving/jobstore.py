@@ -27,6 +27,7 @@ from hostler.client._rqstore import (
     make_queue,
 )
 from hostler.schemas import PRIORITIES, Keys, as_text
+from hostler.worker.outage import OutageGuard
 from rq.executions import Execution
 from rq.job import Job as RqJob
 from rq.job import JobStatus
@@ -153,6 +154,9 @@ class JobStore:
         self._announce = connection.register_script(_ANNOUNCE)
         # What the URL asks of an end before its client hears of it (see _end_held).
         self.durability = durability_of(connection)
+        # Tells a missing waiting key from one that lapsed while another server took over.
+        self._outage = OutageGuard()
+        self._outage_checked = False
         # The job taken with the previous job's end, so a busy worker skips one round trip.
         self._prefetched: tuple[int, str] | None = None
         self._claiming: _Claiming | None = None
@@ -205,6 +209,10 @@ class JobStore:
         next call, so the job it may already have started is not left started under a live
         worker that forgot it.
         """
+        if not self._outage_checked:
+            # The server this worker started with, to tell a failover by later.
+            self._outage.recovered(self.connection)
+            self._outage_checked = True
         if self._claiming is None:
             taken, self._prefetched = self._prefetched, None
             if taken is None:
@@ -221,6 +229,10 @@ class JobStore:
             self._empty = False
             return None
         raw, waited_for, in_time = replies[:3]
+        if not waited_for and not self._outage.recovered(self.connection):
+            # Its waiting key may have lapsed while Redis failed over, its client still there.
+            log.info("job %s has no waiting key just after a failover or an outage; running it", claiming.job.id)
+            waited_for = True
         return Claimed(
             job=claiming.job,
             execution=claiming.execution,

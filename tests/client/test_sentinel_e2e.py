@@ -27,6 +27,9 @@ from raw_jobs import ring_bell
 from rq.job import Job as RqJob
 from sentinel_set import SentinelSet, sentinel_set
 
+# A failover is a real Redis outage of seconds.
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def watched(tmp_path: Path) -> Iterator[SentinelSet]:
