@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 from typing import Any
 
 import pytest
 from hostler.client import InvalidRequest
 from hostler.client._requests import embedding_job
+from hostler.client.batch import parse_lines
 from hostler.schemas import (
+    EMBEDDINGS_URL,
     JOB_ADAPTER,
     RESULT_ADAPTER,
     EmbeddingJob,
@@ -87,3 +90,25 @@ def test_vectors_travel_as_little_endian_float32_base64() -> None:
     assert floats["data"][0] == {"object": "embedding", "index": 0, "embedding": result.vectors[0]}
     # OpenAI's base64 is the same bytes: passed on as they are.
     assert embedding_body(result, "base64")["data"][1]["embedding"] == encoded
+
+
+def test_batch_lines_of_embeddings_are_parsed_and_bad_ones_named() -> None:
+    def line(custom_id: str, body: dict[str, Any]) -> str:
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": body})
+
+    requests, bad = parse_lines(
+        [
+            line("a", {"model": "tiny", "input": ["x", "y"], "dimensions": 8}),
+            line("b", {"model": "tiny", "input": []}),
+            line("c", {"model": "tiny", "input": "z", "encoding_format": "base64"}),
+            line("d", {"model": "tiny", "input": "z", "temperature": 0}),
+        ],
+        model="other",
+    )
+    assert [(r.custom_id, r.model, r.url) for r in requests] == [
+        ("a", "other", EMBEDDINGS_URL),
+        ("c", "other", EMBEDDINGS_URL),
+    ]
+    assert [(b.line, b.custom_id) for b in bad] == [(2, "b"), (4, "d")]
+    assert "input is an empty list" in bad[0].message and "Value error" not in bad[0].message
+    assert "unknown field 'temperature'" in bad[1].message

@@ -95,6 +95,7 @@ class LlamaEmbedder:
         self._context: Any = None
         self._cells = 0
         self._open = 0  # tasks started and not yet ended
+        self._continuing: object = None  # the task whose input goes on in the next decode
         self._closed = False
 
     # -- what a task asks -----------------------------------------------------------------
@@ -158,8 +159,17 @@ class LlamaEmbedder:
             index, offset = index + 1, 0
         return runs
 
-    def decode(self, inputs: Sequence[list[int]], runs: Sequence[_Run], cells: int) -> np.ndarray[Any, Any]:
-        """One decode of the runs; each token's state (causal models) or each input's pooled vector."""
+    def decode(
+        self, owner: object, inputs: Sequence[list[int]], runs: Sequence[_Run], cells: int
+    ) -> np.ndarray[Any, Any]:
+        """One decode of owner's runs; each token's state (causal models) or each input's pooled vector.
+
+        An input split across decodes keeps its earlier tokens in the KV cache, so tasks must be
+        stepped one at a time: another task's decode in between would have dropped them.
+        """
+        if runs[0].start > 0 and self._continuing is not owner:
+            raise EngineError("an embedding task was stepped while another one had an input half decoded")
+        self._continuing = None
         self._ensure(cells, fresh=runs[0].start == 0)
         lib, ctx = self._lib, self._context.ctx
         memory = lib.llama_get_memory(ctx)
@@ -172,24 +182,29 @@ class LlamaEmbedder:
         rc = lib.llama_decode(ctx, batch.struct)
         if rc != 0:
             raise EngineError(f"llama_decode failed with status {rc} on an embedding batch of {n_tokens} tokens")
-        if self.causal:
-            pointer = lib.llama_get_embeddings(ctx)
-            if not pointer:
-                raise EngineError("llama.cpp returned no token embeddings")
-            states = np.ctypeslib.as_array(pointer, shape=(n_tokens, self.n_embd)).astype(np.float64)
-        else:
-            rows = []
-            for run in runs:
-                pointer = lib.llama_get_embeddings_seq(ctx, run.seq)
-                if not pointer:
-                    raise EngineError(f"llama.cpp returned no pooled embedding for sequence {run.seq}")
-                rows.append(np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).astype(np.float64))
-            states = np.stack(rows)
+        states = self._states(runs, n_tokens)
         if memory:
             for run in runs:
                 if run.end == len(inputs[run.index]):
                     lib.llama_memory_seq_rm(memory, run.seq, -1, -1)
+        if runs[-1].end < len(inputs[runs[-1].index]):
+            self._continuing = owner
         return states
+
+    def _states(self, runs: Sequence[_Run], n_tokens: int) -> np.ndarray[Any, Any]:
+        lib, ctx = self._lib, self._context.ctx
+        if self.causal:
+            pointer = lib.llama_get_embeddings(ctx)
+            if not pointer:
+                raise EngineError("llama.cpp returned no token embeddings")
+            return np.ctypeslib.as_array(pointer, shape=(n_tokens, self.n_embd)).astype(np.float64)
+        rows = []
+        for run in runs:
+            pointer = lib.llama_get_embeddings_seq(ctx, run.seq)
+            if not pointer:
+                raise EngineError(f"llama.cpp returned no pooled embedding for sequence {run.seq}")
+            rows.append(np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).astype(np.float64))
+        return np.stack(rows)
 
     def close(self) -> None:
         """For good: the model goes with the engine; tasks still open fail at their next step."""
@@ -296,7 +311,7 @@ class LlamaEmbeddingTask:
         embedder = self._embedder
         runs = embedder.plan(self._inputs, self._index, self._offset)
         try:
-            states = embedder.decode(self._inputs, runs, self._cells)
+            states = embedder.decode(self, self._inputs, runs, self._cells)
         except BaseException:
             self.close()
             raise

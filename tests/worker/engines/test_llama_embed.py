@@ -220,3 +220,11 @@ def test_pooling_and_budget_rules() -> None:
     assert packing_budget(1_000, 512) == 512
     assert packing_budget(1_000, 100) == 100
     assert packing_budget(10_000_000, 512) == MIN_BUDGET
+
+
+def test_mlx_refuses_embeddings_by_name() -> None:
+    from hostler.worker.engines.mlx_batch import MlxSlots
+
+    slots = object.__new__(MlxSlots)  # no model needed: the refusal comes before any
+    with pytest.raises(EmbeddingsUnsupported, match="the MLX engine does not compute embeddings.*GGUF"):
+        slots.start_embedding(["a text"], None)
