@@ -549,21 +549,22 @@ def token_counter(path: Path) -> Callable[[str], int]:
 # -- report -------------------------------------------------------------------------------------
 
 
-def medians(cells: list[Cell]) -> list[Cell]:
-    """Per row and client count, the round with the median tokens/s (the lower one of an even count)."""
+def quietest(cells: list[Cell]) -> list[Cell]:
+    """Per row and client count, the round other programs disturbed least.
+
+    On a shared machine a neighbour only ever slows a server down, by an amount that depends on
+    when it woke, so neither the median nor the best tok/s compares like with like; the round
+    with the least CPU used by others does.
+    """
     groups: dict[tuple[str, int], list[Cell]] = {}
     for cell in cells:
         groups.setdefault((cell.row, cell.clients), []).append(cell)
-    out = []
-    for group in groups.values():
-        ranked = sorted(group, key=lambda c: c.tokens_per_s)
-        out.append(ranked[(len(ranked) - 1) // 2])
-    return out
+    return [min(group, key=lambda c: (c.error is not None, c.other_cores or 0.0)) for group in groups.values()]
 
 
 def report(bench: Bench, inproc: dict[str, list[float]] | None) -> None:
-    cells = medians(bench.cells)
-    rounds = f", median of {bench.args.rounds} rounds by tok/s" if bench.args.rounds > 1 else ""
+    cells = quietest(bench.cells)
+    rounds = f", the quietest of {bench.args.rounds} rounds" if bench.args.rounds > 1 else ""
     print(f"\n{bench.args.requests} requests per run{rounds}:")
     print("| server | clients | tok/s | req/min | TTFT p50 | TTFT p95 | ok/failed | other programs (cores) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -666,7 +667,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"llama.cpp threads of llama-server, the example and the in-process run (default: usable cores, {usable})"
         "; hostler keeps its defaults.",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="Rounds; the table shows each median (default 1).")
+    parser.add_argument("--rounds", type=int, default=1, help="Rounds; the table shows the quietest (default 1).")
     parser.add_argument("--only", default="", help="Comma-separated rows: llama-server,example,hostler (default all).")
     parser.add_argument(
         "--quiet-wait",
