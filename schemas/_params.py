@@ -117,6 +117,11 @@ class LoadParams(BaseModel):
         le=256,
         description="Sequences decoded together (slots, continuous batching); each gets n_ctx tokens of context.",
     )
+    flash_attn: bool | None = Field(
+        None,
+        description="llama.cpp flash attention; None lets llama.cpp use it where the backend supports it "
+        "(its default, and llama-server's).",
+    )
 
     @field_validator("seed")
     @classmethod

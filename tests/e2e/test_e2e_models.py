@@ -33,7 +33,8 @@ def in_process(path: Path) -> Any:
     from llama_cpp import Llama
 
     with safe_llama_defaults():
-        return Llama(model_path=str(path), n_ctx=2048, verbose=False)
+        # flash_attn=True: the worker leaves it to llama.cpp, which turns it on on a CPU.
+        return Llama(model_path=str(path), n_ctx=2048, flash_attn=True, verbose=False)
 
 
 def test_queued_text_equals_in_process_text_at_temperature_0(real_stack: Stack, smollm2: Path, gemma3: Path) -> None:

@@ -98,7 +98,8 @@ def in_process(path: Path, n_ctx: int) -> Any:
     from llama_cpp import Llama
 
     with safe_llama_defaults():
-        return Llama(model_path=str(path), n_ctx=n_ctx, verbose=False)
+        # flash_attn=True: the worker leaves it to llama.cpp, which turns it on on a CPU.
+        return Llama(model_path=str(path), n_ctx=n_ctx, flash_attn=True, verbose=False)
 
 
 # -- the one-slot contract: llama-cpp-python's own tokens ------------------------------------
