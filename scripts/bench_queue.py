@@ -116,7 +116,8 @@ def count_text_tokens(llm: llama_cpp.Llama, text: str) -> int:
 
 def load_inproc(path: Path, n_threads: int | None) -> tuple[llama_cpp.Llama, float]:
     started = time.perf_counter()
-    kwargs: dict[str, Any] = {"n_ctx": N_CTX, "verbose": False}
+    # flash_attn=True: the worker leaves flash attention to llama.cpp, which turns it on on a CPU.
+    kwargs: dict[str, Any] = {"n_ctx": N_CTX, "flash_attn": True, "verbose": False}
     if n_threads is not None:
         kwargs["n_threads"] = n_threads
     with safe_llama_defaults():
