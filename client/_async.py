@@ -15,6 +15,7 @@ from typing import Literal, TypeVar, overload
 
 from hostler.schemas import (
     CompletionResult,
+    EmbeddingResult,
     JobResult,
     LoadResult,
     ModelInfo,
@@ -32,10 +33,10 @@ from ._connection import connect, connect_async
 from ._core import DEFAULT_TIMEOUT_S, Call, ClientCore, R
 from ._errors import HostlerError, JobFailed
 from ._follow import MAX_SILENCE_POLL_S, EventOrder
-from ._kwargs import CompleteKwargs, LoadKwargs, MapKwargs, PullKwargs, StreamKwargs, SubmitKwargs, Unpack
+from ._kwargs import CompleteKwargs, EmbedKwargs, LoadKwargs, MapKwargs, PullKwargs, StreamKwargs, SubmitKwargs, Unpack
 from ._map import InOrder
 from ._pieces import completion
-from ._requests import Messages, new_job_id
+from ._requests import EmbedInputs, Messages, new_job_id
 from ._steps import Steps, run_async
 
 T = TypeVar("T")
@@ -133,6 +134,12 @@ class AsyncClient(ClientCore):
     async def count_tokens(self, model: str, text: str, *, timeout: float | None = None) -> int:
         """Tokens the model makes of text, exactly as complete() counts usage.prompt_tokens."""
         return (await self._run(self._counting(model, text, timeout))).count
+
+    async def embed(
+        self, model: str, texts: EmbedInputs, *, dimensions: int | None = None, **kwargs: Unpack[EmbedKwargs]
+    ) -> EmbeddingResult:
+        """Embed texts (or token-id lists): one unit-length vector per input; see Client.embed()."""
+        return await self._run(self._embedding(model, texts, dimensions, kwargs))
 
     # -- model lifecycle ----------------------------------------------------------
 

@@ -9,7 +9,16 @@ from collections.abc import Iterable, Iterator
 from typing import Literal, TypeVar, overload
 
 import redis
-from hostler.schemas import CompletionResult, LoadResult, ModelInfo, PullResult, Status, UnloadResult, WorkerReport
+from hostler.schemas import (
+    CompletionResult,
+    EmbeddingResult,
+    LoadResult,
+    ModelInfo,
+    PullResult,
+    Status,
+    UnloadResult,
+    WorkerReport,
+)
 
 from . import _pull
 from . import _reads as reads
@@ -19,10 +28,10 @@ from ._errors import HostlerError, JobFailed
 from ._events import Followed, PubSubPool, Subscription, Waiter
 from ._follow import SILENCE_POLL_S, EventOrder
 from ._handle import JobHandle
-from ._kwargs import CompleteKwargs, LoadKwargs, MapKwargs, PullKwargs, StreamKwargs, SubmitKwargs, Unpack
+from ._kwargs import CompleteKwargs, EmbedKwargs, LoadKwargs, MapKwargs, PullKwargs, StreamKwargs, SubmitKwargs, Unpack
 from ._map import InOrder
 from ._pieces import Stream, completion
-from ._requests import Messages, new_job_id
+from ._requests import EmbedInputs, Messages, new_job_id
 from ._steps import Steps, run_sync
 
 T = TypeVar("T")
@@ -140,6 +149,20 @@ class Client(ClientCore):
     def count_tokens(self, model: str, text: str, *, timeout: float | None = None) -> int:
         """Tokens the model makes of text, exactly as complete() counts usage.prompt_tokens."""
         return self._run(self._counting(model, text, timeout)).count
+
+    def embed(
+        self, model: str, texts: EmbedInputs, *, dimensions: int | None = None, **kwargs: Unpack[EmbedKwargs]
+    ) -> EmbeddingResult:
+        """Embed texts (or token-id lists) with the model: one unit-length vector per input.
+
+        Returns an EmbeddingResult: `.vectors` in input order, `.usage.prompt_tokens` the tokens
+        of all inputs, `.pooling` how token states became a vector (the model's own pooling,
+        mean for models that declare none). dimensions: keep the first N dimensions, normalised
+        again. An input longer than the model's context fails with ContextExceeded naming its
+        index; an empty list or text raises InvalidRequest before anything is queued. Many
+        inputs go in one job, embedded in packed batches between the generations in flight.
+        """
+        return self._run(self._embedding(model, texts, dimensions, kwargs))
 
     # -- model lifecycle ----------------------------------------------------------
 

@@ -22,6 +22,7 @@ from hostler.schemas import (
     DEFAULT_PREFIX,
     PRIORITIES,
     CompletionResult,
+    EmbeddingResult,
     ErrorCode,
     Job,
     JobResult,
@@ -39,19 +40,21 @@ from rq.queue import Queue
 
 from . import _reads as reads
 from ._connection import PREFIX_ENV, durability_of
-from ._errors import HostlerError, ModelNotFound, NotReplicated, QueueFull
+from ._errors import HostlerError, InvalidRequest, ModelNotFound, NotReplicated, QueueFull
 from ._follow import waiting_ttl_ms
-from ._kwargs import CompleteOptions, LoadOptions, StreamOptions, SubmitOptions, split
+from ._kwargs import CompleteOptions, EmbedKwargs, LoadOptions, StreamOptions, SubmitOptions, split
 from ._options import Options
 from ._outcome import queue_key
 from ._requests import (
     ACCEPTED,
     EXISTS,
+    EmbedInputs,
     Messages,
     build,
     chat_job,
     check_job_id,
     completion_job,
+    embedding_job,
     enqueue_call,
     full_queue_pause,
     generation_job,
@@ -139,6 +142,26 @@ class ClientCore:
     def _counting(self, model: str, text: str, timeout: float | None) -> Call[TokenCountResult]:
         job = build(TokenCountJob, model=model, text=text)
         return Call(job, Options(), TokenCountResult, self._timeout(timeout))
+
+    def _embedding(
+        self, model: str, texts: EmbedInputs, dimensions: int | None, kwargs: Mapping[str, Any]
+    ) -> Call[EmbeddingResult]:
+        options, unknown = split(kwargs, EmbedKwargs)
+        if unknown:
+            raise InvalidRequest(f"embed(): unknown parameter(s) {', '.join(map(repr, sorted(unknown)))}")
+        queued = self._options(options, "interactive")
+        job = embedding_job(model, texts, dimensions)
+        timeout = self._timeout(options.get("timeout"))
+        room_s = min(room_wait_s(options.get("wait_when_full", False), timeout), timeout)
+        return Call(job, queued, EmbeddingResult, timeout, room_s)
+
+    def _embedding_submission(
+        self, model: str, texts: EmbedInputs, dimensions: int | None, *, job_id: str, room_s: float
+    ) -> Call[EmbeddingResult]:
+        """A batch-priority embedding job nobody waits on (hostler batch); room_s: its wait for room."""
+        check_job_id(job_id)
+        job = embedding_job(model, texts, dimensions)
+        return Call(job, Options.of("batch", None, 0), EmbeddingResult, self.timeout, room_s)
 
     def _unloading(self, model: str, timeout: float | None) -> Call[UnloadResult]:
         return Call(build(UnloadJob, model=model), Options(), UnloadResult, self._timeout(timeout))

@@ -23,6 +23,7 @@ else:  # pragma: no cover - pydantic installs typing_extensions
 __all__ = [
     "CompleteKwargs",
     "CompleteOptions",
+    "EmbedKwargs",
     "LoadKwargs",
     "LoadOptions",
     "LoadParamsKwargs",
@@ -116,6 +117,17 @@ class MapOptions(TypedDict, total=False):
     return_exceptions: bool
     on_progress: Callable[[int, int | None], None] | None
     progress: bool
+
+
+class EmbedKwargs(TypedDict, total=False):
+    """embed()'s keywords: how the job is queued and how long to wait for it (see QueueOptions,
+    StreamOptions); retries as complete()'s."""
+
+    priority: Priority
+    start_within: float | str | None
+    wait_when_full: WaitWhenFull
+    timeout: float | None
+    retries: int
 
 
 class LoadOptions(TypedDict, total=False):

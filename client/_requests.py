@@ -17,6 +17,7 @@ from hostler.schemas import (
     ChatJob,
     ChatMessage,
     CompletionJob,
+    EmbeddingJob,
     Job,
     Keys,
     Lease,
@@ -25,6 +26,7 @@ from hostler.schemas import (
     ModelSpec,
     SamplingParams,
     describe_errors,
+    embedding_inputs,
     parse_duration,
     rq_func_name,
 )
@@ -109,6 +111,24 @@ def generation_job(
     if prompt is not None:
         return completion_job(model, prompt, params, stream=stream, job_timeout=job_timeout)
     return chat_job(model, messages or [], params, stream=stream, job_timeout=job_timeout)
+
+
+# What embed() takes: one text, or several texts and token-id lists.
+EmbedInputs = str | Sequence[str | Sequence[int]]
+
+
+def embedding_job(model: str, texts: EmbedInputs, dimensions: int | None) -> Job:
+    """The job of embed(); an empty list, an empty text or a wrong type is refused by index."""
+    given: Any = texts
+    if not isinstance(texts, str | list):
+        given = list(texts) if isinstance(texts, Sequence) else texts
+    if isinstance(given, list):
+        given = [list(item) if isinstance(item, tuple) else item for item in given]
+    try:
+        inputs = embedding_inputs(given)
+    except ValueError as exc:
+        raise InvalidRequest(f"embed(): {exc}") from None
+    return build(EmbeddingJob, model=model, inputs=inputs, dimensions=dimensions)
 
 
 def load_request(

@@ -20,13 +20,18 @@ from typing import Any
 
 from hostler.schemas import (
     CHAT_URL,
+    EMBEDDINGS_URL,
     ChatCompletionRequest,
     CompletionRequest,
     CompletionResult,
+    EmbeddingRequest,
+    EmbeddingResult,
     ErrorCode,
     SamplingParams,
     describe_errors,
+    embedding_body,
     parse_body,
+    parse_embedding_body,
     response_body,
 )
 from pydantic import ValidationError
@@ -42,7 +47,7 @@ BATCH_TTL_S = 25 * 3600
 MAX_CUSTOM_ID_CHARS = 512
 
 
-Outcome = CompletionResult | JobFailed
+Outcome = CompletionResult | EmbeddingResult | JobFailed
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Request:
     line: int
     custom_id: str
     url: str
-    body: ChatCompletionRequest | CompletionRequest
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
     model: str
 
 
@@ -124,6 +129,9 @@ def _parse_line(number: int, raw: str, model: str | None) -> Request:
     body = data.get("body")
     if isinstance(body, dict) and model is not None:
         body = {**body, "model": model}
+    if url == EMBEDDINGS_URL:
+        embedding = parse_embedding_body(body)
+        return Request(number, custom_id, url, embedding, embedding.model)
     parsed = parse_body(url if isinstance(url, str) else repr(url), body)
     try:
         SamplingParams(**parsed.sampling())
@@ -167,11 +175,16 @@ _FAILED_STATUS = {
 }
 
 
-def output_record(request: Request, job_id: str, outcome: CompletionResult | JobFailed) -> dict[str, Any]:
+def output_record(request: Request, job_id: str, outcome: Outcome) -> dict[str, Any]:
     """One output line in the Batch API's shape."""
-    if isinstance(outcome, CompletionResult):
-        chat = request.url == CHAT_URL
-        body = response_body("chat" if chat else "completion", outcome, f"{'chatcmpl' if chat else 'cmpl'}-{job_id}")
+    if isinstance(outcome, CompletionResult | EmbeddingResult):
+        if isinstance(outcome, EmbeddingResult):
+            encoding = request.body.encoding_format if isinstance(request.body, EmbeddingRequest) else "float"
+            body = embedding_body(outcome, encoding)
+        else:
+            chat = request.url == CHAT_URL
+            request_id = f"{'chatcmpl' if chat else 'cmpl'}-{job_id}"
+            body = response_body("chat" if chat else "completion", outcome, request_id)
         return {
             "id": f"batch_req_{job_id}",
             "custom_id": request.custom_id,
@@ -333,13 +346,19 @@ async def _one(
         return request, job_id, failed
     except Timeout:
         return request, job_id, None
-    if not isinstance(result, CompletionResult):
-        raise HostlerError(f"job {job_id} returned a {result.kind} result, not a completion")
+    if not isinstance(result, CompletionResult | EmbeddingResult):
+        raise HostlerError(f"job {job_id} returned a {result.kind} result, not a completion or embeddings")
     return request, job_id, result
 
 
 async def _submit(client: AsyncClient, request: Request, job_id: str, deadline: float) -> AsyncJobHandle:
     body = request.body
+    # A full queue is waited out until the run's deadline.
+    if isinstance(body, EmbeddingRequest):
+        room = max(0.0, deadline - time.monotonic())
+        call = client._embedding_submission(body.model, body.inputs(), body.dimensions, job_id=job_id, room_s=room)
+        await client._do(client._submit(call, job_id))
+        return AsyncJobHandle(client, job_id, body.model)
     prompt = body.text() if isinstance(body, CompletionRequest) else None
     messages = body.hostler_messages() if isinstance(body, ChatCompletionRequest) else None
     # A full queue is waited out until the run's deadline.

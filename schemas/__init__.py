@@ -1,5 +1,14 @@
 """hostler's wire contract: job payloads, stream events, results, reports and key names."""
 
+from ._embeddings import (
+    MAX_EMBEDDING_DIMENSIONS,
+    MAX_EMBEDDING_INPUTS,
+    EmbeddingInput,
+    EmbeddingResult,
+    Pooling,
+    decode_vector,
+    encode_vector,
+)
 from ._events import (
     EVENT_ADAPTER,
     RESULT_ADAPTER,
@@ -21,6 +30,7 @@ from ._jobs import (
     ChatJob,
     ChatMessage,
     CompletionJob,
+    EmbeddingJob,
     Job,
     JobKind,
     Lease,
@@ -43,6 +53,13 @@ from ._openai import (
     parse_body,
     response_body,
     usage_body,
+)
+from ._openai_embeddings import (
+    EMBEDDINGS_URL,
+    EmbeddingRequest,
+    embedding_body,
+    embedding_inputs,
+    parse_embedding_body,
 )
 from ._params import LoadParams, SamplingParams
 from ._pulls import (
@@ -78,6 +95,19 @@ from ._units import format_bytes, parse_duration, parse_size
 from ._validation import FieldError, describe_errors, field_errors
 
 __all__ = [
+    "EMBEDDINGS_URL",
+    "MAX_EMBEDDING_DIMENSIONS",
+    "MAX_EMBEDDING_INPUTS",
+    "EmbeddingInput",
+    "EmbeddingJob",
+    "EmbeddingRequest",
+    "EmbeddingResult",
+    "Pooling",
+    "decode_vector",
+    "embedding_body",
+    "embedding_inputs",
+    "encode_vector",
+    "parse_embedding_body",
     "CHAT_URL",
     "COMPLETIONS_URL",
     "OPENAI_URLS",

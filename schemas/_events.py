@@ -11,10 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from ._embeddings import EmbeddingResult
 from ._results import CompletionResult, LoadResult, TokenCountResult, UnloadResult
 
 JobResult = Annotated[
-    CompletionResult | TokenCountResult | LoadResult | UnloadResult,
+    CompletionResult | TokenCountResult | EmbeddingResult | LoadResult | UnloadResult,
     Field(discriminator="kind"),
 ]
 RESULT_ADAPTER: TypeAdapter[JobResult] = TypeAdapter(JobResult)
@@ -58,6 +59,7 @@ class ErrorCode:
     LOAD_FAILED = "load_failed"
     CONTEXT_EXCEEDED = "context_exceeded"
     NO_CHAT_TEMPLATE = "no_chat_template"
+    EMBEDDINGS_UNSUPPORTED = "embeddings_unsupported"
     WORKER_DIED = "worker_died"
     HOST_DIED = "host_died"
     NO_CAPACITY = "no_capacity"

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from ._embeddings import MAX_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_INPUTS, EmbeddingInput
 from ._params import LoadParams, SamplingParams
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
@@ -76,6 +77,19 @@ class TokenCountJob(_JobBase):
     text: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
+class EmbeddingJob(_JobBase):
+    kind: Literal["embedding"] = "embedding"
+    inputs: list[EmbeddingInput] = Field(
+        min_length=1, max_length=MAX_EMBEDDING_INPUTS, description="Texts, or token ids, to embed; one vector each."
+    )
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EMBEDDING_DIMENSIONS,
+        description="Keep the first N dimensions of each vector, normalised again; None keeps the model's size.",
+    )
+
+
 class LoadJob(_JobBase):
     kind: Literal["load"] = "load"
     params: LoadParams = Field(default_factory=LoadParams)
@@ -86,12 +100,12 @@ class UnloadJob(_JobBase):
 
 
 Job = Annotated[
-    CompletionJob | ChatJob | TokenCountJob | LoadJob | UnloadJob,
+    CompletionJob | ChatJob | TokenCountJob | EmbeddingJob | LoadJob | UnloadJob,
     Field(discriminator="kind"),
 ]
 JOB_ADAPTER: TypeAdapter[Job] = TypeAdapter(Job)
 
-JobKind = Literal["completion", "chat", "token_count", "load", "unload"]
+JobKind = Literal["completion", "chat", "token_count", "embedding", "load", "unload"]
 
 
 class Lease(BaseModel):

@@ -16,13 +16,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._jobs import MAX_PROMPT_CHARS
+from ._openai_embeddings import EMBEDDINGS_URL
 from ._params import MAX_STOP_SEQUENCES, SamplingParams, StopString, sampling_bounds
 from ._results import CompletionResult
 from ._validation import describe_errors
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
-OPENAI_URLS = (CHAT_URL, COMPLETIONS_URL)
+# Every url `hostler batch` runs; /v1/embeddings bodies are _openai_embeddings'.
+OPENAI_URLS = (CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL)
 
 
 class StreamOptions(BaseModel):

@@ -4,7 +4,9 @@
 Run it in a fresh process: it imports llama.cpp and the engine first (their cost is part of a
 worker before any model, not of the model), records the RSS, loads the model as a worker does
 (LlamaSlots, n_parallel slots), runs one generation in every slot at once (a short prompt, 16
-tokens, temperature 0), records the RSS again, and prints one JSON line:
+tokens, temperature 0), then one packed decode of an embedding job (whose context the estimate
+counts; it is freed when the job ends), records the RSS again while that context is open,
+and prints one JSON line:
 
     {"model", "n_ctx", "n_batch", "n_parallel", "estimate": {"weights", "kv_cache", "compute", "overhead", "total"},
      "measured_rss_increase", "error"}
@@ -36,7 +38,7 @@ PROMPT = "Once upon a time, in a small village by the sea,"
 
 
 def measure(path: Path, params: LoadParams) -> int:
-    """Bytes of RSS that loading the model and one generation add."""
+    """Bytes of RSS that loading the model, one generation and an embedding decode add."""
     process = psutil.Process()
     gc.collect()
     before = process.memory_info().rss
@@ -46,7 +48,11 @@ def measure(path: Path, params: LoadParams) -> int:
         engine.start(request)
     while engine.step():
         pass
+    # Enough texts for two packed decodes: after the first, the embedding context is open and full.
+    task = engine.start_embedding([PROMPT] * 64, None)
+    task.step()
     after = process.memory_info().rss
+    task.close()
     engine.close()
     return after - before
 

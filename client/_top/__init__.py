@@ -25,6 +25,7 @@ from hostler.client import (
 from hostler.schemas import (
     ChatMessage,
     CompletionResult,
+    EmbeddingResult,
     LoadParams,
     LoadResult,
     ModelInfo,
@@ -45,6 +46,7 @@ __all__ = [
     "ChatMessage",
     "Client",
     "CompletionResult",
+    "EmbeddingResult",
     "ConnectionFailed",
     "ContextExceeded",
     "HostlerError",

@@ -15,7 +15,7 @@ def test_parse_reports_each_bad_line_with_its_number() -> None:
         "{not json",
         json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {}}),
         chat_line("a", "again"),
-        json.dumps({"custom_id": "u", "method": "POST", "url": "/v1/embeddings", "body": {"model": "tiny"}}),
+        json.dumps({"custom_id": "u", "method": "POST", "url": "/v1/moderations", "body": {"model": "tiny"}}),
         chat_line("t", "hot", temperature=99),
         chat_line("n", "many", n=3),
         "",
@@ -30,7 +30,7 @@ def test_parse_reports_each_bad_line_with_its_number() -> None:
     assert "not JSON" in messages[0]
     assert "custom_id" in messages[1]
     assert "duplicate custom_id 'a' (first on line 1)" in messages[2]
-    assert "unknown url '/v1/embeddings'" in messages[3]
+    assert "unknown url '/v1/moderations'" in messages[3]
     assert "temperature" in messages[4]
     assert "n=3" in messages[5]
 

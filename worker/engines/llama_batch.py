@@ -50,6 +50,7 @@ from hostler.worker.memory.files import GGUF_MAGIC
 
 from .decoding import context_budget
 from .llama_cpu import model_params as safe_model_params
+from .llama_embed import LlamaEmbedder
 from .protocol import EngineError, LoadFailed, NoChatTemplate
 from .stops import StopScanner
 
@@ -309,6 +310,17 @@ class BatchedLlama:
         found = self._active.get(seq)
         if found is not None:
             self._end(found)
+
+    def embedder(self) -> LlamaEmbedder:
+        """Embeddings from this model's weights, through a context of their own (llama_embed.py)."""
+        self._check_open()
+        from llama_cpp import _internals
+
+        threads = int(self._context.params.n_threads)
+        return LlamaEmbedder(
+            self._lib, _internals, self._model, name=self._path.stem, n_ctx=self.n_ctx, n_batch=self._n_batch,
+            threads=threads,
+        )  # fmt: skip
 
     def close(self) -> None:
         if self._closed:

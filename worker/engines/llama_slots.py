@@ -6,17 +6,20 @@ BatchedLlama takes prompt tokens; this turns a job's prompt or chat messages int
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from hostler.schemas import LoadParams
 
 from .llama_batch import BatchedLlama, SequenceRequest
-from .protocol import GenerationRequest, StepOutput
+from .llama_embed import LlamaEmbedder, LlamaEmbeddingTask
+from .protocol import EmbeddingTask, GenerationRequest, StepOutput
 
 
 class LlamaSlots:
     def __init__(self, path: Path, params: LoadParams, *, chat_template: str | None = None) -> None:
         self._llama = BatchedLlama(path, params, chat_template=chat_template)
+        self._embedder: LlamaEmbedder | None = None
 
     @property
     def n_ctx(self) -> int:
@@ -56,5 +59,12 @@ class LlamaSlots:
     def cancel(self, seq: int) -> None:
         self._llama.cancel(seq)
 
+    def start_embedding(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None) -> EmbeddingTask:
+        if self._embedder is None:
+            self._embedder = self._llama.embedder()
+        return LlamaEmbeddingTask(self._embedder, inputs, dimensions)
+
     def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
         self._llama.close()

@@ -33,6 +33,7 @@ the serial MlxEngine on an older mlx-lm.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from hostler.schemas import FinishReason, LoadParams, SamplingParams
 
 from .decoding import context_budget
 from .mlx import EmptyPrompt, MlxEngine, logits_processors
-from .protocol import GenerationRequest, StepOutput
+from .protocol import EmbeddingsUnsupported, EmbeddingTask, GenerationRequest, StepOutput
 from .stops import StopScanner
 
 
@@ -192,6 +193,9 @@ class MlxSlots:
             # Filters the sequence (and its KV cache) out of whichever batch holds it.
             self._batch.remove([uid])
             self._forget(self._active[uid])
+
+    def start_embedding(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None) -> EmbeddingTask:
+        raise EmbeddingsUnsupported.on("MLX")
 
     def close(self) -> None:
         """Drops every sequence with the generator; safe after a step that raised."""

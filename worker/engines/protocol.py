@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hostler.schemas import ChatMessage, ErrorCode, FinishReason, LoadParams, SamplingParams
+from hostler.schemas import ChatMessage, ErrorCode, FinishReason, LoadParams, Pooling, SamplingParams
 
 
 class EngineError(Exception):
@@ -32,6 +32,23 @@ class ContextExceeded(EngineError):
 
 class NoChatTemplate(EngineError):
     code = ErrorCode.NO_CHAT_TEMPLATE
+
+
+class EmbeddingsUnsupported(EngineError):
+    code = ErrorCode.EMBEDDINGS_UNSUPPORTED
+
+    @classmethod
+    def on(cls, engine: str) -> EmbeddingsUnsupported:
+        return cls(
+            f"the {engine} engine does not compute embeddings: hostler embeds with llama.cpp, so only GGUF "
+            "models have them; use a GGUF model for /v1/embeddings and client.embed()"
+        )
+
+
+class InvalidInput(EngineError):
+    """A request the schema let through but this model cannot take (dimensions, token ids)."""
+
+    code = ErrorCode.INVALID_REQUEST
 
 
 @dataclass
@@ -104,6 +121,36 @@ class StepOutput:
     cached_tokens: int = 0  # prompt tokens found in the KV cache, not evaluated again
 
 
+@dataclass(frozen=True)
+class EmbeddingOutput:
+    """A finished embedding task: one unit-length vector per input, in input order."""
+
+    vectors: list[list[float]]
+    dimensions: int
+    pooling: Pooling
+    prompt_tokens: int
+
+
+class EmbeddingTask(Protocol):
+    """One job's inputs, embedded a packed batch per step, so that generations go on between steps.
+
+    Its inputs were checked (context, vocabulary, dimensions) when it was made, before any work.
+    """
+
+    @property
+    def done(self) -> bool: ...
+
+    def step(self) -> None:
+        """Embeds the next inputs (one decode)."""
+        ...
+
+    def result(self) -> EmbeddingOutput: ...
+
+    def close(self) -> None:
+        """Drops the task (finished, failed or abandoned); the engine may free what it held for it."""
+        ...
+
+
 class SlotEngine(Protocol):
     """One loaded model that runs up to n_slots generations together."""
 
@@ -130,6 +177,13 @@ class SlotEngine(Protocol):
 
     def cancel(self, seq: int) -> None:
         """Ends one generation now and frees its slot; the others are not disturbed."""
+        ...
+
+    def start_embedding(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None) -> EmbeddingTask:
+        """Checks inputs (texts or token ids) and returns the task that embeds them.
+
+        Raises ContextExceeded naming the input, InvalidInput, or EmbeddingsUnsupported.
+        """
         ...
 
     def close(self) -> None: ...

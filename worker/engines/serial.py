@@ -7,12 +7,20 @@ engine the same way through this. Each step advances the generation by one text 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from hostler.schemas import FinishReason
 
-from .protocol import Engine, Generation, GenerationRequest, SlotEngine, StepOutput
+from .protocol import (
+    EmbeddingsUnsupported,
+    EmbeddingTask,
+    Engine,
+    Generation,
+    GenerationRequest,
+    SlotEngine,
+    StepOutput,
+)
 
 
 @dataclass
@@ -85,6 +93,10 @@ class SerialSlots:
             close = getattr(running.pieces, "close", None)
             if close is not None:
                 close()
+
+    def start_embedding(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None) -> EmbeddingTask:
+        engine = type(self.engine).__name__
+        raise EmbeddingsUnsupported.on("MLX" if engine == "MlxEngine" else engine)
 
     def close(self) -> None:
         if self._running is not None:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .completions import Completions
+from .embeddings import Embeddings
 from .errors import ApiError, describe_validation, from_hostler
 from .guards import ApiKeyGuard, BodyLimit
 from .management import Management
@@ -30,6 +31,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     """The ASGI app of one gateway; its AsyncClient opens at startup and closes at shutdown."""
     client = AsyncClient(settings.redis_url, prefix=settings.prefix, timeout=settings.timeout_s)
     completions = Completions(client, settings)
+    embeddings = Embeddings(client, settings)
     management = Management(client, settings)
 
     @asynccontextmanager
@@ -49,6 +51,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     _add_error_handlers(app, settings)
     app.add_api_route("/v1/chat/completions", completions.chat, methods=["POST"])
     app.add_api_route("/v1/completions", completions.text, methods=["POST"])
+    app.add_api_route("/v1/embeddings", embeddings.create, methods=["POST"])
     app.add_api_route("/v1/models", management.list_models, methods=["GET"])
     app.add_api_route("/v1/models/{model}", management.get_model, methods=["GET"])
     app.add_api_route("/v1/models/{model}/load", management.load, methods=["POST"])

@@ -58,7 +58,12 @@ class ApiError(Exception):
 
 
 # Job failures that are the request's fault, and failures worth retrying later.
-_BAD_REQUEST_CODES = {ErrorCode.NO_CHAT_TEMPLATE, ErrorCode.INVALID_JOB, ErrorCode.INVALID_REQUEST}
+_BAD_REQUEST_CODES = {
+    ErrorCode.NO_CHAT_TEMPLATE,
+    ErrorCode.EMBEDDINGS_UNSUPPORTED,
+    ErrorCode.INVALID_JOB,
+    ErrorCode.INVALID_REQUEST,
+}
 _UNAVAILABLE_CODES = {ErrorCode.MODEL_CRASHING, ErrorCode.WORKER_DIED, ErrorCode.HOST_DIED}
 
 

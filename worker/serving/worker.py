@@ -30,6 +30,7 @@ from hostler.schemas import (
     ChatJob,
     CompletionJob,
     CompletionResult,
+    EmbeddingJob,
     ErrorCode,
     FinishReason,
     Job,
@@ -51,6 +52,7 @@ from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff
 from rq.serializers import JSONSerializer
 from rq.worker import Worker as RqWorker
 
+from .embeddings import Embeddings, embedding_result
 from .events import EventSender, JobEvents
 from .jobstore import Claimed, JobStore
 from .model import HeldModel
@@ -109,6 +111,8 @@ class ModelWorker:
         self.running: dict[int, _Running] = {}
         # A load with other params or an unload, claimed and waiting for the generations to end.
         self.deferred: tuple[Claimed, LoadJob | UnloadJob] | None = None
+        # Embedding jobs in flight, a packed decode of the oldest per loop pass.
+        self.embeddings = Embeddings()
         self.jobs_done = 0
         self.last_job_at: float | None = None
         self.mean_job_s: float | None = None
@@ -161,18 +165,20 @@ class ModelWorker:
         idle_since = time.monotonic()
         outage = OutageBackoff(log)
         try:
-            while self.running or self.deferred or not (self._graceful.is_set() or self._exit_after):
+            while self.running or self.embeddings or self.deferred or not (self._graceful.is_set() or self._exit_after):
                 try:
                     took = self._admit()
                     if self.running:
                         self._step()
-                    elif self.deferred is not None:
+                    if self.embeddings:
+                        self._embed_step()
+                    elif self.deferred is not None and not self.running:
                         self._serve_deferred()
                     outage.succeeded()
                 except REDIS_OUTAGE as exc:
                     outage.failed(exc)
                     continue
-                if took or self.running:
+                if took or self.running or self.embeddings:
                     idle_since = time.monotonic()
                 elif self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
                     break
@@ -217,10 +223,13 @@ class ModelWorker:
         took = False
         while self.deferred is None and not (self._graceful.is_set() or self._exit_after):
             engine = self.model.engine
-            if self.running and engine is not None and engine.free_slots == 0:
+            # An embedding job in flight holds a slot's place in admission too, so that a flood of
+            # them cannot all be claimed ahead of an interactive job still in the queue.
+            busy = self.running or self.embeddings
+            if busy and engine is not None and engine.free_slots <= len(self.embeddings):
                 break
             # With generations in flight the look must not wait: their next step is due.
-            claimed = self.store.claim(timeout=0 if self.running else 1.0)
+            claimed = self.store.claim(timeout=0 if self.running or self.embeddings else 1.0)
             if claimed is None:
                 break
             took = True
@@ -245,7 +254,10 @@ class ModelWorker:
             if isinstance(job, CompletionJob | ChatJob):
                 self._start_generation(claimed, job, publisher)
                 return
-            if isinstance(job, LoadJob | UnloadJob) and self.running and self._must_wait(job):
+            if isinstance(job, EmbeddingJob):
+                self._start_embedding(claimed, job, publisher)
+                return
+            if isinstance(job, LoadJob | UnloadJob) and (self.running or self.embeddings) and self._must_wait(job):
                 self.deferred = (claimed, job)
                 return
             self._succeed(claimed, publisher, self._dispatch(job))
@@ -276,6 +288,12 @@ class ModelWorker:
         seq = engine.start(request)
         stop_at = time.monotonic() + job.timeout_s if job.timeout_s is not None else None
         self.running[seq] = _Running(claimed, job, publisher, seq, stop_at)
+        self.state = "busy"
+
+    def _start_embedding(self, claimed: Claimed, job: EmbeddingJob, publisher: JobEvents) -> None:
+        if self.model.engine is None:
+            self.state = "loading"
+        self.embeddings.start(self.model.get(), claimed, job, publisher)
         self.state = "busy"
 
     def _dispatch(self, job: Job) -> JobResult:
@@ -333,6 +351,28 @@ class ModelWorker:
             self.state = "idle"
             # Said at once, not at the next beat: a controller looking for an idle model to
             # evict must not take this one for busy, nor fail a placement that would fit.
+            self._heartbeat()
+
+    def _embed_step(self) -> None:
+        """One packed decode of the oldest embedding job; it ends when its last input is embedded."""
+        run = self.embeddings.current()
+        if run.claimed.lost or self._hard.is_set():
+            # Taken from this worker while it was frozen (someone else's now), or a second SIGTERM.
+            self.embeddings.drop(run)
+            if not run.claimed.lost:
+                self._cancel(run.claimed, run.publisher, ErrorCode.CANCELED, "the worker was stopped")
+        else:
+            try:
+                run.task.step()
+                if run.task.done:
+                    result = embedding_result(self.manifest.id, run.task.result())
+                    self.embeddings.drop(run)
+                    self._succeed(run.claimed, run.publisher, result)
+            except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
+                self.embeddings.drop(run)
+                self._job_failed(run.claimed, run.publisher, exc)
+        if not (self.running or self.embeddings):
+            self.state = "idle"
             self._heartbeat()
 
     def _stop_what_must_stop(self, engine: SlotEngine) -> None:
@@ -431,6 +471,7 @@ class ModelWorker:
 
     def _in_flight(self) -> list[Claimed]:
         held = [running.claimed for running in list(self.running.values())]
+        held += [run.claimed for run in self.embeddings]
         deferred = self.deferred
         return held + [deferred[0]] if deferred is not None else held
 
@@ -485,7 +526,7 @@ class ModelWorker:
                 claimed.lost = True
 
     def _heartbeat_loop(self) -> None:
-        while not self._graceful.wait(HEARTBEAT_S) or self.running or self.deferred:
+        while not self._graceful.wait(HEARTBEAT_S) or self.running or self.embeddings or self.deferred:
             if self._graceful.is_set():
                 # Finishing the jobs in flight before exiting: keep them (and this worker) alive.
                 time.sleep(HEARTBEAT_S)
