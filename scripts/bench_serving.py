@@ -550,21 +550,30 @@ def token_counter(path: Path) -> Callable[[str], int]:
 
 
 def quietest(cells: list[Cell]) -> list[Cell]:
-    """Per row and client count, the round other programs disturbed least.
+    """Per client count, every row of the round other programs disturbed least.
 
-    On a shared machine a neighbour only ever slows a server down, by an amount that depends on
-    when it woke, so neither the median nor the best tok/s compares like with like; the round
-    with the least CPU used by others does.
+    A round sends the same new paragraphs to every server, so rows compare only within one
+    round. On a shared machine a neighbour only ever slows a server down, by an amount that
+    depends on when it woke: the round whose noisiest run saw the least CPU of others is the
+    fairest comparison.
     """
-    groups: dict[tuple[str, int], list[Cell]] = {}
+    rounds: dict[tuple[int, int], list[Cell]] = {}
     for cell in cells:
-        groups.setdefault((cell.row, cell.clients), []).append(cell)
-    return [min(group, key=lambda c: (c.error is not None, c.other_cores or 0.0)) for group in groups.values()]
+        if not cell.error:
+            rounds.setdefault((cell.clients, cell.round_no), []).append(cell)
+    best: dict[int, list[Cell]] = {}
+    for (clients, _), group in sorted(rounds.items()):
+        noise = max(c.other_cores or 0.0 for c in group)
+        if clients not in best or noise < max(c.other_cores or 0.0 for c in best[clients]):
+            best[clients] = group
+    order = [LLAMA_SERVER, EXAMPLE, GATEWAY, QUEUE]
+    chosen = [cell for group in best.values() for cell in sorted(group, key=lambda c: order.index(c.row))]
+    return chosen + [cell for cell in cells if cell.error]
 
 
 def report(bench: Bench, inproc: dict[str, list[float]] | None) -> None:
     cells = quietest(bench.cells)
-    rounds = f", the quietest of {bench.args.rounds} rounds" if bench.args.rounds > 1 else ""
+    rounds = f", the quietest of {bench.args.rounds} rounds per client count" if bench.args.rounds > 1 else ""
     print(f"\n{bench.args.requests} requests per run{rounds}:")
     print("| server | clients | tok/s | req/min | TTFT p50 | TTFT p95 | ok/failed | other programs (cores) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
