@@ -88,7 +88,10 @@ def in_process(path: Path, docs: Sequence[str], max_tokens: int) -> Phase:
     os.sched_setaffinity(0, {0})
     try:
         with safe_llama_defaults():
-            llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, verbose=False)
+            # flash_attn=True: the workers leave it to llama.cpp, which turns it on on a CPU.
+            llm = llama_cpp.Llama(
+                str(path), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False
+            )
         llm.create_chat_completion(messages(docs[0]), max_tokens=4, temperature=0)  # warm-up
         texts, tokens = [], 0
         started = time.perf_counter()
