@@ -27,6 +27,7 @@ from hostler.client._errors import ConnectionFailed
 from hostler.schemas import Assignment, HardwareReport, HostReport, HostWorker, Keys, ModelInfo
 from hostler.worker.engines.available import engine_availability
 from hostler.worker.hardware import gpus
+from hostler.worker.hardware.cpu import pin_process, usable_cores
 from hostler.worker.hardware.cpu import probe as probe_hardware
 from hostler.worker.memory.estimate import EstimateError, estimate
 from hostler.worker.models.pull_agent import PullService
@@ -34,6 +35,7 @@ from hostler.worker.models.registry import Catalog, ModelManifest, scan
 from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff
 from pydantic import ValidationError
 
+from .cores import share_cores
 from .endings import fail_orphans
 
 log = logging.getLogger("hostler.host")
@@ -83,6 +85,7 @@ class _Child:
     process: subprocess.Popen[bytes]
     started: float
     stopping: bool = False
+    cores: tuple[int, ...] = ()
 
 
 @dataclass
@@ -112,6 +115,8 @@ class HostAgent:
     # CPU, cores and engines do not change while the agent runs: probed once, at the first report.
     _hardware: HardwareReport | None = None
     _pulls: PullService | None = None
+    # The cores the agent may use (its own affinity), divided among its workers.
+    _cores: tuple[int, ...] = field(default_factory=usable_cores)
 
     # -- loop ---------------------------------------------------------------------
 
@@ -141,6 +146,8 @@ class HostAgent:
             self.rescan()
         changed = self._reap()
         changed = self.reconcile() or changed
+        if changed:
+            self._divide_cores()
         # A worker started, stopped or gone changes what the controller may place here: say so now.
         if changed or pulled or time.monotonic() - self._last_report > REPORT_EVERY_S:
             self.report()
@@ -247,6 +254,18 @@ class HostAgent:
             self._spawn(model, wanted[model].gpu)
             changed = True
         return changed
+
+    def _divide_cores(self) -> None:
+        """Divides this agent's cores among its running workers, oldest first (workers size
+        their llama.cpp threads by the cores they may use, and follow a change between steps)."""
+        running = [child for child in self.children.values() if child.process.poll() is None]
+        running.sort(key=lambda child: child.started)
+        shares = share_cores(self._cores, [child.process.pid for child in running])
+        for child in running:
+            cores = shares[child.process.pid]
+            if child.cores != cores and pin_process(child.process.pid, cores):
+                child.cores = cores
+                log.info("worker for %s runs on cores %s", child.model, ",".join(map(str, cores)))
 
     # -- processes ----------------------------------------------------------------
 

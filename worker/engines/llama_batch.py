@@ -38,14 +38,15 @@ from __future__ import annotations
 import codecs
 import ctypes
 import itertools
-import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams
+from hostler.worker.hardware.cpu import usable_cores
 from hostler.worker.memory.files import GGUF_MAGIC
 
 from .decoding import context_budget
@@ -61,6 +62,7 @@ MAX_UBATCH = 512
 # Copying another slot's KV stream costs about as much as evaluating 1/COPY_RATIO of its
 # cells would; a donor must share at least that many more prompt tokens than the target.
 COPY_RATIO = 64
+FOLLOW_CORES_EVERY_S = 1.0
 
 
 @dataclass
@@ -173,8 +175,11 @@ class BatchedLlama:
         self.n_slots = max(1, params.n_parallel)
         # Every generating sequence puts one token in every batch.
         self._n_batch = max(min(params.n_batch, params.n_ctx), self.n_slots)
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = params.n_threads or usable
+        threads = params.n_threads or len(usable_cores())
+        # Unless the load fixed it, the thread count follows the cores this process may use.
+        self._auto_threads = params.n_threads is None
+        self._threads = threads
+        self._cores_seen = time.monotonic()
         model_params = safe_model_params(llama_cpp)  # no extra buffer types where they crash (AMX)
         model_params.n_gpu_layers = 0x7FFFFFFF if params.n_gpu_layers == -1 else params.n_gpu_layers
         ctx_params = llama_cpp.llama_context_default_params()
@@ -284,6 +289,7 @@ class BatchedLlama:
         self._check_open()
         if not self._active:
             return []
+        self._follow_cores()
         runs = self._plan()
         batch = self._batch
         batch.n = 0
@@ -304,6 +310,19 @@ class BatchedLlama:
                 seq.evaluated += len(chunk)
             outputs.append(self._advance(seq))
         return outputs
+
+    def _follow_cores(self) -> None:
+        """As many threads as the cores this process may use now, looked up at most once a
+        second: a host agent divides its cores among its workers and changes a worker's share
+        as others start and stop (worker/control/cores.py)."""
+        now = time.monotonic()
+        if not self._auto_threads or now - self._cores_seen < FOLLOW_CORES_EVERY_S:
+            return
+        self._cores_seen = now
+        cores = len(usable_cores())
+        if cores != self._threads:
+            self._lib.llama_set_n_threads(self._ctx, cores, cores)
+            self._threads = cores
 
     def cancel(self, seq: int) -> None:
         """Ends a sequence now and frees its slot (its KV cells stay as prompt cache)."""

@@ -172,6 +172,33 @@ def llama_extra_buffers_safe() -> bool:
     return "AMX_INT8" not in instruction_sets()
 
 
+def usable_cores() -> tuple[int, ...]:
+    """The cores this process may run on (its affinity); every core where that cannot be read."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return tuple(range(os.cpu_count() or 1))
+
+
+def pin_process(pid: int, cores: tuple[int, ...]) -> bool:
+    """Restricts every thread of process `pid` to `cores` (threads it starts later inherit the
+    mask from the thread that starts them); False where the OS has no affinity (macOS) or the
+    process is gone."""
+    if not hasattr(os, "sched_setaffinity"):
+        return False
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]
+    pinned = False
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cores)
+            pinned = True
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return pinned
+
+
 def probe(engines: dict[str, str | None]) -> HardwareReport:
     """The whole report: CPU, RAM, GPUs (through NVML), and the engines the caller found usable.
 

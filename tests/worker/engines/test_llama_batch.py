@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,3 +454,28 @@ def test_smollm2_eight_slots_over_32_prompts(smollm2: Path, capsys: pytest.Captu
     # forks at a near tie. Measured here: 31/32 (split KV cache). Most must still agree.
     assert same >= 24
     assert all(r.finish_reason in ("stop", "length") for r in first)
+
+
+# -- threads follow the cores a host agent gives the worker -----------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_threads_follow_the_cores_this_process_may_use(tiny: Path) -> None:
+    import llama_cpp
+
+    cores = os.sched_getaffinity(0)
+    engine = BatchedLlama(tiny, LoadParams(n_ctx=256, n_parallel=1))
+    fixed = BatchedLlama(tiny, LoadParams(n_ctx=256, n_parallel=1, n_threads=len(cores)))
+    try:
+        assert llama_cpp.llama_n_threads(engine._ctx) == len(cores)
+        os.sched_setaffinity(0, {min(cores)})
+        for running in (engine, fixed):
+            running._cores_seen = 0.0  # looked up at most once a second: look at the next step
+            running.submit(SequenceRequest(tokens=running.prompt_tokens("Once"), params=SamplingParams(max_tokens=2)))
+            running.step()
+        assert llama_cpp.llama_n_threads(engine._ctx) == 1
+        assert llama_cpp.llama_n_threads(fixed._ctx) == len(cores), "n_threads given at load stays"
+    finally:
+        os.sched_setaffinity(0, cores)
+        engine.close()
+        fixed.close()
