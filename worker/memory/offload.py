@@ -118,9 +118,10 @@ def gpu_split(facts: GpuOffload, params: LoadParams) -> GpuSplit:
     kv = cells * params.n_parallel * sum(facts.layer_kv_bytes_per_cell[i] for i in on_gpu)
     ubatch = min(max(min(params.n_batch, params.n_ctx), params.n_parallel), MAX_UBATCH)
     # ggml's allocator reuses the buffer between the graph's steps, so it holds the largest of
-    # the attention scores (flash attention off, as BatchedLlama sets it) and a batch of logits,
-    # plus the activations live beside them.
-    scores = facts.n_head * cells * ubatch * 4 if on_gpu else 0
+    # the attention scores and a batch of logits, plus the activations live beside them. The
+    # scores exist only with flash attention off: llama.cpp's default (auto, which BatchedLlama
+    # keeps unless LoadParams.flash_attn says otherwise) turns it on where the GPU has the kernel.
+    scores = facts.n_head * cells * ubatch * 4 if on_gpu and params.flash_attn is False else 0
     logits = facts.n_vocab * ubatch * 4
     activations = ubatch * (facts.n_embd + facts.n_ff) * 4
     compute = max(scores, logits) + activations

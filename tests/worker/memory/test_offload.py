@@ -78,6 +78,9 @@ def test_the_gpu_part_grows_with_the_context(model_files: dict[str, Path]) -> No
     assert large.kv_cache_bytes == 4 * small.kv_cache_bytes
     assert large.weights_bytes == small.weights_bytes
     assert large.compute_bytes >= small.compute_bytes
+    # Attention scores of a whole context per micro-batch only without flash attention.
+    unflashed = gpu_split(facts, LoadParams(n_ctx=4096, n_gpu_layers=-1, flash_attn=False))
+    assert unflashed.compute_bytes > large.compute_bytes
 
 
 @pytest.mark.parametrize("reported_layers", [0, 3, -1])
