@@ -117,6 +117,13 @@ class LoadParams(BaseModel):
         le=256,
         description="Sequences decoded together (slots, continuous batching); each gets n_ctx tokens of context.",
     )
+    cache_ram_mib: int | None = Field(
+        None,
+        ge=0,
+        le=1_048_576,
+        description="Host memory (MiB) for prompts kept beside the slots, whose KV cells a later job with "
+        "the same beginning copies back instead of evaluating them; None: as much as the slots' KV cache; 0: none.",
+    )
     flash_attn: bool | None = Field(
         None,
         description="llama.cpp flash attention; None lets llama.cpp use it where the backend supports it "

@@ -8,10 +8,13 @@ tokens, temperature 0), then one packed decode of an embedding job (whose contex
 counts; it is freed when the job ends), records the RSS again while that context is open,
 and prints one JSON line:
 
-    {"model", "n_ctx", "n_batch", "n_parallel", "estimate": {"weights", "kv_cache", "compute", "overhead", "total"},
+    {"model", "n_ctx", "n_batch", "n_parallel",
+     "estimate": {"weights", "kv_cache", "compute", "overhead", "kept_prompts", "total"},
      "measured_rss_increase", "error"}
 
-where error = (estimate - measured) / measured.
+where error = (estimate - measured) / measured. The kept prompts' budget (engines/kept_prompts.py)
+is printed but left out of the total compared: the store fills only as prompts are cut from
+their slots, and never holds more than that budget (tests/worker/engines/test_kept_prompts.py).
 
 Usage::
 
@@ -79,10 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "kv_cache": found.kv_cache_bytes,
             "compute": found.compute_bytes,
             "overhead": found.overhead_bytes,
-            "total": found.total_bytes,
+            "kept_prompts": found.kept_prompts_bytes,
+            "total": found.total_bytes - found.kept_prompts_bytes,
         },
         "measured_rss_increase": measured,
-        "error": round((found.total_bytes - measured) / measured, 4),
+        "error": round((found.total_bytes - found.kept_prompts_bytes - measured) / measured, 4),
     }
     print(json.dumps(report))
     return 0

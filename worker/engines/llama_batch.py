@@ -47,9 +47,11 @@ from typing import Any
 
 from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams
 from hostler.worker.hardware.cpu import usable_cores
+from hostler.worker.memory.estimate import EstimateError, estimate_gguf
 from hostler.worker.memory.files import GGUF_MAGIC
 
 from .decoding import context_budget
+from .kept_prompts import Kept, KeptPrompts, common_prefix
 from .llama_cpu import model_params as safe_model_params
 from .llama_embed import LlamaEmbedder
 from .protocol import EngineError, LoadFailed, NoChatTemplate
@@ -62,6 +64,8 @@ MAX_UBATCH = 512
 # Copying another slot's KV stream costs about as much as evaluating 1/COPY_RATIO of its
 # cells would; a donor must share at least that many more prompt tokens than the target.
 COPY_RATIO = 64
+# A kept prompt is copied back only when it spares at least this many more tokens than a slot.
+KEPT_GAIN = 16
 FOLLOW_CORES_EVERY_S = 1.0
 
 
@@ -221,6 +225,7 @@ class BatchedLlama:
         self._clock = itertools.count(1)
         self._tokens: dict[int, tuple[bool, bytes]] = {}  # token -> (ends generation, its bytes)
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._kept = KeptPrompts(_kept_budget(path, params))
         self._closed = False
 
     # -- what a worker asks ---------------------------------------------------------
@@ -347,6 +352,7 @@ class BatchedLlama:
         for seq in list(self._active.values()):
             self._end(seq)
         self._closed = True
+        self._kept.clear()
         self._context.close()
         self._model.close()
 
@@ -357,18 +363,31 @@ class BatchedLlama:
         free = [slot for slot in self._slots if slot.busy is None]
         if not free:
             raise RuntimeError(f"all {self.n_slots} slots are busy")
-        shared = [_common_prefix(slot.history, tokens) for slot in self._slots]
+        shared = [common_prefix(slot.history, tokens) for slot in self._slots]
         # The longest kept prefix wins; among equals the least recently used gives up its cache.
         return max(free, key=lambda slot: (shared[slot.index], -slot.last_used)), shared
 
     def _reuse_prefix(self, slot: _Slot, tokens: list[int], shared: list[int]) -> int:
-        """Leaves in slot's KV cells the longest prefix of tokens available; returns its length."""
+        """Leaves in slot's KV cells the longest prefix of tokens available; returns its length.
+
+        The prefix comes from the slot itself, from another slot's cells, or from a prompt kept
+        in host memory (kept_prompts.py); whatever the slot held that is about to be cut is kept
+        there first."""
         lib, mem = self._lib, self._mem
         own = shared[slot.index]
         donor = max(self._slots, key=lambda other: shared[other.index])
         # Copying across streams moves a whole stream: worth it for a long enough gain only.
         gain = 0 if self._unified else self.n_ctx // COPY_RATIO
-        if donor is not slot and shared[donor.index] > own + gain:
+        kept, stored = self._kept.best(tokens)
+        if kept is not None and stored > max(own, shared[donor.index]) + KEPT_GAIN:
+            self._keep(slot)
+            lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
+            slot.history = []
+            own = 0
+            if self._restore(kept, slot):
+                own = stored
+        elif donor is not slot and shared[donor.index] > own + gain:
+            self._keep(slot)
             own = shared[donor.index]
             lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
             if self._unified:
@@ -376,6 +395,8 @@ class BatchedLlama:
             else:
                 lib.llama_memory_seq_cp(mem, donor.index, slot.index, -1, -1)
             slot.history = donor.history[:own]
+        elif own < len(slot.history):
+            self._keep(slot)
         # At least the last prompt token is evaluated: its logits give the first token.
         keep = min(own, len(tokens) - 1)
         if keep > 0 and lib.llama_memory_seq_pos_min(mem, slot.index) > 0:
@@ -414,6 +435,29 @@ class BatchedLlama:
             add(chain, lib.llama_sampler_init_temp(params.temperature))
             add(chain, lib.llama_sampler_init_dist(seed))
         return chain
+
+    def _keep(self, slot: _Slot) -> None:
+        """Saves the sequence in slot's cells to the kept prompts, unless it is kept already."""
+        history = slot.history
+        if not history or self._kept.budget_bytes == 0 or self._kept.holds(history):
+            return
+        size = int(self._lib.llama_state_seq_get_size(self._ctx, slot.index))
+        if size == 0 or size > self._kept.budget_bytes:
+            return
+        buffer = (ctypes.c_ubyte * size)()
+        written = int(self._lib.llama_state_seq_get_data(self._ctx, buffer, size, slot.index))
+        if written:
+            self._kept.keep(list(history), bytes(buffer)[:written])
+
+    def _restore(self, kept: Kept, slot: _Slot) -> bool:
+        """Copies a kept prompt's cells into slot (emptied first); False where llama.cpp refused."""
+        source = ctypes.cast(ctypes.c_char_p(kept.state), ctypes.POINTER(ctypes.c_ubyte))
+        if not self._lib.llama_state_seq_set_data(self._ctx, source, len(kept.state), slot.index):
+            self._lib.llama_memory_seq_rm(self._mem, slot.index, -1, -1)
+            return False
+        slot.history = list(kept.tokens)
+        self._kept.touch(kept)
+        return True
 
     # -- one step ---------------------------------------------------------------------
 
@@ -509,23 +553,6 @@ class BatchedLlama:
         return self._formatter
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix, by slice comparisons (C loops, not a Python one)."""
-    n = min(len(a), len(b))
-    if n == 0 or a[0] != b[0]:
-        return 0
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 1, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 def flash_attn_type(lib: Any, flash_attn: bool | None) -> int:
     """llama.cpp's flash attention setting for LoadParams.flash_attn.
 
@@ -538,6 +565,15 @@ def flash_attn_type(lib: Any, flash_attn: bool | None) -> int:
     if flash_attn is None:
         return int(lib.LLAMA_FLASH_ATTN_TYPE_AUTO)
     return int(lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+
+
+def _kept_budget(path: Path, params: LoadParams) -> int:
+    """Host memory for kept prompts: LoadParams.cache_ram_mib, or as much as the slots' KV cache
+    (the estimate counts the same, memory/estimate.py)."""
+    try:
+        return estimate_gguf(path, params).kept_prompts_bytes
+    except (EstimateError, OSError, ValueError):
+        return 0
 
 
 def _check_gguf_header(path: Path) -> None:

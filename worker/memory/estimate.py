@@ -96,6 +96,9 @@ class MemoryEstimate:
     # What n_gpu_layers put on one GPU (None: nothing), and the file's sizes by layer.
     gpu: GpuSplit | None = None
     offload: GpuOffload | None = None
+    # Host memory for prompts kept beside the slots (engines/kept_prompts.py), a bound the
+    # engine fills as prompts are kept.
+    kept_prompts_bytes: int = 0
 
     @property
     def vram_bytes(self) -> int:
@@ -103,14 +106,17 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
+        parts = (self.weights_bytes, self.kv_cache_bytes, self.compute_bytes, self.overhead_bytes)
+        return sum(parts) + self.kept_prompts_bytes
 
     def describe(self) -> str:
         """The host-memory part; `gpu.describe()` tells the GPU's."""
         text = (
             f"{format_bytes(self.total_bytes)} (weights {format_bytes(self.weights_bytes)}"
             f" + KV cache {format_bytes(self.kv_cache_bytes)} + compute {format_bytes(self.compute_bytes)}"
-            f" + runtime {format_bytes(self.overhead_bytes)})"
+            f" + runtime {format_bytes(self.overhead_bytes)}"
+            + (f" + kept prompts {format_bytes(self.kept_prompts_bytes)}" if self.kept_prompts_bytes else "")
+            + ")"
         )
         return text
 
@@ -168,10 +174,21 @@ def estimate_gguf(path: Path, params: LoadParams) -> MemoryEstimate:
         + n_merges * MERGE_BYTES
         + batch
     )
-    # Per context cell of every slot (all layers, wherever they are): a spec with another n_ctx
-    # resizes all of them.
+    # Kept prompts: as many cells as all slots hold, in host memory, unless the load says otherwise.
+    slots_kv = kv_cells(n_ctx) * params.n_parallel * per_cell
+    kept = slots_kv if params.cache_ram_mib is None else params.cache_ram_mib * 2**20
+    # Per context cell of every slot (all layers, wherever they are), and of the kept prompts
+    # when they follow the context: a spec with another n_ctx resizes all of them.
+    per_ctx_cell = per_cell * params.n_parallel * (2 if params.cache_ram_mib is None else 1)
     return MemoryEstimate(
-        weights, kv, compute, overhead, per_cell * params.n_parallel, gpu=split if split.layers else None, offload=facts
+        weights,
+        kv,
+        compute,
+        overhead,
+        per_ctx_cell,
+        gpu=split if split.layers else None,
+        offload=facts,
+        kept_prompts_bytes=kept,
     )
 
 

@@ -479,3 +479,37 @@ def test_threads_follow_the_cores_this_process_may_use(tiny: Path) -> None:
         os.sched_setaffinity(0, cores)
         engine.close()
         fixed.close()
+
+
+# -- prompts kept in host memory beside the slots -------------------------------------------
+
+
+def _run(engine: BatchedLlama, tokens: list[int]) -> tuple[str, int]:
+    handle = engine.submit(SequenceRequest(tokens=tokens, params=SamplingParams(max_tokens=12, temperature=0)))
+    cached = engine._active[handle].cached
+    return "".join(o.piece for o in drain(engine, handle)), cached
+
+
+def drain(engine: BatchedLlama, handle: int) -> Iterator[StepOutput]:
+    while handle in engine._active:
+        yield from (o for o in engine.step() if o.seq == handle)
+
+
+@pytest.mark.parametrize("cache_ram_mib", [None, 0])
+def test_a_prompt_cut_from_its_slot_is_kept_and_copied_back(tiny: Path, cache_ram_mib: int | None) -> None:
+    engine = BatchedLlama(tiny, LoadParams(n_ctx=512, n_parallel=1, cache_ram_mib=cache_ram_mib))
+    try:
+        first = engine.prompt_tokens("the farm by the river " * 20)
+        other = engine.prompt_tokens("a ship left the harbour " * 20)
+        text, cached = _run(engine, first)
+        assert cached == 0
+        _run(engine, other)  # takes the only slot: the first prompt's cells are cut
+        again, cached = _run(engine, first)
+        assert again == text
+        if cache_ram_mib is None:
+            assert cached == len(first) - 1, "every prompt token but the last comes back from host memory"
+            assert len(engine._kept) >= 1 and engine._kept.nbytes <= engine._kept.budget_bytes
+        else:
+            assert cached <= 1 and len(engine._kept) == 0
+    finally:
+        engine.close()

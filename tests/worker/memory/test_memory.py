@@ -49,7 +49,12 @@ def test_parts_are_positive_and_add_up(model_files: dict[str, Path]) -> None:
     assert found.compute_bytes > 0
     assert found.overhead_bytes > 0
     parts = found.weights_bytes + found.kv_cache_bytes + found.compute_bytes + found.overhead_bytes
-    assert found.total_bytes == parts
+    # Kept prompts default to as much host memory as the slots' KV cache.
+    assert found.kept_prompts_bytes == found.kv_cache_bytes
+    assert found.total_bytes == parts + found.kept_prompts_bytes
+    fixed = estimate_gguf(model_files["tiny"], LoadParams(cache_ram_mib=3))
+    assert fixed.kept_prompts_bytes == 3 * MiB and fixed.kv_bytes_per_cell == found.kv_bytes_per_cell // 2
+    assert estimate_gguf(model_files["tiny"], LoadParams(cache_ram_mib=0)).total_bytes == parts
     # The tiny model's weights are float32: the whole file but its metadata.
     assert 0.8 * model_files["tiny"].stat().st_size < found.weights_bytes < model_files["tiny"].stat().st_size
     assert estimate(model_files["tiny"], "llama", LoadParams()) == found
@@ -60,6 +65,14 @@ def test_describe_names_every_part() -> None:
         weights_bytes=241 * MiB, kv_cache_bytes=36 * MiB, compute_bytes=3 * MiB, overhead_bytes=50 * MiB
     )
     assert found.describe() == "330 MiB (weights 241 MiB + KV cache 36 MiB + compute 3 MiB + runtime 50 MiB)"
+    kept = MemoryEstimate(
+        weights_bytes=241 * MiB,
+        kv_cache_bytes=36 * MiB,
+        compute_bytes=3 * MiB,
+        overhead_bytes=50 * MiB,
+        kept_prompts_bytes=36 * MiB,
+    )
+    assert kept.describe().endswith("runtime 50 MiB + kept prompts 36 MiB)")
 
 
 @pytest.mark.parametrize("name", ["broken", "truncated"])
