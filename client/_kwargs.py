@@ -71,6 +71,8 @@ class LoadParamsKwargs(TypedDict, total=False):
     seed: int | None
     cache_prompt: bool
     n_parallel: int
+    cache_ram_mib: int | None
+    flash_attn: bool | None
 
 
 class QueueOptions(TypedDict, total=False):
