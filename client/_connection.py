@@ -138,19 +138,46 @@ class GuardedAsyncUnixConnection(_GuardedAsync, async_connection.UnixDomainSocke
     pass
 
 
-class GuardedSentinelConnection(_GuardedSync, sync_sentinel.SentinelManagedConnection):
+# redis-py sends a command on a dropped connection by connecting it again to the address it had:
+# after a failover, the dead primary, until its retries are spent (the 21 s below). Through
+# connect() instead, the Sentinels are asked first, and the retry reaches the promoted replica.
+
+
+class _FollowingSentinel(sync_sentinel.SentinelManagedConnection):
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+
+class _FollowingSentinelSSL(_FollowingSentinel, sync_sentinel.SentinelManagedSSLConnection):
     pass
 
 
-class GuardedSentinelSSLConnection(_GuardedSync, sync_sentinel.SentinelManagedSSLConnection):
+class _FollowingAsyncSentinel(async_sentinel.SentinelManagedConnection):
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()
+        await super().send_packed_command(command, check_health)
+
+
+class _FollowingAsyncSentinelSSL(_FollowingAsyncSentinel, async_sentinel.SentinelManagedSSLConnection):
     pass
 
 
-class GuardedAsyncSentinelConnection(_GuardedAsync, async_sentinel.SentinelManagedConnection):
+class GuardedSentinelConnection(_GuardedSync, _FollowingSentinel):
     pass
 
 
-class GuardedAsyncSentinelSSLConnection(_GuardedAsync, async_sentinel.SentinelManagedSSLConnection):
+class GuardedSentinelSSLConnection(_GuardedSync, _FollowingSentinelSSL):
+    pass
+
+
+class GuardedAsyncSentinelConnection(_GuardedAsync, _FollowingAsyncSentinel):
+    pass
+
+
+class GuardedAsyncSentinelSSLConnection(_GuardedAsync, _FollowingAsyncSentinelSSL):
     pass
 
 

@@ -63,6 +63,13 @@ def test_sync_and_async_connections_follow_a_failover(watched: SentinelSet) -> N
             await connection.aclose()
 
     assert asyncio.run(use_async("before")) == b"1"
+    # A command in flight when the primary dies is sent again to the promoted replica, not to
+    # the dead address until redis-py's retries are spent.
+    blocked = connect(url)
+    in_flight: list[object] = []
+    waiting = threading.Thread(target=lambda: in_flight.append(blocked.blpop(["nothing"], timeout=4)))
+    waiting.start()
+    time.sleep(0.3)
     watched.primary.kill()
     killed = time.monotonic()
     # The first write after the kill waits inside redis-py's retries until a replica is promoted.
@@ -72,6 +79,9 @@ def test_sync_and_async_connections_follow_a_failover(watched: SentinelSet) -> N
     assert promoted is not None and promoted != watched.primary.port, watched.output()
     assert sync.get("before") == b"1" and took < 20, f"{took:.1f} s\n{watched.output()}"
     assert asyncio.run(use_async("after")) == b"1"
+    waiting.join(30)
+    assert in_flight == [None] and time.monotonic() - killed < 15, (in_flight, time.monotonic() - killed)
+    blocked.close()
     # The subscription is made again on the new primary.
     deadline = time.monotonic() + 20
     heard = None
