@@ -68,13 +68,10 @@ class BadLine:
     line: int
     custom_id: str | None
     message: str
+    code: str = ErrorCode.INVALID_REQUEST
 
     def record(self) -> dict[str, Any]:
-        return {
-            "line": self.line,
-            "custom_id": self.custom_id,
-            "error": {"code": ErrorCode.INVALID_REQUEST, "message": self.message},
-        }
+        return {"line": self.line, "custom_id": self.custom_id, "error": {"code": self.code, "message": self.message}}
 
 
 def batch_id_of(data: bytes) -> str:
@@ -242,9 +239,7 @@ async def run_batch(
     """Runs every valid line of an OpenAI Batch input file; appends results to output."""
     data = input_path.read_bytes()
     batch_id = batch_id_of(data + (model or "").encode())
-    requests, bad = parse_lines(data.decode(errors="replace").splitlines(), model)
-    requests, unknown = await _known_models(client, requests)
-    bad = sorted([*bad, *unknown], key=lambda b: b.line)
+    requests, bad = await read_requests(client, data.decode(errors="replace"), model)
     if errors is not None:
         errors.write_text("".join(json.dumps(b.record()) + "\n" for b in bad))
     done = read_done(output)
@@ -368,12 +363,29 @@ async def _submit(client: AsyncClient, request: Request, job_id: str, deadline: 
     )
 
 
+async def read_requests(
+    client: AsyncClient, text: str, model: str | None = None, *, endpoint: str | None = None
+) -> tuple[list[Request], list[BadLine]]:
+    """The requests of a Batch API input that can run, and its bad lines in line order: not JSON,
+    an unknown url (or one other than `endpoint`, when given), an invalid body, a model no live
+    host has. model, when given, replaces each body's."""
+    requests, bad = parse_lines(text.splitlines(), model)
+    if endpoint is not None:
+        elsewhere = [r for r in requests if r.url != endpoint]
+        bad += [
+            BadLine(r.line, r.custom_id, f"url {r.url!r} is not the batch's endpoint {endpoint!r}") for r in elsewhere
+        ]
+        requests = [r for r in requests if r.url == endpoint]
+    requests, unknown = await _known_models(client, requests)
+    return requests, sorted([*bad, *unknown], key=lambda b: b.line)
+
+
 async def _known_models(client: AsyncClient, requests: list[Request]) -> tuple[list[Request], list[BadLine]]:
     """Lines naming a model no live host has are bad lines, not failures mid-run."""
     available = sorted({m.id for m in await client.models()})
     known = [r for r in requests if r.model in available]
     unknown = [
-        BadLine(r.line, r.custom_id, str(ModelNotFound(r.model, available)))
+        BadLine(r.line, r.custom_id, str(ModelNotFound(r.model, available)), ErrorCode.MODEL_NOT_FOUND)
         for r in requests
         if r.model not in available
     ]

@@ -1,5 +1,21 @@
 """hostler's wire contract: job payloads, stream events, results, reports and key names."""
 
+from ._batches import (
+    COMPLETION_WINDOW,
+    COMPLETION_WINDOW_S,
+    FINAL_STATUSES,
+    BatchCreateRequest,
+    BatchErrors,
+    BatchLineError,
+    BatchObject,
+    BatchPage,
+    BatchStatus,
+    BatchUsage,
+    FileDeleted,
+    FileObject,
+    FilePage,
+    RequestCounts,
+)
 from ._embeddings import (
     MAX_EMBEDDING_DIMENSIONS,
     MAX_EMBEDDING_INPUTS,
@@ -95,6 +111,20 @@ from ._units import format_bytes, parse_duration, parse_size
 from ._validation import FieldError, describe_errors, field_errors
 
 __all__ = [
+    "COMPLETION_WINDOW",
+    "COMPLETION_WINDOW_S",
+    "FINAL_STATUSES",
+    "BatchCreateRequest",
+    "BatchErrors",
+    "BatchLineError",
+    "BatchObject",
+    "BatchPage",
+    "BatchStatus",
+    "BatchUsage",
+    "FileDeleted",
+    "FileObject",
+    "FilePage",
+    "RequestCounts",
     "EMBEDDINGS_URL",
     "MAX_EMBEDDING_DIMENSIONS",
     "MAX_EMBEDDING_INPUTS",

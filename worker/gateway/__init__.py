@@ -10,5 +10,8 @@ Modules: `settings` (what the command line sets), `shapes` (OpenAI request model
 stream chunks), `errors` (hostler errors as HTTP statuses in OpenAI's error shape),
 `guards` (API keys, body size), `sse` (server-sent events, disconnects), `completions` (the
 two generation endpoints), `management` (models, load/unload, tokenize, processes, health,
-metrics), `metrics_render` (Prometheus text from Redis), `app` (routes), `server` (uvicorn).
+metrics), `metrics_render` (Prometheus text from Redis), `app` (routes), `server` (uvicorn),
+`openapi` (the OpenAPI document: bodies, answers, error statuses of every route), and the Batch
+API over HTTP: `batch_api` (its parts put together), `files`, `batches`, `batch_store` (files
+and batches in Redis), `batch_runner` (one batch on the queue), `batch_leases` (takeover).
 """

@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from . import openapi
+from .batch_api import BatchApi
 from .completions import Completions
 from .embeddings import Embeddings
 from .errors import ApiError, describe_validation, from_hostler
@@ -33,11 +35,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     completions = Completions(client, settings)
     embeddings = Embeddings(client, settings)
     management = Management(client, settings)
+    batch_api = BatchApi(client, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            yield
+            async with batch_api.running():
+                yield
         finally:
             await client.aclose()
 
@@ -45,7 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         title="hostler gateway",
         summary="OpenAI-compatible HTTP in front of hostler's Redis queues.",
         lifespan=lifespan,
-        docs_url=None,
+        docs_url="/docs",
         redoc_url=None,
     )
     _add_error_handlers(app, settings)
@@ -60,8 +64,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_api_route("/management/processes", management.processes, methods=["GET"])
     app.add_api_route("/health", management.health, methods=["GET"])
     app.add_api_route("/metrics", management.metrics, methods=["GET"])
+    batch_api.add_routes(app)
+    openapi.install(app)
     # Outermost first: the key is checked before a byte of the body is read.
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, larger=batch_api.body_limits())
     app.add_middleware(ApiKeyGuard, keys=settings.api_keys)
     return app
 

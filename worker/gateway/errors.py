@@ -64,7 +64,8 @@ _BAD_REQUEST_CODES = {
     ErrorCode.INVALID_JOB,
     ErrorCode.INVALID_REQUEST,
 }
-_UNAVAILABLE_CODES = {ErrorCode.MODEL_CRASHING, ErrorCode.WORKER_DIED, ErrorCode.HOST_DIED}
+# A model whose files do not load is unavailable, not a fault of the gateway (the fuzzer's find).
+_UNAVAILABLE_CODES = {ErrorCode.MODEL_CRASHING, ErrorCode.WORKER_DIED, ErrorCode.HOST_DIED, ErrorCode.LOAD_FAILED}
 
 
 def from_hostler(exc: HostlerError, *, no_capacity_retry_s: int) -> ApiError:
