@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import json
 import os
 import re
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,6 +34,8 @@ ROOT_RULE = "root"
 _PARSE_ERROR = re.compile(r"error parsing grammar: (.+)")
 _OTHER_ERRORS = re.compile(r"(grammar does not contain a .+ symbol|left recursion detected.*|Undefined rule.*)")
 _STDERR_LOCK = threading.Lock()
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
 class GrammarError(ValueError):
@@ -80,7 +84,9 @@ def schema_grammar(schema: dict[str, Any]) -> str:
     except Exception as exc:  # noqa: BLE001 - the converter raises whatever its code meets
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise GrammarError(f"json_schema: llama.cpp's converter cannot handle this schema ({detail})") from None
-    return grammar
+    # llama-cpp-python's port lets control characters into strings, which JSON forbids (a parser
+    # refuses a raw newline in a string); llama.cpp's own converter keeps them out, and so do we.
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
 def grammar_sampler(grammar: str, *, vocab: Any = None, where: str = "grammar") -> Any:
@@ -103,16 +109,20 @@ def grammar_sampler(grammar: str, *, vocab: Any = None, where: str = "grammar") 
 
 @contextlib.contextmanager
 def _stderr_captured() -> Iterator[Any]:
-    """What the process writes to file descriptor 2 meanwhile: llama.cpp's parser prints its
-    reason there and returns only NULL. Serialised, since the descriptor is the process's."""
+    """What is written meanwhile to file descriptor 2 and to sys.stderr: llama.cpp's parser prints
+    its reason to the one, its log (through llama-cpp-python's callback) goes to the other, and
+    the call itself returns only NULL. Serialised, since both are the process's."""
     with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
+        saved, saved_stream = os.dup(2), sys.stderr
+        logged = io.StringIO()
         text = ""
         try:
             os.dup2(sink.fileno(), 2)
+            sys.stderr = logged
             yield lambda: text
         finally:
+            sys.stderr = saved_stream
             os.dup2(saved, 2)
             os.close(saved)
         sink.seek(0)
-        text = sink.read(64 * 1024).decode("utf-8", errors="replace")
+        text = sink.read(64 * 1024).decode("utf-8", errors="replace") + logged.getvalue()

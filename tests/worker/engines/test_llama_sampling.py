@@ -1,0 +1,72 @@
+"""The pure parts of a llama.cpp sequence's sampling: log probabilities and when they go out;
+which engines refuse structured output and logprobs. The chain itself runs in
+tests/worker/engines/test_structured_e2e.py on a real model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hostler.schemas import SamplingParams, TokenLogprob
+from hostler.worker.engines.decoding import Unsupported, refuse_llama_only
+from hostler.worker.engines.llama_sampling import LogprobTrail, log_softmax, token_logprob
+from llama_cpp import Llama
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_log_softmax_is_llama_cpp_python_s_to_the_bit(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(49_152) * 8).astype(np.float32)
+    logits[rng.integers(0, logits.size, 100)] = -np.inf  # masked tokens, as a grammar leaves them
+    ours = log_softmax(logits)
+    theirs = Llama.logits_to_logprobs(logits)
+    assert ours.dtype == np.float32
+    assert np.array_equal(ours, theirs)
+
+
+def test_token_logprob_lists_the_most_likely_first_and_the_chosen_token_s_own() -> None:
+    logits = np.array([0.0, 3.0, 1.0, 3.0, -2.0], dtype=np.float32)
+    names = {0: b"a", 1: b"b", 2: b"c", 3: b"d", 4: b"\xc3"}
+    entry = token_logprob(logits, 4, 3, names.__getitem__)
+    expected = Llama.logits_to_logprobs(logits)
+    assert entry.logprob == pytest.approx(float(expected[4]))
+    # An incomplete UTF-8 byte: no text, but its bytes whole.
+    assert entry.token == "" and entry.bytes == [0xC3]
+    # Ties go to the higher id, as llama-cpp-python's sort of (logprob, id) pairs puts them.
+    assert [top.token for top in entry.top_logprobs] == ["d", "b", "c"]
+    assert [top.logprob for top in entry.top_logprobs] == pytest.approx([float(expected[i]) for i in (3, 1, 2)])
+    assert token_logprob(logits, 1, 0, names.__getitem__).top_logprobs == []
+
+
+def _entry(text: str) -> TokenLogprob:
+    return TokenLogprob(token=text, logprob=-1.0, bytes=list(text.encode()))
+
+
+def test_a_token_goes_out_with_the_piece_its_text_starts_in_and_a_stop_string_s_tokens_never() -> None:
+    trail = LogprobTrail()
+    trail.add(_entry("Hello"), "Hello")
+    assert [e.token for e in trail.release("Hello", final=False)] == ["Hello"]
+    # " EN" may start the stop string " END": its text is held back, so is its logprob.
+    trail.add(_entry(" EN"), " EN")
+    assert trail.release("", final=False) == ()
+    # It was not the stop string after all: both go out with the piece.
+    trail.add(_entry("d"), "d")
+    assert [e.token for e in trail.release(" ENd", final=False)] == [" EN", "d"]
+    # An incomplete character: no text yet; it goes out with the token that completes it.
+    trail.add(_entry(""), "")
+    trail.add(_entry("é"), "é")
+    assert [e.token for e in trail.release("é", final=False)] == ["", "é"]
+    # The stop string " END" was generated: its tokens are dropped at the end.
+    trail.add(_entry(" E"), " E")
+    trail.add(_entry("ND"), "ND")
+    assert trail.release("", final=True) == ()
+
+
+def test_engines_without_llama_cpp_refuse_structured_output_and_logprobs_by_name() -> None:
+    refuse_llama_only(SamplingParams(), "MLX")  # nothing asked, nothing refused
+    with pytest.raises(Unsupported, match="MLX engine does not support structured output"):
+        refuse_llama_only(SamplingParams(json_schema={"type": "object"}), "MLX")
+    with pytest.raises(Unsupported, match="MLX engine does not support structured output"):
+        refuse_llama_only(SamplingParams(grammar='root ::= "a"'), "MLX")
+    with pytest.raises(Unsupported, match="MLX engine does not return logprobs") as raised:
+        refuse_llama_only(SamplingParams(logprobs=0), "MLX")
+    assert raised.value.code == "invalid_request"
