@@ -37,12 +37,15 @@ from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff, OutageGuard
 
 from .endings import fail_orphans, fail_queued
 from .placement import Demand, NoFit, Placement, choose_host, fits_once_settled, keep_alive_expired
-from .snapshot import Snapshot, read_snapshot
+from .snapshot import ReportCache, Snapshot, read_snapshot
 
 log = logging.getLogger("hostler.controller")
 
 LOCK_TTL_S = 5.0
 VIEW_TTL_S = 10
+# The view is rewritten after a step that changed a placement, else at most this often: at a
+# thousand hosts it is a megabyte of JSON, and hosts report every 2 s anyway.
+VIEW_EVERY_S = 2.0
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -84,6 +87,8 @@ class Controller:
     _empty_since: dict[str, float] = field(default_factory=dict)
     _extra: dict[str, int] = field(default_factory=dict)
     _outage: OutageGuard = field(default_factory=OutageGuard)
+    _reports: ReportCache = field(default_factory=ReportCache)
+    _view_at: float = float("-inf")
 
     def __post_init__(self) -> None:
         self._renew = self.connection.register_script(_RENEW)
@@ -134,7 +139,7 @@ class Controller:
 
     def step(self, wait: float = 0.5) -> None:
         demanded = self._wait_demand(wait)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         snap = self.read()
         if snap.dead and self._outage.settled(self.connection):
             for host in snap.dead:
@@ -146,11 +151,15 @@ class Controller:
             self._trim_replicas(model, snap, desired[model])
         for model in models:
             self._place(model, snap, max(desired[model], 1 if model in demanded else 0))
-        self._publish_view(snap)
-        # scripts/simulate_hosts.py reads these lines: the step's own work, not its wait for demand.
+        if snap.changed or time.monotonic() - self._view_at >= VIEW_EVERY_S:
+            self._publish_view(snap)
+            self._view_at = time.monotonic()
+        # scripts/simulate_hosts.py reads these lines: the step's own work, not its wait for demand;
+        # its CPU time too, which a machine shared with other work does not inflate.
         log.debug(
-            "step took %.1f ms (%d hosts, %d models, %d demanded)",
+            "step took %.1f ms, %.1f ms of CPU (%d hosts, %d models, %d demanded)",
             (time.perf_counter() - started) * 1000,
+            (time.thread_time() - cpu) * 1000,
             len(snap.reports),
             len(models),
             len(demanded),
@@ -167,7 +176,7 @@ class Controller:
         return {as_text(r) for r in raw}
 
     def read(self) -> Snapshot:
-        return read_snapshot(self.connection, self.keys)
+        return read_snapshot(self.connection, self.keys, self._reports)
 
     # -- hosts that died ------------------------------------------------------------
 
@@ -178,7 +187,11 @@ class Controller:
             pipe.srem(self.keys.hosts, host)
             pipe.execute()
         failed = 0
-        for model in sorted(snap.models() | {as_text(m) for m in assigned}):
+        # Only what ran there: the assignments it had and the workers that reported from it. A
+        # worker of another model that died with it is the janitor's (its sweep, every 3 s); a
+        # pass over every model here would cost thousands of round trips per dead host.
+        ran = {as_text(m) for m in assigned} | {model for (where, model) in snap.workers if where == host}
+        for model in sorted(ran):
             failed += fail_orphans(
                 self.connection,
                 self.keys,
@@ -197,7 +210,7 @@ class Controller:
         keep_alive is the model's, not each replica's: a replica that got no work while its
         sibling did stays, and surplus replicas are trimmed separately."""
         for model in sorted(snap.models()):
-            placed = [(a.host, a) for host in sorted(snap.assignments) if (a := snap.assignments[host].get(model))]
+            placed = snap.placements(model)
             if not placed:
                 continue
             spec = snap.specs.get(model)
@@ -343,7 +356,7 @@ class Controller:
             pipe.rpush(self.keys.wake(host), "1")
             pipe.expire(self.keys.wake(host), 10)
             pipe.execute()
-        snap.assignments.setdefault(host, {})[model] = assignment
+        snap.assign(host, assignment)
         log.info("placed %s on %s%s (%s)", model, host, f" GPU {decision.gpu}" if on_gpu else "", reason)
         return assignment
 
@@ -353,7 +366,7 @@ class Controller:
             pipe.rpush(self.keys.wake(host), "1")
             pipe.expire(self.keys.wake(host), 10)
             pipe.execute()
-        snap.assignments.get(host, {}).pop(model, None)
+        snap.unassign(host, model)
 
     def _publish_view(self, snap: Snapshot) -> None:
         hosts = [

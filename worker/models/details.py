@@ -48,6 +48,8 @@ def details(manifest: ModelManifest) -> ModelDetails:
     try:
         found = estimate(manifest.path, manifest.engine, manifest.load)
         memory_bytes, memory = found.total_bytes, found.describe()
+        if found.gpu is not None:  # model.yaml's n_gpu_layers offloads layers to one GPU
+            memory += f" + {found.gpu.describe()}"
     except (EstimateError, ValueError, OSError) as exc:
         memory_error = str(exc)
     return ModelDetails(
