@@ -171,28 +171,28 @@ def test_an_embedding_job_is_served_between_the_steps_of_four_generations(
     client = smol_stack.client
     client.embed(MODEL, ["warm up"])  # the model is loaded and the embedding path has run once
 
-    async def scenario() -> tuple[float, list[str], list[str], Any]:
-        async with AsyncClient(smol_stack.url, timeout=120) as async_client:
+    async def scenario() -> tuple[float, list[str], Any]:
+        async with AsyncClient(smol_stack.url, timeout=300) as async_client:
             streams = [
-                await async_client.stream(MODEL, f"Story number {i}: once upon a time", max_tokens=200, temperature=0.7)
+                # Counting goes on to max_tokens: each generation is still running when the embedding ends.
+                await async_client.stream(MODEL, f"{i}, {i + 1}, {i + 2}, {i + 3},", max_tokens=400, temperature=0)
                 for i in range(4)
             ]
-            for stream in streams:
-                await stream.__anext__()  # every generation is running
-            started = time.monotonic()
-            result = await async_client.embed(MODEL, TEXTS)
-            took = time.monotonic() - started
-            statuses = [await (await async_client.job(stream.job_id)).status() for stream in streams]
-            for stream in streams:
-                async for _ in stream:
-                    pass
-            after = [await (await async_client.job(stream.job_id)).status() for stream in streams]
-            return took, statuses, after, result
+            try:
+                for stream in streams:
+                    await stream.__anext__()  # every generation is running
+                started = time.monotonic()
+                result = await async_client.embed(MODEL, TEXTS)
+                took = time.monotonic() - started
+                statuses = [await (await async_client.job(stream.job_id)).status() for stream in streams]
+            finally:
+                for stream in streams:
+                    await stream.aclose()  # nobody listens: the worker stops them within about 2 s
+            return took, statuses, result
 
-    took, during, after, result = asyncio.run(scenario())
+    took, during, result = asyncio.run(scenario())
     print(f"\nembedding 6 texts while 4 generations run: {took * 1000:.0f} ms")
-    assert during == ["started"] * 4, "the embedding job did not wait for the generations to end"
-    assert after == ["finished"] * 4
+    assert during == ["started"] * 4, "the embedding job waited for the generations to end"
     assert_equal_to_reference(result.vectors, reference[0])
 
 
