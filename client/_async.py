@@ -33,7 +33,17 @@ from ._connection import connect, connect_async
 from ._core import DEFAULT_TIMEOUT_S, Call, ClientCore, R
 from ._errors import HostlerError, JobFailed
 from ._follow import MAX_SILENCE_POLL_S, EventOrder
-from ._kwargs import CompleteKwargs, EmbedKwargs, LoadKwargs, MapKwargs, PullKwargs, StreamKwargs, SubmitKwargs, Unpack
+from ._kwargs import (
+    ChatKwargs,
+    CompleteKwargs,
+    EmbedKwargs,
+    LoadKwargs,
+    MapKwargs,
+    PullKwargs,
+    StreamKwargs,
+    SubmitKwargs,
+    Unpack,
+)
 from ._map import InOrder
 from ._pieces import completion
 from ._requests import EmbedInputs, Messages, new_job_id
@@ -73,18 +83,22 @@ class AsyncClient(ClientCore):
 
     @overload
     async def chat(
-        self, model: str, messages: Messages, *, stream: Literal[False] = False, **kwargs: Unpack[StreamKwargs]
+        self, model: str, messages: Messages, *, stream: Literal[False] = False, **kwargs: Unpack[ChatKwargs]
     ) -> CompletionResult: ...
 
     @overload
     async def chat(
-        self, model: str, messages: Messages, *, stream: Literal[True], **kwargs: Unpack[StreamKwargs]
+        self, model: str, messages: Messages, *, stream: Literal[True], **kwargs: Unpack[ChatKwargs]
     ) -> AsyncStream: ...
 
     async def chat(
-        self, model: str, messages: Messages, *, stream: bool = False, **kwargs: Unpack[StreamKwargs]
+        self, model: str, messages: Messages, *, stream: bool = False, **kwargs: Unpack[ChatKwargs]
     ) -> CompletionResult | AsyncStream:
-        """Chat through the model's own chat template; stream=True returns an AsyncStream."""
+        """Chat through the model's own chat template; stream=True returns an AsyncStream.
+
+        tools= offers functions in OpenAI's shapes (tool_choice=, parallel_tool_calls= as OpenAI's):
+        the calls the reply made are the result's tool_calls (finish_reason 'tool_calls'), its
+        text what it said besides them; a stream yields only that text."""
         call = self._chat(model, messages, kwargs, stream=stream)
         return AsyncStream(await self._start(call)) if stream else await self._run(call)
 

@@ -28,7 +28,17 @@ from ._errors import HostlerError, JobFailed
 from ._events import Followed, PubSubPool, Subscription, Waiter
 from ._follow import SILENCE_POLL_S, EventOrder
 from ._handle import JobHandle
-from ._kwargs import CompleteKwargs, EmbedKwargs, LoadKwargs, MapKwargs, PullKwargs, StreamKwargs, SubmitKwargs, Unpack
+from ._kwargs import (
+    ChatKwargs,
+    CompleteKwargs,
+    EmbedKwargs,
+    LoadKwargs,
+    MapKwargs,
+    PullKwargs,
+    StreamKwargs,
+    SubmitKwargs,
+    Unpack,
+)
 from ._map import InOrder
 from ._pieces import Stream, completion
 from ._requests import EmbedInputs, Messages, new_job_id
@@ -78,18 +88,22 @@ class Client(ClientCore):
 
     @overload
     def chat(
-        self, model: str, messages: Messages, *, stream: Literal[False] = False, **kwargs: Unpack[StreamKwargs]
+        self, model: str, messages: Messages, *, stream: Literal[False] = False, **kwargs: Unpack[ChatKwargs]
     ) -> CompletionResult: ...
 
     @overload
     def chat(
-        self, model: str, messages: Messages, *, stream: Literal[True], **kwargs: Unpack[StreamKwargs]
+        self, model: str, messages: Messages, *, stream: Literal[True], **kwargs: Unpack[ChatKwargs]
     ) -> Stream: ...
 
     def chat(
-        self, model: str, messages: Messages, *, stream: bool = False, **kwargs: Unpack[StreamKwargs]
+        self, model: str, messages: Messages, *, stream: bool = False, **kwargs: Unpack[ChatKwargs]
     ) -> CompletionResult | Stream:
-        """Chat through the model's own chat template; stream=True returns a Stream of pieces."""
+        """Chat through the model's own chat template; stream=True returns a Stream of pieces.
+
+        tools= offers functions in OpenAI's shapes (tool_choice=, parallel_tool_calls= as OpenAI's):
+        the calls the reply made are the result's tool_calls (finish_reason 'tool_calls'), its
+        text what it said besides them; a stream yields only that text."""
         call = self._chat(model, messages, kwargs, stream=stream)
         return Stream(self._start(call)) if stream else self._run(call)
 

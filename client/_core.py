@@ -42,7 +42,16 @@ from . import _reads as reads
 from ._connection import PREFIX_ENV, durability_of
 from ._errors import HostlerError, InvalidRequest, ModelNotFound, NotReplicated, QueueFull
 from ._follow import waiting_ttl_ms
-from ._kwargs import CompleteOptions, EmbedKwargs, LoadOptions, StreamOptions, SubmitOptions, split
+from ._kwargs import (
+    TOOL_OPTIONS,
+    ChatOptions,
+    CompleteOptions,
+    EmbedKwargs,
+    LoadOptions,
+    StreamOptions,
+    SubmitOptions,
+    split,
+)
 from ._options import Options
 from ._outcome import queue_key
 from ._requests import (
@@ -120,9 +129,10 @@ class ClientCore:
     def _chat(
         self, model: str, messages: Messages, kwargs: Mapping[str, Any], *, stream: bool
     ) -> Call[CompletionResult]:
-        options, params = split(kwargs, StreamOptions)
+        options, params = split(kwargs, ChatOptions)
         queued = self._options(options, "interactive")
-        job = chat_job(model, messages, params, stream=stream, job_timeout=options.get("job_timeout"))
+        tools = {name: options[name] for name in TOOL_OPTIONS if name in options}
+        job = chat_job(model, messages, params, stream=stream, job_timeout=options.get("job_timeout"), tools=tools)
         return self._call(job, queued, options)
 
     def _submission(
@@ -133,7 +143,10 @@ class ClientCore:
         options, params = split(kwargs, SubmitOptions)
         queued = self._options(options, "batch")
         messages, stream = options.get("messages"), options.get("stream", False)
-        job = generation_job(model, prompt, messages, params, stream=stream, job_timeout=options.get("job_timeout"))
+        tools = {name: options[name] for name in TOOL_OPTIONS if name in options}
+        job = generation_job(
+            model, prompt, messages, params, stream=stream, job_timeout=options.get("job_timeout"), tools=tools
+        )
         job_id = options.get("job_id")
         job_id = new_job_id() if job_id is None else check_job_id(job_id)
         room_s = room_wait_s(options.get("wait_when_full", False), self.timeout)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
-from hostler.schemas import ChatMessage, Priority, PullProgressEvent
+from hostler.schemas import ChatMessage, NamedToolChoice, Priority, PullProgressEvent, Tool
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -21,6 +21,9 @@ else:  # pragma: no cover - pydantic installs typing_extensions
     from typing_extensions import Unpack
 
 __all__ = [
+    "TOOL_OPTIONS",
+    "ChatKwargs",
+    "ChatOptions",
     "CompleteKwargs",
     "CompleteOptions",
     "EmbedKwargs",
@@ -36,6 +39,7 @@ __all__ = [
     "StreamOptions",
     "SubmitKwargs",
     "SubmitOptions",
+    "ToolOptions",
     "Unpack",
     "WaitWhenFull",
     "split",
@@ -98,11 +102,30 @@ class CompleteOptions(StreamOptions, total=False):
     retries: int
 
 
-class SubmitOptions(QueueOptions, total=False):
-    """messages: a chat instead of a prompt. retries: as complete()'s. stream: publish the
-    pieces as they are made, for handle.stream(). job_id: pick the id yourself."""
+class ToolOptions(TypedDict, total=False):
+    """A chat's tools, in OpenAI's shapes. tools: the functions the model may call (dicts or
+    hostler.schemas.Tool). tool_choice: 'none', 'auto' (the default with tools), 'required', or
+    {'type': 'function', 'function': {'name': ...}}; the last two constrain the reply to a call.
+    parallel_tool_calls: whether one reply may hold several calls (default True)."""
 
-    messages: Sequence[Mapping[str, str] | ChatMessage] | None
+    tools: Sequence[Mapping[str, Any] | Tool] | None
+    tool_choice: str | Mapping[str, Any] | NamedToolChoice | None
+    parallel_tool_calls: bool
+
+
+# The ChatJob fields ToolOptions sets.
+TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")
+
+
+class ChatOptions(StreamOptions, ToolOptions, total=False):
+    """chat()'s options: a stream's, and the tools."""
+
+
+class SubmitOptions(QueueOptions, ToolOptions, total=False):
+    """messages: a chat instead of a prompt (tools go with it). retries: as complete()'s. stream:
+    publish the pieces as they are made, for handle.stream(). job_id: pick the id yourself."""
+
+    messages: Sequence[Mapping[str, Any] | ChatMessage] | None
     retries: int
     stream: bool
     job_id: str | None
@@ -143,7 +166,11 @@ class LoadOptions(TypedDict, total=False):
 
 
 class StreamKwargs(SamplingKwargs, StreamOptions, total=False):
-    """stream()'s and chat()'s keywords."""
+    """stream()'s keywords."""
+
+
+class ChatKwargs(SamplingKwargs, ChatOptions, total=False):
+    """chat()'s keywords."""
 
 
 class CompleteKwargs(SamplingKwargs, CompleteOptions, total=False):

@@ -24,6 +24,7 @@ from hostler.schemas import (
     LoadJob,
     LoadParams,
     ModelSpec,
+    NamedToolChoice,
     SamplingParams,
     describe_errors,
     embedding_inputs,
@@ -35,10 +36,11 @@ from rq.job import Retry
 from rq.queue import Queue
 
 from ._errors import InvalidRequest, QueueFull
+from ._grammar import GrammarError, llama_available, schema_grammar
 from ._options import Options, seconds
 from ._rqstore import DEFAULT_MAX_QUEUE, FAILURE_TTL, QUEUED_TTL, RESULT_TTL, queue_keys
 
-Messages = Sequence[Mapping[str, str] | ChatMessage]
+Messages = Sequence[Mapping[str, Any] | ChatMessage]
 # A job id a caller picks (batch runs derive them) is used as a Redis key part: keep it plain.
 MAX_JOB_ID_CHARS = 128
 
@@ -79,9 +81,34 @@ def completion_job(
 
 
 def chat_job(
-    model: str, messages: Messages, params: Mapping[str, Any], *, stream: bool = False, job_timeout: float | str | None
+    model: str,
+    messages: Messages,
+    params: Mapping[str, Any],
+    *,
+    stream: bool = False,
+    job_timeout: float | str | None,
+    tools: Mapping[str, Any] | None = None,
 ) -> Job:
-    return _generation(ChatJob, model, params, stream, job_timeout, messages=list(messages))
+    """tools: the ChatJob's tool fields (tools, tool_choice, parallel_tool_calls) that are set."""
+    job = _generation(ChatJob, model, params, stream, job_timeout, messages=list(messages), **(tools or {}))
+    _check_forced_tools(job)
+    return job
+
+
+def _check_forced_tools(job: Job) -> None:
+    """The parameter schemas a forced call (tool_choice required or named) is sampled under, through
+    llama.cpp's converter where this process has it; the worker checks again either way."""
+    if not isinstance(job, ChatJob) or not job.tools or not llama_available():
+        return
+    choice = job.tool_choice
+    for index, tool in enumerate(job.tools):
+        named = isinstance(choice, NamedToolChoice) and choice.function.name == tool.function.name
+        if (choice == "required" or named) and tool.function.parameters:
+            try:
+                schema_grammar(tool.function.parameters)
+            except GrammarError as exc:
+                where = f"tools.{index}.function.parameters (function {tool.function.name!r})"
+                raise InvalidRequest(f"{where}: {exc}") from None
 
 
 def _generation(
@@ -104,13 +131,16 @@ def generation_job(
     *,
     stream: bool,
     job_timeout: float | str | None,
+    tools: Mapping[str, Any] | None = None,
 ) -> Job:
-    """A completion (prompt) or a chat (messages): exactly one of them."""
+    """A completion (prompt) or a chat (messages, and its tools): exactly one of them."""
     if (prompt is None) == (messages is None):
         raise InvalidRequest("give a prompt or messages, not both or neither")
     if prompt is not None:
+        if tools:
+            raise InvalidRequest(f"{', '.join(tools)}: tools go with a chat (messages=), not with a prompt")
         return completion_job(model, prompt, params, stream=stream, job_timeout=job_timeout)
-    return chat_job(model, messages or [], params, stream=stream, job_timeout=job_timeout)
+    return chat_job(model, messages or [], params, stream=stream, job_timeout=job_timeout, tools=tools)
 
 
 # What embed() takes: one text, or several texts and token-id lists.

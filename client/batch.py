@@ -358,8 +358,9 @@ async def _submit(client: AsyncClient, request: Request, job_id: str, deadline: 
     messages = body.hostler_messages() if isinstance(body, ChatCompletionRequest) else None
     # A full queue is waited out until the run's deadline.
     room_s = max(0.0, deadline - time.monotonic())
+    tools = body.tool_options() if isinstance(body, ChatCompletionRequest) else {}
     return await client.submit(
-        request.model, prompt, messages=messages, job_id=job_id, wait_when_full=room_s, **body.sampling()
+        request.model, prompt, messages=messages, job_id=job_id, wait_when_full=room_s, **tools, **body.sampling()
     )
 
 

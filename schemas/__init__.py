@@ -107,6 +107,17 @@ from ._reports import (
     free_memory,
 )
 from ._results import CompletionResult, FinishReason, LoadResult, TokenCountResult, UnloadResult, Usage
+from ._tools import (
+    FUNCTION_NAME_PATTERN,
+    FunctionCall,
+    FunctionDefinition,
+    FunctionName,
+    NamedToolChoice,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    new_tool_call_id,
+)
 from ._units import format_bytes, parse_duration, parse_size
 from ._validation import FieldError, describe_errors, field_errors
 
@@ -216,4 +227,13 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "rq_func_name",
+    "FUNCTION_NAME_PATTERN",
+    "FunctionCall",
+    "FunctionDefinition",
+    "FunctionName",
+    "NamedToolChoice",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+    "new_tool_call_id",
 ]

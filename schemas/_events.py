@@ -59,6 +59,7 @@ class ErrorCode:
     LOAD_FAILED = "load_failed"
     CONTEXT_EXCEEDED = "context_exceeded"
     NO_CHAT_TEMPLATE = "no_chat_template"
+    TOOLS_UNSUPPORTED = "tools_unsupported"
     EMBEDDINGS_UNSUPPORTED = "embeddings_unsupported"
     WORKER_DIED = "worker_died"
     HOST_DIED = "host_died"

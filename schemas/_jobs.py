@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator, model_validator
 
 from ._embeddings import MAX_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_INPUTS, EmbeddingInput
 from ._params import LoadParams, SamplingParams
+from ._tools import MAX_TOOL_CALL_ID_CHARS, MAX_TOOLS, Tool, ToolCall, ToolChoice, check_tool_choice
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 MAX_PROMPT_CHARS = 4_000_000
@@ -36,7 +37,25 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = Field(max_length=MAX_PROMPT_CHARS)
+    content: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="The text; may be null only for an assistant's tool calls."
+    )
+    tool_calls: list[ToolCall] | None = Field(
+        None, max_length=MAX_TOOLS, description="The calls an assistant message made (role assistant only)."
+    )
+    tool_call_id: str | None = Field(
+        None, max_length=MAX_TOOL_CALL_ID_CHARS, description="The call a tool message answers (role tool only)."
+    )
+
+    @model_validator(mode="after")
+    def _fits_its_role(self) -> ChatMessage:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is required (it may be null only in an assistant message with tool_calls)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls belong to assistant messages, not to a {self.role} message")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id belongs to tool messages, not to a {self.role} message")
+        return self
 
 
 class _JobBase(BaseModel):
@@ -70,6 +89,34 @@ class ChatJob(_JobBase):
     timeout_s: float | None = Field(
         None, gt=0, le=MAX_JOB_SECONDS, description="Longest generation time; past it the job fails."
     )
+    tools: list[Tool] | None = Field(
+        None, max_length=MAX_TOOLS, description="Functions the model may call, rendered by its chat template."
+    )
+    tool_choice: ToolChoice | None = Field(
+        None,
+        description="none, auto (the default with tools), required (some call), or the function to call; "
+        "required and a named function constrain the reply to a call while sampling.",
+    )
+    parallel_tool_calls: bool = Field(True, description="Whether one reply may hold several calls.")
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_names(cls, tools: list[Tool] | None) -> list[Tool] | None:
+        names = [tool.function.name for tool in tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"function names must be unique, got {names}")
+        return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        return check_tool_choice(choice, info.data.get("tools"))
+
+    def effective_tool_choice(self) -> ToolChoice:
+        """OpenAI's default: auto when tools are given, none otherwise."""
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
 
 
 class TokenCountJob(_JobBase):

@@ -3,7 +3,7 @@
 Shared by everything that speaks OpenAI's format: `hostler batch` (the Batch API's JSONL)
 and the HTTP gateway. Requests are validated strictly (a string where a number belongs is
 refused, not coerced) and unknown fields are refused by name, as OpenAI does. Fields of
-OpenAI's API that hostler cannot honour (tools, logprobs, n > 1, ...) are accepted only at
+OpenAI's API that hostler cannot honour (logprobs, n > 1, ...) are accepted only at
 their neutral value. The bounds are SamplingParams' bounds, so nothing a worker would
 refuse gets onto a queue. A result becomes the body OpenAI's clients parse.
 """
@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ._jobs import MAX_PROMPT_CHARS
 from ._openai_embeddings import EMBEDDINGS_URL
 from ._params import MAX_STOP_SEQUENCES, SamplingParams, StopString, sampling_bounds
 from ._results import CompletionResult
+from ._tools import MAX_TOOL_CALL_ID_CHARS, MAX_TOOLS, Tool, ToolChoice, check_tool_choice
 from ._validation import describe_errors
 
 CHAT_URL = "/v1/chat/completions"
@@ -92,6 +93,23 @@ class TextPart(BaseModel):
     text: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
+class FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    name: str = Field(max_length=256)
+    arguments: str = Field(max_length=MAX_PROMPT_CHARS, description="The call's arguments as a JSON text.")
+
+
+class ToolCallIn(BaseModel):
+    """A call an earlier assistant message made, as an SDK sends it back."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str = Field(min_length=1, max_length=MAX_TOOL_CALL_ID_CHARS)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     """One message; extra fields an SDK echoes back (refusal, annotations, ...) are ignored."""
 
@@ -100,21 +118,31 @@ class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = Field(None, max_length=MAX_PROMPT_CHARS)
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(None, max_length=MAX_TOOL_CALL_ID_CHARS)
 
     @model_validator(mode="after")
-    def _text_only(self) -> ChatMessageIn:
-        if self.tool_calls:
-            raise ValueError("tool calls are not supported by hostler")
+    def _tool_fields_fit_the_role(self) -> ChatMessageIn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls belong to assistant messages, not to a {self.role} message")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id belongs to tool messages, not to a {self.role} message")
         return self
 
-    def as_hostler(self) -> dict[str, str]:
+    def as_hostler(self) -> dict[str, Any]:
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
         # OpenAI's newer name for the system role; chat templates know only 'system'.
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content or ""}
+        message: dict[str, Any] = {"role": role, "content": content or ""}
+        if self.tool_calls:
+            # An assistant turn that only called tools has no text: null, as OpenAI sends it.
+            message["content"] = content or None
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -122,18 +150,16 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = Field(
         None, description="OpenAI's newer max_tokens.", **sampling_bounds("max_tokens")
     )
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS, description="Functions the model may call.")
+    tool_choice: ToolChoice | None = Field(
+        None, description="none, auto (the default with tools), required, or a function: {type, function: {name}}."
+    )
+    parallel_tool_calls: bool | None = Field(None, description="Whether one reply may hold several calls.")
     response_format: dict[str, Any] | None = None
     top_logprobs: int | None = Field(None, ge=0, le=0)
 
     @model_validator(mode="after")
     def _chat_neutral(self) -> ChatCompletionRequest:
-        if self.tools:
-            raise ValueError("tools are not supported by hostler; leave tools unset")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise ValueError("tool_choice is not supported by hostler; leave it unset")
         if self.response_format not in (None, {"type": "text"}):
             raise ValueError("only response_format {'type': 'text'} is supported by hostler")
         return self
@@ -144,8 +170,32 @@ class ChatCompletionRequest(_GenerationRequest):
             params["max_tokens"] = self.max_completion_tokens
         return params
 
-    def hostler_messages(self) -> list[dict[str, str]]:
+    @field_validator("tools")
+    @classmethod
+    def _unique_tool_names(cls, tools: list[Tool] | None) -> list[Tool] | None:
+        names = [tool.function.name for tool in tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"function names must be unique, got {names}")
+        return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        return check_tool_choice(choice, info.data.get("tools"))
+
+    def hostler_messages(self) -> list[dict[str, Any]]:
         return [message.as_hostler() for message in self.messages]
+
+    def tool_options(self) -> dict[str, Any]:
+        """The tools keywords of hostler's chat (tools, tool_choice, parallel_tool_calls) that are set."""
+        options: dict[str, Any] = {}
+        if self.tools:
+            options["tools"] = self.tools
+        if self.tool_choice is not None:
+            options["tool_choice"] = self.tool_choice
+        if self.parallel_tool_calls is not None:
+            options["parallel_tool_calls"] = self.parallel_tool_calls
+        return options
 
 
 class CompletionRequest(_GenerationRequest):
@@ -197,7 +247,18 @@ def usage_body(result: CompletionResult) -> dict[str, int]:
 
 def finish_reason(result: CompletionResult) -> str:
     # OpenAI has no "canceled"; a generation stopped early reads as a stop.
-    return "length" if result.finish_reason == "length" else "stop"
+    return result.finish_reason if result.finish_reason in ("length", "tool_calls") else "stop"
+
+
+def chat_message(result: CompletionResult) -> dict[str, Any]:
+    """The assistant message of a chat result; with tool calls and no other text its content is null."""
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    return {
+        "role": "assistant",
+        "content": result.text if result.text.strip() else None,
+        "tool_calls": [call.model_dump(mode="json") for call in result.tool_calls],
+    }
 
 
 def response_body(
@@ -208,7 +269,7 @@ def response_body(
     if kind == "chat":
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": result.text},
+            "message": chat_message(result),
             "logprobs": None,
             "finish_reason": finish_reason(result),
         }

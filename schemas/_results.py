@@ -7,8 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._params import LoadParams
+from ._tools import ToolCall
 
-FinishReason = Literal["stop", "length", "canceled"]
+# tool_calls: the reply was parsed into tool calls (CompletionResult.tool_calls).
+FinishReason = Literal["stop", "length", "canceled", "tool_calls"]
 
 
 class Usage(BaseModel):
@@ -30,6 +32,10 @@ class CompletionResult(BaseModel):
     text: str = Field(description="The whole generated text, equal to the streamed pieces joined.")
     finish_reason: FinishReason = Field(description="stop: EOS or a stop string; length: max_tokens.")
     usage: Usage
+    tool_calls: list[ToolCall] = Field(
+        default_factory=list,
+        description="The calls a chat with tools made; `text` is then what the reply said besides them.",
+    )
 
 
 class TokenCountResult(BaseModel):

@@ -42,7 +42,7 @@ class FakeEngine:
             yield f" w{i}"
 
     def chat(self, messages: Sequence[ChatMessage], params: SamplingParams, should_stop: ShouldStop) -> Generation:
-        return self.complete(" ".join(m.content for m in messages), params, should_stop)
+        return self.complete(" ".join(m.content or "" for m in messages), params, should_stop)
 
     def close(self) -> None:
         pass

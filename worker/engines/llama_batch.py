@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams
+from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams, Tool
 from hostler.worker.hardware.cpu import usable_cores
 from hostler.worker.memory.estimate import EstimateError, estimate_gguf
 from hostler.worker.memory.files import GGUF_MAGIC
 
+from .chat_render import template_messages, template_tools
 from .decoding import context_budget
 from .kept_prompts import Kept, KeptPrompts, common_prefix
 from .llama_cpu import model_params as safe_model_params
@@ -247,9 +248,18 @@ class BatchedLlama:
         body = self._model.tokenize(prompt.encode("utf-8"), False, True) if prompt else []
         return bos + list(body)
 
-    def chat_tokens(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
-        """Tokens of a chat through the model's template, and the template's stop strings."""
-        rendered = self._chat_formatter()(messages=[m.model_dump() for m in messages])
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template chats are rendered with (model.yaml's, else the GGUF's)."""
+        return self._template_source
+
+    def chat_tokens(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Tool] | None = None
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """Tokens of a chat (and the tools it may call) through the model's template, and the
+        template's stop strings."""
+        extra = {"tools": template_tools(tools)} if tools else {}
+        rendered = self._chat_formatter()(messages=template_messages(messages), **extra)
         # The template writes BOS itself where the model wants it, as llama-cpp-python assumes.
         tokens = self._model.tokenize(rendered.prompt.encode("utf-8"), False, True)
         stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]

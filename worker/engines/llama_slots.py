@@ -14,11 +14,13 @@ from hostler.schemas import LoadParams
 from .llama_batch import BatchedLlama, SequenceRequest
 from .llama_embed import LlamaEmbedder, LlamaEmbeddingTask
 from .protocol import EmbeddingTask, GenerationRequest, StepOutput
+from .tool_replies import ToolReplies, wants_tools
 
 
 class LlamaSlots:
     def __init__(self, path: Path, params: LoadParams, *, chat_template: str | None = None) -> None:
         self._llama = BatchedLlama(path, params, chat_template=chat_template)
+        self._tools = ToolReplies(path.stem)
         self._embedder: LlamaEmbedder | None = None
 
     @property
@@ -37,13 +39,21 @@ class LlamaSlots:
         return self._llama.count_tokens(text)
 
     def start(self, request: GenerationRequest) -> int:
+        params, scanner = request.params, None
         if request.messages is not None:
-            tokens, stops = self._llama.chat_tokens(request.messages)
+            params, scanner = self._tools.prepare(request, self._llama.chat_template)
+            tools = request.tools if wants_tools(request) else None
+            tokens, stops = self._llama.chat_tokens(request.messages, tools)
         else:
             tokens, stops = self._llama.prompt_tokens(request.prompt or ""), ()
-        return self._llama.submit(SequenceRequest(tokens=tokens, params=request.params, extra_stops=stops))
+        handle = self._llama.submit(SequenceRequest(tokens=tokens, params=params, extra_stops=stops))
+        self._tools.track(handle, scanner)
+        return handle
 
     def step(self) -> list[StepOutput]:
+        return self._tools.outputs(self._steps())
+
+    def _steps(self) -> list[StepOutput]:
         return [
             StepOutput(
                 seq=out.seq,
@@ -58,6 +68,7 @@ class LlamaSlots:
 
     def cancel(self, seq: int) -> None:
         self._llama.cancel(seq)
+        self._tools.forget(seq)
 
     def start_embedding(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None) -> EmbeddingTask:
         if self._embedder is None:

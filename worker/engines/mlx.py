@@ -20,9 +20,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hostler.schemas import ChatMessage, ErrorCode, LoadParams, SamplingParams
+from hostler.schemas import ChatMessage, ErrorCode, LoadParams, SamplingParams, Tool
 from hostler.worker.memory.files import MLX_CONFIG, MLX_WEIGHTS
 
+from .chat_render import template_messages, template_tools
 from .decoding import context_budget, decode_pieces
 from .protocol import EngineError, Generation, LoadFailed, NoChatTemplate, ShouldStop
 
@@ -70,8 +71,15 @@ class MlxEngine:
     def chat(self, messages: Sequence[ChatMessage], params: SamplingParams, should_stop: ShouldStop) -> Generation:
         return self._generate(self.chat_tokens(messages), params, should_stop)
 
-    def chat_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """The prompt tokens of chat messages, through the tokenizer's chat template."""
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template chats are rendered with (model.yaml's, else the tokenizer's)."""
+        template = getattr(self._tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+    def chat_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[Tool] | None = None) -> list[int]:
+        """The prompt tokens of chat messages (and the tools they may call), through the
+        tokenizer's chat template."""
         tokenizer = self._tokenizer
         if not tokenizer.has_chat_template:
             raise NoChatTemplate(
@@ -79,7 +87,10 @@ class MlxEngine:
                 "instead, or set `chat_template:` (a Jinja template) in a model.yaml in its folder"
             )
         rendered = tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+            template_messages(messages),
+            tools=template_tools(tools) if tools else None,
+            tokenize=False,
+            add_generation_prompt=True,
         )
         # The template writes BOS itself where the model wants it, as transformers assumes.
         return list(tokenizer.encode(rendered, add_special_tokens=False))

@@ -44,6 +44,7 @@ from .decoding import context_budget
 from .mlx import EmptyPrompt, MlxEngine, logits_processors
 from .protocol import EmbeddingsUnsupported, EmbeddingTask, GenerationRequest, StepOutput
 from .stops import StopScanner
+from .tool_replies import ToolReplies, wants_tools
 
 
 def batch_generation_unavailable() -> str | None:
@@ -119,6 +120,7 @@ class MlxSlots:
         self._handles: dict[int, int] = {}  # handle -> uid
         self._next_handle = 0
         self._closed = False
+        self._tools = ToolReplies(path.name)
 
     @property
     def n_ctx(self) -> int:
@@ -139,8 +141,11 @@ class MlxSlots:
         self._check_open()
         if not self.free_slots:
             raise RuntimeError(f"all {self._n_slots} slots are busy")
+        scanner = None
         if request.messages is not None:
-            tokens = self._engine.chat_tokens(request.messages)
+            _, scanner = self._tools.prepare(request, self._engine.chat_template, grammars=False)
+            tools = request.tools if wants_tools(request) else None
+            tokens = self._engine.chat_tokens(request.messages, tools)
         else:
             tokens = self._engine.prompt_tokens(request.prompt or "")
         if not tokens:
@@ -161,6 +166,7 @@ class MlxSlots:
             detokenizer=self._tokenizer.detokenizer,
         )
         self._handles[self._next_handle] = uid
+        self._tools.track(self._next_handle, scanner)
         return self._next_handle
 
     def step(self) -> list[StepOutput]:
@@ -185,7 +191,7 @@ class MlxSlots:
             if seq is not None and seq.uid not in seen:
                 seen.add(seq.uid)
                 outputs.append(self._output(seq, "", None))
-        return outputs
+        return self._tools.outputs(outputs)
 
     def cancel(self, seq: int) -> None:
         uid = self._handles.get(seq)
@@ -193,6 +199,7 @@ class MlxSlots:
             # Filters the sequence (and its KV cache) out of whichever batch holds it.
             self._batch.remove([uid])
             self._forget(self._active[uid])
+        self._tools.forget(seq)
 
     def start_embedding(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None) -> EmbeddingTask:
         raise EmbeddingsUnsupported.on("MLX")

@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hostler.schemas import ChatMessage, ErrorCode, FinishReason, LoadParams, Pooling, SamplingParams
+from hostler.schemas import (
+    ChatMessage,
+    ErrorCode,
+    FinishReason,
+    LoadParams,
+    Pooling,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 
 class EngineError(Exception):
@@ -32,6 +42,10 @@ class ContextExceeded(EngineError):
 
 class NoChatTemplate(EngineError):
     code = ErrorCode.NO_CHAT_TEMPLATE
+
+
+class ToolsUnsupported(EngineError):
+    code = ErrorCode.TOOLS_UNSUPPORTED
 
 
 class EmbeddingsUnsupported(EngineError):
@@ -107,6 +121,10 @@ class GenerationRequest:
     params: SamplingParams
     prompt: str | None = None
     messages: Sequence[ChatMessage] | None = None
+    # A chat's tools, rendered through its template unless tool_choice is none (schemas' ChatJob).
+    tools: Sequence[Tool] | None = None
+    tool_choice: ToolChoice = "none"
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,7 @@ class StepOutput:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens found in the KV cache, not evaluated again
+    tool_calls: tuple[ToolCall, ...] = ()  # a chat with tools: the calls its reply made, in its last output
 
 
 @dataclass(frozen=True)

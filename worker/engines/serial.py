@@ -21,6 +21,7 @@ from .protocol import (
     SlotEngine,
     StepOutput,
 )
+from .tool_replies import refuse_tools
 
 
 @dataclass
@@ -56,6 +57,7 @@ class SerialSlots:
             raise RuntimeError("the one slot is busy")
         # The worker stops a sequence with cancel() between steps, so the engine never needs to ask.
         if request.messages is not None:
+            refuse_tools(request, type(self.engine).__name__)
             generation = self.engine.chat(request.messages, request.params, lambda: False)
         else:
             generation = self.engine.complete(request.prompt or "", request.params, lambda: False)

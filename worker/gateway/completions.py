@@ -34,12 +34,13 @@ class Completions:
         req: ChatCompletionRequest = shapes.parse(ChatCompletionRequest, await request.body())
         ids = shapes.Ids("chatcmpl", req.model)
         messages = req.hostler_messages()
+        tools = req.tool_options()
         if not req.stream:
             result = await until_disconnected(
-                request, self.client.chat(req.model, messages, **self._options(), **req.sampling())
+                request, self.client.chat(req.model, messages, **self._options(), **tools, **req.sampling())
             )
             return JSONResponse(response_body("chat", result, ids.id, ids.created))
-        stream = await self.client.chat(req.model, messages, stream=True, **self._options(), **req.sampling())
+        stream = await self.client.chat(req.model, messages, stream=True, **self._options(), **tools, **req.sampling())
         return await self._streamed(request, stream, _ChatChunks(ids, req.include_usage()))
 
     async def text(self, request: Request) -> Response:
@@ -96,6 +97,10 @@ class _Chunks:
     def closing(self, result: CompletionResult | None) -> dict[str, Any]:
         raise NotImplementedError
 
+    def ending(self, result: CompletionResult | None) -> list[dict[str, Any]]:
+        """The chunks after the last piece of text, the closing one last."""
+        return [self.closing(result)]
+
     def _with_usage(self, chunk: dict[str, Any]) -> bytes:
         # With include_usage, OpenAI sends `usage: null` on every chunk but the last.
         return event({**chunk, "usage": None} if self.include_usage else chunk)
@@ -108,7 +113,8 @@ class _Chunks:
         async for text in stream:
             if text:
                 yield self._with_usage(self.piece(text))
-        yield self._with_usage(self.closing(stream.result))
+        for chunk in self.ending(stream.result):
+            yield self._with_usage(chunk)
         if self.include_usage and stream.result is not None:
             yield event(shapes.usage_chunk(self.ids, self.kind, stream.result))
         yield DONE
@@ -125,6 +131,11 @@ class _ChatChunks(_Chunks):
 
     def closing(self, result: CompletionResult | None) -> dict[str, Any]:
         return shapes.chat_chunk(self.ids, {}, _finish_reason(result))
+
+    def ending(self, result: CompletionResult | None) -> list[dict[str, Any]]:
+        calls = result.tool_calls if result is not None else []
+        deltas = [shapes.chat_chunk(self.ids, delta) for delta in shapes.tool_call_deltas(calls)]
+        return [*deltas, self.closing(result)]
 
 
 class _TextChunks(_Chunks):

@@ -60,6 +60,7 @@ class ApiError(Exception):
 # Job failures that are the request's fault, and failures worth retrying later.
 _BAD_REQUEST_CODES = {
     ErrorCode.NO_CHAT_TEMPLATE,
+    ErrorCode.TOOLS_UNSUPPORTED,
     ErrorCode.EMBEDDINGS_UNSUPPORTED,
     ErrorCode.INVALID_JOB,
     ErrorCode.INVALID_REQUEST,

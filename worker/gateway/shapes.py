@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from hostler.schemas import (
     MAX_PROMPT_CHARS,
     CompletionResult,
+    ToolCall,
     usage_body,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,7 +50,7 @@ class Ids:
         self.model = model
 
 
-def chat_chunk(ids: Ids, delta: dict[str, str], reason: str | None = None) -> dict[str, Any]:
+def chat_chunk(ids: Ids, delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
     return {
         "id": ids.id,
         "object": "chat.completion.chunk",
@@ -56,6 +58,22 @@ def chat_chunk(ids: Ids, delta: dict[str, str], reason: str | None = None) -> di
         "model": ids.model,
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
     }
+
+
+def tool_call_deltas(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """Each call as OpenAI streams one: a delta naming it (index, id, function name), then one
+    with its arguments. The worker parses calls from the whole reply, so they come at its end."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        opening = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.function.name, "arguments": ""},
+        }
+        deltas.append({"tool_calls": [opening]})
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": call.function.arguments}}]})
+    return deltas
 
 
 def text_chunk(ids: Ids, text: str, reason: str | None = None) -> dict[str, Any]:

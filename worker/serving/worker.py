@@ -284,7 +284,13 @@ class ModelWorker:
         if isinstance(job, CompletionJob):
             request = GenerationRequest(params=job.params, prompt=job.prompt)
         else:
-            request = GenerationRequest(params=job.params, messages=job.messages)
+            request = GenerationRequest(
+                params=job.params,
+                messages=job.messages,
+                tools=job.tools,
+                tool_choice=job.effective_tool_choice(),
+                parallel_tool_calls=job.parallel_tool_calls,
+            )
         seq = engine.start(request)
         stop_at = time.monotonic() + job.timeout_s if job.timeout_s is not None else None
         self.running[seq] = _Running(claimed, job, publisher, seq, stop_at)
@@ -408,6 +414,7 @@ class ModelWorker:
                 prompt_tokens=last.prompt_tokens if last is not None else 0,
                 completion_tokens=last.completion_tokens if last is not None else 0,
             ),
+            tool_calls=list(last.tool_calls) if last is not None else [],
         )
         self._succeed(running.claimed, running.publisher, result)
 

@@ -82,7 +82,7 @@ def test_bad_requests_are_answered_in_openai_shape_and_never_reach_a_queue(
         ({**CHAT, "bogus": 1}, "bogus", "unknown_parameter"),
         ({**CHAT, "stop": [""]}, "stop", "invalid_value"),
         ({**CHAT, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "invalid_value"),
-        ({**CHAT, "tools": [{"type": "function"}]}, None, "invalid_value"),
+        ({**CHAT, "tools": [{"type": "function"}]}, "tools.0.function", "missing_parameter"),
         ({**CHAT, "messages": []}, "messages", "invalid_value"),
         ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role", "invalid_value"),
         ({"messages": CHAT["messages"]}, "model", "missing_parameter"),
