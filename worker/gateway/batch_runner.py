@@ -128,6 +128,8 @@ class BatchRun:
         return await self.batches.update(self.batch_id, start)
 
     async def _run(self, batch: BatchObject, requests: list[Request]) -> None:
+        if _window_closed(batch):
+            return  # nothing more is submitted: the batch expires
         todo = await self._not_done(requests)
         if batch.status == "cancelling":
             # Only what was already queued is followed to its end; the rest never starts.

@@ -22,6 +22,10 @@ import pytest
 import redis
 from conftest import Stack
 from gateway_proc import Gateway, start_gateway
+from hostler import AsyncClient
+from hostler.schemas import BatchObject, RequestCounts
+from hostler.worker.gateway.batch_runner import EXPIRED_CODE, BatchRun
+from hostler.worker.gateway.batch_store import BatchStore, FileStore
 from openai.types import Batch
 
 pytestmark = pytest.mark.e2e
@@ -263,3 +267,34 @@ def test_file_and_batch_limits_are_answered_naming_the_limit(
     bad_limit = httpx.get(f"{gateway.base_url}/batches", params={"limit": "0"})
     assert bad_limit.status_code == 400 and bad_limit.json()["error"]["param"] == "limit"
     assert "Traceback" not in gateway.output()
+
+
+def test_a_batch_whose_window_closed_expires_with_the_rest_in_the_error_file(stack: Stack) -> None:
+    """The 24 h window is too long to wait out: a batch is stored as created 25 h ago, one request
+    done, and a runner (the gateway's own, in this process) takes it."""
+
+    async def main() -> None:
+        async with AsyncClient(stack.url) as client:
+            files = FileStore(client.connection, client.keys, max_file_bytes=4096, max_files=4, max_bytes=8192)
+            batches = BatchStore(client.connection, client.keys)
+            meta = await files.upload("late.jsonl", jsonl([chat_line("e0"), chat_line("e1"), chat_line("e2")]))
+            created = int(time.time()) - 25 * 3600
+            batch = BatchObject(id="batch_late", endpoint=CHAT_URL, input_file_id=meta.id, created_at=created,
+                                expires_at=created + 24 * 3600, status="in_progress", in_progress_at=created,
+                                request_counts=RequestCounts(total=3, completed=0, failed=0))  # fmt: skip
+            await batches.create(batch)
+            assert await batches.record(batch.id, output=True, field="e0", line='{"custom_id": "e0"}', tokens=(1, 1))
+            await BatchRun(client, files, batches, batch.id, max_in_flight=4).drive()
+            ended = await batches.get(batch.id)
+            assert ended.status == "expired" and ended.expired_at and ended.finalizing_at, ended
+            assert (ended.request_counts.completed, ended.request_counts.failed) == (1, 2)
+            assert ended.output_file_id is not None and ended.error_file_id is not None
+            errors = [json.loads(line) for line in (await files.content(ended.error_file_id)).splitlines()]
+            assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
+                ("e1", EXPIRED_CODE),
+                ("e2", EXPIRED_CODE),
+            ]
+            assert await files.content(ended.output_file_id) == b'{"custom_id": "e0"}\n'
+            assert await client.queue_length("tiny") == 0, "nothing was queued for a closed window"
+
+    asyncio.run(main())
