@@ -183,6 +183,8 @@ def test_a_gateway_restart_loses_no_queued_job(
     smol_stack: Stack, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
 ) -> None:
     first = gateway_for(gateways, smol_stack.url, tmp_path)
+    # One slot: with more, the worker would start every request at once and none would wait.
+    smol_stack.client.load(MODEL, n_parallel=1)
     smol_stack.client.complete(MODEL, "warm up", max_tokens=1)
     sdk = openai.OpenAI(base_url=first.base_url, api_key="unused", max_retries=0, timeout=120)
 
