@@ -16,7 +16,7 @@ from ._errors import (
     Timeout,
 )
 from ._handle import JobHandle
-from ._pieces import Stream
+from ._pieces import Piece, Stream
 
 __all__ = [
     "AsyncClient",
@@ -32,6 +32,7 @@ __all__ = [
     "ModelNotFound",
     "NoCapacity",
     "NotReplicated",
+    "Piece",
     "QueueFull",
     "Stream",
     "Timeout",

@@ -16,7 +16,7 @@ from ._async_events import AsyncFollowed
 from ._core import HandleBase
 from ._errors import Timeout
 from ._follow import not_finished
-from ._pieces import Pieces
+from ._pieces import Piece, Pieces
 
 if TYPE_CHECKING:
     from ._async import AsyncClient
@@ -33,10 +33,10 @@ class AsyncStream(Pieces, AbstractAsyncContextManager["AsyncStream"]):
     def __aiter__(self) -> AsyncStream:
         return self
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> Piece:
         return await self._pieces.__anext__()
 
-    async def _generate(self) -> AsyncGenerator[str, None]:
+    async def _generate(self) -> AsyncGenerator[Piece, None]:
         try:
             async for event in self._followed.events():
                 piece = self._text.piece(event)

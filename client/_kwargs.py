@@ -63,6 +63,9 @@ class SamplingKwargs(TypedDict, total=False):
     repeat_penalty: float
     presence_penalty: float
     frequency_penalty: float
+    grammar: str | None
+    json_schema: dict[str, Any] | None
+    logprobs: int | None
 
 
 class LoadParamsKwargs(TypedDict, total=False):

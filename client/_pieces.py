@@ -5,11 +5,24 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager
 
-from hostler.schemas import CompletionResult, JobResult, StreamEvent, TokenEvent
+from hostler.schemas import CompletionResult, JobResult, StreamEvent, TokenEvent, TokenLogprob
 
 from ._errors import HostlerError
 from ._events import Followed
 from ._follow import ending
+
+
+class Piece(str):
+    """A piece of a streamed job's text. `logprobs`: when the job asked for them (logprobs=N),
+    the tokens whose text this piece carries, each with its log probability and its N most
+    likely alternatives; None otherwise."""
+
+    logprobs: tuple[TokenLogprob, ...] | None
+
+    def __new__(cls, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> Piece:
+        piece = super().__new__(cls, text)
+        piece.logprobs = logprobs
+        return piece
 
 
 class TextPieces:
@@ -19,18 +32,24 @@ class TextPieces:
         self.job_id = job_id
         self.result: CompletionResult | None = None
         self._sent = 0
+        self._tokens_sent = 0
 
-    def piece(self, event: StreamEvent) -> str | None:
+    def piece(self, event: StreamEvent) -> Piece | None:
         """The text to hand out for an event (None: none); raises the job's error if it failed."""
         result = ending(self.job_id, event)
         if result is None:
             assert isinstance(event, TokenEvent)
             self._sent += len(event.text)
-            return event.text
+            logprobs = tuple(event.logprobs) if event.logprobs is not None else None
+            self._tokens_sent += len(logprobs or ())
+            return Piece(event.text, logprobs)
         self.result = completion(result)
         # After a gap the done event comes from the stored result: send what was missed.
         text = self.result.text
-        return text[self._sent :] if len(text) > self._sent else None
+        if len(text) <= self._sent:
+            return None
+        missed = self.result.logprobs
+        return Piece(text[self._sent :], tuple(missed[self._tokens_sent :]) if missed is not None else None)
 
 
 class Pieces:
@@ -46,7 +65,7 @@ class Pieces:
         return self._text.result
 
 
-class Stream(Pieces, Iterator[str], AbstractContextManager["Stream"]):
+class Stream(Pieces, Iterator[Piece], AbstractContextManager["Stream"]):
     """A job's text pieces: `for piece in stream`; close() stops waiting, even before the
     first piece was read."""
 
@@ -55,10 +74,10 @@ class Stream(Pieces, Iterator[str], AbstractContextManager["Stream"]):
         self._followed = followed
         self._pieces = self._generate()
 
-    def __next__(self) -> str:
+    def __next__(self) -> Piece:
         return next(self._pieces)
 
-    def _generate(self) -> Generator[str, None, None]:
+    def _generate(self) -> Generator[Piece, None, None]:
         try:
             for event in self._followed.events():
                 piece = self._text.piece(event)

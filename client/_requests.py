@@ -36,7 +36,7 @@ from rq.job import Retry
 from rq.queue import Queue
 
 from ._errors import InvalidRequest, QueueFull
-from ._grammar import GrammarError, llama_available, schema_grammar
+from ._grammar import GrammarError, check_structured, llama_available, schema_grammar
 from ._options import Options, seconds
 from ._rqstore import DEFAULT_MAX_QUEUE, FAILURE_TTL, QUEUED_TTL, RESULT_TTL, queue_keys
 
@@ -120,6 +120,10 @@ def _generation(
     **text: Any,
 ) -> Job:
     sampling = validated(SamplingParams, params)
+    try:
+        check_structured(sampling)
+    except GrammarError as exc:
+        raise InvalidRequest(str(exc)) from None
     return build(job_cls, model=model, **text, params=sampling, stream=stream, timeout_s=seconds(job_timeout))
 
 

@@ -40,6 +40,7 @@ from . import _reads as reads
 from ._async import AsyncClient
 from ._async_handle import AsyncJobHandle
 from ._errors import HostlerError, InvalidRequest, JobFailed, ModelNotFound, QueueFull, Timeout
+from ._grammar import check_structured
 from ._progress import Progress
 
 # A batch's bookkeeping in Redis outlives its jobs' results (kept an hour) by a day.
@@ -131,7 +132,8 @@ def _parse_line(number: int, raw: str, model: str | None) -> Request:
         return Request(number, custom_id, url, embedding, embedding.model)
     parsed = parse_body(url if isinstance(url, str) else repr(url), body)
     try:
-        SamplingParams(**parsed.sampling())
+        # A schema or grammar llama.cpp would refuse is a bad line, named, before anything is queued.
+        check_structured(SamplingParams(**parsed.sampling()))
     except ValidationError as exc:
         raise ValueError(describe_errors(exc)) from None
     return Request(number, custom_id, str(url), parsed, parsed.model)
@@ -356,9 +358,9 @@ async def _submit(client: AsyncClient, request: Request, job_id: str, deadline: 
         return AsyncJobHandle(client, job_id, body.model)
     prompt = body.text() if isinstance(body, CompletionRequest) else None
     messages = body.hostler_messages() if isinstance(body, ChatCompletionRequest) else None
+    tools = body.tool_options() if isinstance(body, ChatCompletionRequest) else {}
     # A full queue is waited out until the run's deadline.
     room_s = max(0.0, deadline - time.monotonic())
-    tools = body.tool_options() if isinstance(body, ChatCompletionRequest) else {}
     return await client.submit(
         request.model, prompt, messages=messages, job_id=job_id, wait_when_full=room_s, **tools, **body.sampling()
     )

@@ -57,6 +57,7 @@ from ._jobs import (
     rq_func_name,
 )
 from ._keys import DEFAULT_PREFIX, Keys, as_text
+from ._logprobs import MAX_TOP_LOGPROBS, TokenLogprob, TopLogprob, chat_logprobs, completion_logprobs
 from ._openai import (
     CHAT_URL,
     COMPLETIONS_URL,
@@ -64,6 +65,8 @@ from ._openai import (
     ChatCompletionRequest,
     ChatMessageIn,
     CompletionRequest,
+    JsonSchemaFormat,
+    ResponseFormat,
     StreamOptions,
     finish_reason,
     parse_body,
@@ -153,6 +156,13 @@ __all__ = [
     "COMPLETIONS_URL",
     "OPENAI_URLS",
     "ChatCompletionRequest",
+    "JsonSchemaFormat",
+    "ResponseFormat",
+    "MAX_TOP_LOGPROBS",
+    "TokenLogprob",
+    "TopLogprob",
+    "chat_logprobs",
+    "completion_logprobs",
     "ChatMessageIn",
     "CompletionRequest",
     "StreamOptions",

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ._embeddings import EmbeddingResult
+from ._logprobs import TokenLogprob
 from ._results import CompletionResult, LoadResult, TokenCountResult, UnloadResult
 
 JobResult = Annotated[
@@ -27,6 +28,9 @@ class TokenEvent(BaseModel):
     type: Literal["token"] = "token"
     seq: int = Field(ge=0)
     text: str = Field(description="A piece of text; pieces joined equal the final text.")
+    logprobs: list[TokenLogprob] | None = Field(
+        None, description="The tokens whose text this piece carries, when the job asked for logprobs."
+    )
 
 
 class DoneEvent(BaseModel):
@@ -59,8 +63,8 @@ class ErrorCode:
     LOAD_FAILED = "load_failed"
     CONTEXT_EXCEEDED = "context_exceeded"
     NO_CHAT_TEMPLATE = "no_chat_template"
-    TOOLS_UNSUPPORTED = "tools_unsupported"
     EMBEDDINGS_UNSUPPORTED = "embeddings_unsupported"
+    TOOLS_UNSUPPORTED = "tools_unsupported"
     WORKER_DIED = "worker_died"
     HOST_DIED = "host_died"
     NO_CAPACITY = "no_capacity"

@@ -3,9 +3,11 @@
 Shared by everything that speaks OpenAI's format: `hostler batch` (the Batch API's JSONL)
 and the HTTP gateway. Requests are validated strictly (a string where a number belongs is
 refused, not coerced) and unknown fields are refused by name, as OpenAI does. Fields of
-OpenAI's API that hostler cannot honour (logprobs, n > 1, ...) are accepted only at
-their neutral value. The bounds are SamplingParams' bounds, so nothing a worker would
-refuse gets onto a queue. A result becomes the body OpenAI's clients parse.
+OpenAI's API that hostler cannot honour (n > 1, logit_bias, ...) are accepted only at their
+neutral value. response_format (json_object, json_schema) becomes SamplingParams.json_schema,
+logprobs/top_logprobs (chat) and logprobs (completions) SamplingParams.logprobs. The bounds
+are SamplingParams' bounds, so nothing a worker would refuse gets onto a queue. A result
+becomes the body OpenAI's clients parse.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ._jobs import MAX_PROMPT_CHARS
+from ._logprobs import MAX_TOP_LOGPROBS, chat_logprobs, completion_logprobs
 from ._openai_embeddings import EMBEDDINGS_URL
 from ._params import MAX_STOP_SEQUENCES, SamplingParams, StopString, sampling_bounds
 from ._results import CompletionResult
@@ -32,6 +35,42 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool = Field(False, description="Send a last chunk with the usage before [DONE].")
+
+
+class JsonSchemaFormat(BaseModel):
+    """response_format's json_schema: the schema the reply must validate against."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, description="The schema's name (OpenAI requires one).")
+    description: str | None = Field(None, max_length=100_000)
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON schema; absent: any JSON object.")
+    strict: bool | None = Field(None, description="Accepted; the schema is always enforced while sampling.")
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema', and only with it")
+        return self
+
+    def schema_for_sampling(self) -> dict[str, Any] | None:
+        """The JSON schema the worker enforces; None for plain text."""
+        if self.type == "json_object":
+            return dict(ANY_JSON_OBJECT)
+        if self.json_schema is not None:
+            return self.json_schema.schema_ if self.json_schema.schema_ is not None else dict(ANY_JSON_OBJECT)
+        return None
+
+
+# response_format json_object: the reply is some JSON object.
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 class _GenerationRequest(BaseModel):
@@ -51,6 +90,8 @@ class _GenerationRequest(BaseModel):
     frequency_penalty: float | None = Field(None, **sampling_bounds("frequency_penalty"))
     seed: int | None = Field(None, **sampling_bounds("seed"))
     stop: StopString | list[StopString] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
+    response_format: ResponseFormat | None = Field(None, description="text, json_object or json_schema.")
+    grammar: str | None = Field(None, description="llama.cpp extra: a GBNF grammar the reply must match.")
     n: int = Field(1, description="Choices to generate; hostler makes exactly one.")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -60,7 +101,6 @@ class _GenerationRequest(BaseModel):
     store: bool | None = None
     service_tier: str | None = None
     # Accepted only at their neutral value (checked below).
-    logprobs: Any = None
     logit_bias: Any = None
 
     @field_validator("n")
@@ -72,8 +112,6 @@ class _GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _neutral(self) -> _GenerationRequest:
-        if self.logprobs not in (None, False, 0):
-            raise ValueError("logprobs are not supported by hostler; leave logprobs unset")
         if self.logit_bias not in (None, {}):
             raise ValueError("logit_bias is not supported by hostler; leave it unset")
         return self
@@ -83,7 +121,14 @@ class _GenerationRequest(BaseModel):
 
     def sampling(self) -> dict[str, Any]:
         """The sampling parameters for hostler's client; unset ones keep the model's defaults."""
-        return {name: value for name in SamplingParams.model_fields if (value := getattr(self, name)) is not None}
+        params = {
+            name: value for name in SamplingParams.model_fields if (value := getattr(self, name, None)) is not None
+        }
+        # Each kind spells logprobs its own way (see the subclasses).
+        params.pop("logprobs", None)
+        if self.response_format is not None and (schema := self.response_format.schema_for_sampling()) is not None:
+            params["json_schema"] = schema
+        return params
 
 
 class TextPart(BaseModel):
@@ -155,19 +200,23 @@ class ChatCompletionRequest(_GenerationRequest):
         None, description="none, auto (the default with tools), required, or a function: {type, function: {name}}."
     )
     parallel_tool_calls: bool | None = Field(None, description="Whether one reply may hold several calls.")
-    response_format: dict[str, Any] | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=0)
+    logprobs: bool | None = Field(None, description="Return the log probability of each token of the reply.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: the most likely alternatives per token."
+    )
 
     @model_validator(mode="after")
     def _chat_neutral(self) -> ChatCompletionRequest:
-        if self.response_format not in (None, {"type": "text"}):
-            raise ValueError("only response_format {'type': 'text'} is supported by hostler")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         return self
 
     def sampling(self) -> dict[str, Any]:
         params = super().sampling()
         if self.max_completion_tokens is not None:
             params["max_tokens"] = self.max_completion_tokens
+        if self.logprobs:
+            params["logprobs"] = self.top_logprobs or 0
         return params
 
     @field_validator("tools")
@@ -203,6 +252,9 @@ class CompletionRequest(_GenerationRequest):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=1)
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="Log probabilities of the most likely tokens at each position."
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> CompletionRequest:
@@ -216,6 +268,12 @@ class CompletionRequest(_GenerationRequest):
 
     def text(self) -> str:
         return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+    def sampling(self) -> dict[str, Any]:
+        params = super().sampling()
+        if self.logprobs is not None:
+            params["logprobs"] = self.logprobs
+        return params
 
 
 def parse_body(url: str, body: Any) -> ChatCompletionRequest | CompletionRequest:
@@ -270,12 +328,17 @@ def response_body(
         choice: dict[str, Any] = {
             "index": 0,
             "message": chat_message(result),
-            "logprobs": None,
+            "logprobs": chat_logprobs(result.logprobs),
             "finish_reason": finish_reason(result),
         }
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": finish_reason(result)}
+        choice = {
+            "index": 0,
+            "text": result.text,
+            "logprobs": completion_logprobs(result.logprobs),
+            "finish_reason": finish_reason(result),
+        }
         obj = "text_completion"
     return {
         "id": request_id,

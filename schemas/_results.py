@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._logprobs import TokenLogprob
 from ._params import LoadParams
 from ._tools import ToolCall
 
@@ -32,6 +33,9 @@ class CompletionResult(BaseModel):
     text: str = Field(description="The whole generated text, equal to the streamed pieces joined.")
     finish_reason: FinishReason = Field(description="stop: EOS or a stop string; length: max_tokens.")
     usage: Usage
+    logprobs: list[TokenLogprob] | None = Field(
+        None, description="Each generated token's log probability, when the job asked for them (params.logprobs)."
+    )
     tool_calls: list[ToolCall] = Field(
         default_factory=list,
         description="The calls a chat with tools made; `text` is then what the reply said besides them.",

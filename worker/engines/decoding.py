@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from .protocol import ContextExceeded, Generation, ShouldStop
+from hostler.schemas import ErrorCode, SamplingParams
+
+from .protocol import ContextExceeded, EngineError, Generation, ShouldStop
 from .stops import StopScanner
 
 
@@ -22,6 +24,28 @@ def context_budget(model: str, prompt_tokens: int, n_ctx: int, max_tokens: int) 
             "tokens (n_ctx); shorten it or load the model with a larger n_ctx"
         )
     return min(max_tokens, n_ctx - prompt_tokens)
+
+
+class Unsupported(EngineError):
+    """A sampling feature this engine does not have: refused, never silently ignored."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+def refuse_llama_only(params: SamplingParams, engine: str) -> None:
+    """For engines without llama.cpp's grammar sampler and logits: structured output and logprobs
+    are refused by name rather than quietly left out of the reply."""
+    if params.grammar is not None or params.json_schema is not None:
+        raise Unsupported(
+            f"the {engine} engine does not support structured output (grammar, json_schema, response_format "
+            "json_object or json_schema): hostler enforces it with llama.cpp's grammar sampler, so only GGUF "
+            "models have it; use a GGUF model or leave them unset"
+        )
+    if params.logprobs is not None:
+        raise Unsupported(
+            f"the {engine} engine does not return logprobs (logprobs, top_logprobs): only GGUF models do; "
+            "use a GGUF model or leave them unset"
+        )
 
 
 def decode_pieces(

@@ -7,11 +7,12 @@ generating sequence, then chunks of the prompts still being evaluated, oldest fi
 (chunked prefill), so a long new prompt never holds the others up for more than one chunk.
 
 Every sequence owns one llama.cpp sequence id (its slot) and samples in C through its own
-sampler chain, built exactly as llama-cpp-python's Llama.generate() builds one (penalties
-over the last 64 generated tokens, then greedy at temperature 0, else top-k, typical(1.0),
-top-p, min-p, temperature and a seeded distribution), so a one-slot engine produces the
-same tokens as in-process llama-cpp-python. Text is detokenized incrementally and stop
-strings, max_tokens and end-of-generation tokens end each sequence on its own.
+sampler chain (llama_sampling.py: built as llama-cpp-python's Llama.generate() builds one, with
+the job's grammar if it has one), so a one-slot engine produces the same tokens as in-process
+llama-cpp-python (with flash attention as llama.cpp's default picks it; see flash_attn_type);
+a job that asks for logprobs gets them from the logits it sampled from.
+Text is detokenized incrementally and stop strings, max_tokens and end-of-generation tokens
+end each sequence on its own.
 
 KV cache layout: one stream per slot (llama.cpp's non-unified KV cache, n_ctx cells each),
 so every sequence's cells sit at the same places as they would in a context of its own:
@@ -38,14 +39,14 @@ from __future__ import annotations
 import codecs
 import ctypes
 import itertools
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams, Tool
+import numpy as np
+from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams, TokenLogprob, Tool
 from hostler.worker.hardware.cpu import usable_cores
 from hostler.worker.memory.estimate import EstimateError, estimate_gguf
 from hostler.worker.memory.files import GGUF_MAGIC
@@ -55,11 +56,10 @@ from .decoding import context_budget
 from .kept_prompts import Kept, KeptPrompts, common_prefix
 from .llama_cpu import model_params as safe_model_params
 from .llama_embed import LlamaEmbedder
+from .llama_sampling import LogprobTrail, sampler_chain, token_logprob
 from .protocol import EngineError, LoadFailed, NoChatTemplate
 from .stops import StopScanner
 
-# llama-cpp-python's Llama(last_n_tokens_size=64): the window its penalties sampler sees.
-PENALTY_LAST_N = 64
 # llama-cpp-python's Llama caps the physical batch at 512 tokens.
 MAX_UBATCH = 512
 # Copying another slot's KV stream costs about as much as evaluating 1/COPY_RATIO of its
@@ -89,6 +89,7 @@ class StepOutput:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int  # prompt tokens reused from the KV cache, not evaluated
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens whose text this piece carries (params.logprobs set)
 
 
 @dataclass
@@ -117,6 +118,8 @@ class _Sequence:
     completion: int = 0
     next_token: int = -1  # sampled, to be decoded in the next step; -1 while prefilling
     out_index: int = -1  # where this step's logits are in the batch, -1 for none
+    top_logprobs: int | None = None  # params.logprobs: None computes none
+    trail: LogprobTrail = field(default_factory=LogprobTrail)
 
 
 class _Batch:
@@ -277,18 +280,25 @@ class BatchedLlama:
         if min(tokens) < 0 or max(tokens) >= self._n_vocab:
             raise EngineError(f"the prompt has token ids outside this model's vocabulary (0..{self._n_vocab - 1})")
         max_tokens = context_budget(self._path.stem, len(tokens), self.n_ctx, request.params.max_tokens)
-        slot, shared = self._pick_slot(tokens)
+        # Before any slot is touched: a grammar llama.cpp refuses fails this sequence alone.
+        sampler = sampler_chain(self._lib, self._vocab, self._n_vocab, request.params, self._seed)
+        try:
+            slot, shared = self._pick_slot(tokens)
+        except RuntimeError:
+            self._lib.llama_sampler_free(sampler)
+            raise
         cached = self._reuse_prefix(slot, tokens, shared)
         handle = next(self._handles)
         seq = _Sequence(
             handle=handle,
             slot=slot,
             prompt=tokens,
-            sampler=self._make_sampler(request.params),
+            sampler=sampler,
             scanner=StopScanner(tuple(request.params.stop) + tuple(request.extra_stops)),
             max_tokens=max_tokens,
             cached=cached,
             evaluated=cached,
+            top_logprobs=request.params.logprobs,
         )
         slot.busy = seq
         slot.last_used = next(self._clock)
@@ -417,35 +427,6 @@ class BatchedLlama:
         del slot.history[keep:]
         return keep
 
-    def _make_sampler(self, params: SamplingParams) -> Any:
-        """A sampler chain built as Llama._init_sampler builds it, with this job's own seed."""
-        lib = self._lib
-        seed = params.seed if params.seed is not None else self._seed
-        if seed is None:
-            seed = random.randrange(2**32)
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        add = lib.llama_sampler_chain_add
-        add(
-            chain,
-            lib.llama_sampler_init_penalties(
-                self._n_vocab,
-                PENALTY_LAST_N,
-                params.repeat_penalty,
-                params.frequency_penalty,
-                params.presence_penalty,
-            ),
-        )
-        if params.temperature == 0.0:
-            add(chain, lib.llama_sampler_init_greedy())
-        else:
-            add(chain, lib.llama_sampler_init_top_k(params.top_k))
-            add(chain, lib.llama_sampler_init_typical(1.0, 1))
-            add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
-            add(chain, lib.llama_sampler_init_min_p(params.min_p, 1))
-            add(chain, lib.llama_sampler_init_temp(params.temperature))
-            add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
-
     def _keep(self, slot: _Slot) -> None:
         """Saves the sequence in slot's cells to the kept prompts, unless it is kept already."""
         history = slot.history
@@ -505,7 +486,10 @@ class BatchedLlama:
                 finish = "stop"
             else:
                 seq.completion += 1
-                piece = seq.scanner.feed(seq.decoder.decode(data))
+                text = seq.decoder.decode(data)
+                if seq.top_logprobs is not None:
+                    seq.trail.add(self._logprob(seq, token), text)
+                piece = seq.scanner.feed(text)
                 if seq.scanner.stopped:
                     finish = "stop"
                 elif seq.completion >= seq.max_tokens:
@@ -516,7 +500,15 @@ class BatchedLlama:
         if finish is not None:
             output.piece += seq.scanner.feed(seq.decoder.decode(b"", final=True)) + seq.scanner.flush()
             self._end(seq)
+        if seq.top_logprobs is not None:
+            output.logprobs = seq.trail.release(output.piece, final=finish is not None)
         return output
+
+    def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
+        """token's logprob from the logits it was sampled from (still in the context's output buffer)."""
+        row = self._lib.llama_get_logits_ith(self._ctx, seq.out_index)
+        logits = np.ctypeslib.as_array(row, shape=(self._n_vocab,))
+        return token_logprob(logits, token, seq.top_logprobs or 0, lambda t: self._token_info(t)[1])
 
     def _token_info(self, token: int) -> tuple[bool, bytes]:
         info = self._tokens.get(token)

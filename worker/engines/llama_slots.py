@@ -62,6 +62,7 @@ class LlamaSlots:
                 prompt_tokens=out.prompt_tokens,
                 completion_tokens=out.completion_tokens,
                 cached_tokens=out.cached_tokens,
+                logprobs=out.logprobs,
             )
             for out in self._llama.step()
         ]

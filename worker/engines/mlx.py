@@ -24,7 +24,7 @@ from hostler.schemas import ChatMessage, ErrorCode, LoadParams, SamplingParams, 
 from hostler.worker.memory.files import MLX_CONFIG, MLX_WEIGHTS
 
 from .chat_render import template_messages, template_tools
-from .decoding import context_budget, decode_pieces
+from .decoding import context_budget, decode_pieces, refuse_llama_only
 from .protocol import EngineError, Generation, LoadFailed, NoChatTemplate, ShouldStop
 
 # llama-cpp-python's default penalty window (Llama(last_n_tokens_size=64)), so a penalty
@@ -113,6 +113,7 @@ class MlxEngine:
     # -- internals ----------------------------------------------------------------
 
     def _generate(self, tokens: list[int], params: SamplingParams, should_stop: ShouldStop) -> Generation:
+        refuse_llama_only(params, "MLX")
         if not tokens:
             raise EmptyPrompt(
                 f"the prompt is empty and {self._path.name!r} adds no BOS token: there is nothing to continue"

@@ -40,7 +40,7 @@ from typing import Any
 
 from hostler.schemas import FinishReason, LoadParams, SamplingParams
 
-from .decoding import context_budget
+from .decoding import context_budget, refuse_llama_only
 from .mlx import EmptyPrompt, MlxEngine, logits_processors
 from .protocol import EmbeddingsUnsupported, EmbeddingTask, GenerationRequest, StepOutput
 from .stops import StopScanner
@@ -141,6 +141,7 @@ class MlxSlots:
         self._check_open()
         if not self.free_slots:
             raise RuntimeError(f"all {self._n_slots} slots are busy")
+        refuse_llama_only(request.params, "MLX")
         scanner = None
         if request.messages is not None:
             _, scanner = self._tools.prepare(request, self._engine.chat_template, grammars=False)

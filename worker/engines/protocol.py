@@ -22,6 +22,7 @@ from hostler.schemas import (
     LoadParams,
     Pooling,
     SamplingParams,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolChoice,
@@ -44,10 +45,6 @@ class NoChatTemplate(EngineError):
     code = ErrorCode.NO_CHAT_TEMPLATE
 
 
-class ToolsUnsupported(EngineError):
-    code = ErrorCode.TOOLS_UNSUPPORTED
-
-
 class EmbeddingsUnsupported(EngineError):
     code = ErrorCode.EMBEDDINGS_UNSUPPORTED
 
@@ -63,6 +60,10 @@ class InvalidInput(EngineError):
     """A request the schema let through but this model cannot take (dimensions, token ids)."""
 
     code = ErrorCode.INVALID_REQUEST
+
+
+class ToolsUnsupported(EngineError):
+    code = ErrorCode.TOOLS_UNSUPPORTED
 
 
 @dataclass
@@ -137,6 +138,7 @@ class StepOutput:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens found in the KV cache, not evaluated again
+    logprobs: tuple[TokenLogprob, ...] = ()  # with params.logprobs: the tokens whose text this piece carries
     tool_calls: tuple[ToolCall, ...] = ()  # a chat with tools: the calls its reply made, in its last output
 
 

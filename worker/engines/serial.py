@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from hostler.schemas import FinishReason
 
+from .decoding import refuse_llama_only
 from .protocol import (
     EmbeddingsUnsupported,
     EmbeddingTask,
@@ -55,6 +56,7 @@ class SerialSlots:
     def start(self, request: GenerationRequest) -> int:
         if self._running is not None:
             raise RuntimeError("the one slot is busy")
+        refuse_llama_only(request.params, _engine_name(self.engine))
         # The worker stops a sequence with cancel() between steps, so the engine never needs to ask.
         if request.messages is not None:
             refuse_tools(request, type(self.engine).__name__)
@@ -111,3 +113,7 @@ def as_slots(engine: Engine | SlotEngine) -> SlotEngine:
     if isinstance(engine, SerialSlots) or hasattr(engine, "step"):
         return engine  # type: ignore[return-value]
     return SerialSlots(engine)
+
+
+def _engine_name(engine: Engine) -> str:
+    return "MLX" if type(engine).__name__ == "MlxEngine" else type(engine).__name__

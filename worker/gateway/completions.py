@@ -11,8 +11,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hostler.client import AsyncClient, AsyncStream, HostlerError
-from hostler.schemas import ChatCompletionRequest, CompletionRequest, CompletionResult, finish_reason, response_body
+from hostler.client import AsyncClient, AsyncStream, HostlerError, Piece
+from hostler.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CompletionResult,
+    TokenLogprob,
+    chat_logprobs,
+    completion_logprobs,
+    finish_reason,
+    response_body,
+)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -127,7 +136,7 @@ class _ChatChunks(_Chunks):
         return [shapes.chat_chunk(self.ids, {"role": "assistant", "content": ""})]
 
     def piece(self, text: str) -> dict[str, Any]:
-        return shapes.chat_chunk(self.ids, {"content": text})
+        return _with_logprobs(shapes.chat_chunk(self.ids, {"content": text}), chat_logprobs(_logprobs(text)))
 
     def closing(self, result: CompletionResult | None) -> dict[str, Any]:
         return shapes.chat_chunk(self.ids, {}, _finish_reason(result))
@@ -141,11 +150,27 @@ class _ChatChunks(_Chunks):
 class _TextChunks(_Chunks):
     kind = "text_completion"
 
+    def __init__(self, ids: shapes.Ids, include_usage: bool) -> None:
+        super().__init__(ids, include_usage)
+        self._offset = 0  # where this piece starts in the whole text (logprobs' text_offset)
+
     def piece(self, text: str) -> dict[str, Any]:
-        return shapes.text_chunk(self.ids, text)
+        chunk = _with_logprobs(shapes.text_chunk(self.ids, text), completion_logprobs(_logprobs(text), self._offset))
+        self._offset += len(text)
+        return chunk
 
     def closing(self, result: CompletionResult | None) -> dict[str, Any]:
         return shapes.text_chunk(self.ids, "", _finish_reason(result))
+
+
+def _logprobs(text: str) -> tuple[TokenLogprob, ...] | None:
+    """A streamed piece's token logprobs (None when the request asked for none)."""
+    return text.logprobs if isinstance(text, Piece) else None
+
+
+def _with_logprobs(chunk: dict[str, Any], logprobs: dict[str, Any] | None) -> dict[str, Any]:
+    chunk["choices"][0]["logprobs"] = logprobs
+    return chunk
 
 
 def _finish_reason(result: CompletionResult | None) -> str:

@@ -13,11 +13,12 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
 from hostler.client._errors import ConnectionFailed
-from hostler.schemas import DoneEvent, ErrorEvent, JobResult, TokenEvent
+from hostler.schemas import DoneEvent, ErrorEvent, JobResult, TokenEvent, TokenLogprob
 
 log = logging.getLogger("hostler.worker")
 
@@ -36,8 +37,9 @@ class JobEvents:
     last_heard: float = field(default_factory=time.monotonic)
     _probed: float = 0.0
 
-    def token(self, text: str) -> None:
-        self.sender.send(self, TokenEvent(seq=self.seq, text=text).model_dump_json())
+    def token(self, text: str, logprobs: Sequence[TokenLogprob] | None = None) -> None:
+        event = TokenEvent(seq=self.seq, text=text, logprobs=list(logprobs) if logprobs is not None else None)
+        self.sender.send(self, event.model_dump_json(exclude_none=True))
         self.seq += 1
 
     def abandoned(self) -> bool:

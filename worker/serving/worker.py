@@ -40,6 +40,7 @@ from hostler.schemas import (
     LoadParams,
     TokenCountJob,
     TokenCountResult,
+    TokenLogprob,
     UnloadJob,
     UnloadResult,
     Usage,
@@ -76,7 +77,21 @@ class _Running:
     seq: int
     stop_at: float | None
     parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with params.logprobs: every token's so far
+    logprobs_sent: int = 0  # how many of them went out in token events
     last: StepOutput | None = None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.job.params.logprobs is not None
+
+    def unsent_logprobs(self) -> list[TokenLogprob] | None:
+        """The tokens not yet sent in a token event (an engine may hand some over before their text)."""
+        if not self.wants_logprobs:
+            return None
+        unsent = self.logprobs[self.logprobs_sent :]
+        self.logprobs_sent = len(self.logprobs)
+        return unsent
 
 
 class ModelWorker:
@@ -344,11 +359,12 @@ class ModelWorker:
                 self.prompt_received += output.prompt_tokens
                 self.prompt_evaluated += output.prompt_tokens - output.cached_tokens
             running.last = output
+            running.logprobs.extend(output.logprobs)
             if output.piece:
                 running.claimed.clock.piece()
                 running.parts.append(output.piece)
                 if running.job.stream and not running.claimed.lost:
-                    running.publisher.token(output.piece)
+                    running.publisher.token(output.piece, running.unsent_logprobs())
             if output.finish_reason is not None:
                 del self.running[output.seq]
                 self._finish(running, output.finish_reason)
@@ -415,6 +431,7 @@ class ModelWorker:
                 completion_tokens=last.completion_tokens if last is not None else 0,
             ),
             tool_calls=list(last.tool_calls) if last is not None else [],
+            logprobs=running.logprobs if running.wants_logprobs else None,
         )
         self._succeed(running.claimed, running.publisher, result)
 
