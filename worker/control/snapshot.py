@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import redis
 from hostler.client._rqstore import queue_keys
@@ -44,6 +46,8 @@ class Snapshot:
     workers: dict[tuple[str, str], WorkerReport]
     specs: dict[str, ModelSpec]
     queues: dict[str, int]
+    # Each host's view before placements, made once per report (ReportCache), not once per step.
+    bare: dict[str, HostView] = field(default_factory=dict)
     _by_model: dict[str, dict[str, Assignment]] = field(init=False, repr=False)
     _infos: dict[str, ModelInfo] = field(init=False, repr=False)
     _slots: dict[str, int] = field(init=False, repr=False)
@@ -77,7 +81,9 @@ class Snapshot:
 
     def placed(self, model: str) -> list[Assignment]:
         """The model's workers that should run, by host name (not where it keeps crashing)."""
-        placed = self._by_model.get(model, {})
+        placed = self._by_model.get(model)
+        if not placed:
+            return []
         return [placed[host] for host in sorted(placed) if model not in self.reports[host].crashing]
 
     def placements(self, model: str) -> list[tuple[str, Assignment]]:
@@ -144,34 +150,45 @@ class Snapshot:
             if worker.model not in placed:
                 stopping = Resident(worker.model, worker.rss_bytes, rss=worker.rss_bytes, busy=True, stopping=True)
                 residents.append(stopping)
-        found = HostView(
-            host=host,
-            capacity=report.capacity_bytes,
-            available=report.ram_available_bytes,
-            models_on_disk=frozenset(m.id for m in report.models),
-            residents=tuple(residents),
-            crashing=frozenset(report.crashing),
-            unavailable={m.id: m.unavailable_reason or "unavailable" for m in report.models if not m.available},
-            gpus=tuple(GpuView(g.index, g.total_bytes, g.free_bytes) for g in report.gpus),
-        )
+        bare = self.bare.get(host) or host_view(report)
+        found = replace(bare, residents=tuple(residents)) if residents else bare
         self._views[host] = found
         return found
 
 
+def host_view(report: HostReport) -> HostView:
+    """A host as the policy sees it before anything is placed on it."""
+    return HostView(
+        host=report.host,
+        capacity=report.capacity_bytes,
+        available=report.ram_available_bytes,
+        models_on_disk=frozenset(m.id for m in report.models),
+        crashing=frozenset(report.crashing),
+        unavailable={m.id: m.unavailable_reason or "unavailable" for m in report.models if not m.available},
+        gpus=tuple(GpuView(g.index, g.total_bytes, g.free_bytes) for g in report.gpus),
+    )
+
+
 class ReportCache:
-    """Parsed reports kept between steps, by the bytes they were parsed from."""
+    """Parsed reports kept between steps, by the bytes they were parsed from, with what is
+    derived from a host's report alone (its bare view), so that a report read again costs a
+    comparison of bytes and nothing else."""
 
     def __init__(self) -> None:
-        self._hosts: dict[str, tuple[bytes, HostReport]] = {}
+        self._hosts: dict[str, tuple[bytes, HostReport, HostView]] = {}
         self._workers: dict[str, tuple[bytes, WorkerReport]] = {}
+        self._assigned: dict[str, tuple[tuple[bytes, ...], dict[str, Assignment]]] = {}
 
     def host(self, host: str, raw: bytes) -> HostReport:
         kept = self._hosts.get(host)
         if kept is not None and kept[0] == raw:
             return kept[1]
         report = HostReport.model_validate_json(raw)
-        self._hosts[host] = (raw, report)
+        self._hosts[host] = (raw, report, host_view(report))
         return report
+
+    def bare(self, hosts: Iterable[str]) -> dict[str, HostView]:
+        return {h: self._hosts[h][2] for h in hosts if h in self._hosts}
 
     def worker(self, name: str, raw: bytes) -> WorkerReport:
         kept = self._workers.get(name)
@@ -181,12 +198,41 @@ class ReportCache:
         self._workers[name] = (raw, report)
         return report
 
+    def assignments(self, host: str, raw: list[bytes]) -> dict[str, Assignment]:
+        """A host's assignment hash, as HGETALL's flat reply (field, value, ...)."""
+        values = tuple(raw[1::2])
+        kept = self._assigned.get(host)
+        if kept is not None and kept[0] == values:
+            return dict(kept[1])
+        placed = _assignments(values)
+        self._assigned[host] = (values, placed)
+        return dict(placed)
+
     def keep_only(self, hosts: set[str], workers: set[str]) -> None:
         """Forgets what is gone, so the cache is as large as the cluster, no larger."""
         for name in set(self._hosts) - hosts:
             del self._hosts[name]
+        for name in set(self._assigned) - hosts:
+            del self._assigned[name]
         for name in set(self._workers) - workers:
             del self._workers[name]
+
+
+# One command that runs ARGV[1] (LLEN, HGETALL) on every key: a thousand commands in a pipeline
+# cost redis-py more CPU to pack and parse than Redis spends answering them, and the controller
+# reads a thousand assignment hashes and two queue lengths per model every step.
+_EACH = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call(ARGV[1], key) end
+return out
+"""
+
+
+def _each(pipe: Any, command: str, keys: list[str]) -> None:
+    if keys:
+        pipe.eval(_EACH, len(keys), *keys, command)
+    else:
+        pipe.echo("")
 
 
 def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None = None) -> Snapshot:
@@ -196,8 +242,7 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
     worker_names = sorted(as_text(w) for w in connection.smembers(keys.workers))
     with connection.pipeline(transaction=False) as pipe:
         pipe.mget([keys.host(h) for h in hosts]) if hosts else pipe.echo("")
-        for host in hosts:
-            pipe.hgetall(keys.assignments(host))
+        _each(pipe, "HGETALL", [keys.assignments(h) for h in hosts])
         pipe.mget([keys.worker(w) for w in worker_names]) if worker_names else pipe.echo("")
         replies = pipe.execute()
     reports: dict[str, HostReport] = {}
@@ -209,7 +254,7 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
             dead.append(host)
             continue
         reports[host] = cache.host(host, blob)
-        assignments[host] = _assignments(replies[1 + i])
+        assignments[host] = cache.assignments(host, replies[1][i])
     workers: dict[tuple[str, str], WorkerReport] = {}
     for name, blob in zip(worker_names, replies[-1] if worker_names else [], strict=False):
         if blob is not None:
@@ -218,21 +263,17 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
     cache.keep_only(set(reports), set(worker_names))
     models = sorted({m.id for r in reports.values() for m in r.models} | {m for a in assignments.values() for m in a})
     with connection.pipeline(transaction=False) as pipe:
-        for model in models:
-            for key in queue_keys(keys, model):
-                pipe.llen(key)
-        # One MGET for every spec: a command each would cost the client more than Redis.
+        _each(pipe, "LLEN", [key for model in models for key in queue_keys(keys, model)])
         pipe.mget([keys.spec(m) for m in models]) if models else pipe.echo("")
-        replies = pipe.execute()
-    lengths, raw_specs = replies[:-1], replies[-1] if models else []
+        lengths, raw_specs = pipe.execute() if models else ([], [])
     queues = {m: int(lengths[2 * i]) + int(lengths[2 * i + 1]) for i, m in enumerate(models)}
     specs = {m: spec for m, raw in zip(models, raw_specs, strict=True) if (spec := _spec(raw)) is not None}
-    return Snapshot(time.time(), reports, dead, assignments, workers, specs, queues)
+    return Snapshot(time.time(), reports, dead, assignments, workers, specs, queues, cache.bare(reports))
 
 
-def _assignments(raw: dict[bytes, bytes]) -> dict[str, Assignment]:
+def _assignments(values: Iterable[bytes]) -> dict[str, Assignment]:
     placed: dict[str, Assignment] = {}
-    for value in raw.values():
+    for value in values:
         try:
             assignment = Assignment.model_validate_json(value)
         except ValidationError:
