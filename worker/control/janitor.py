@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import cast
 
 import redis
 from hostler.client._rqstore import cancel_queued, make_queue, queue_keys
@@ -128,14 +129,14 @@ class Janitor:
                 self.connection.hdel(self.keys.leases, job_id)
         return canceled
 
-    def _next_leases(self) -> dict[bytes, bytes]:
+    def _next_leases(self) -> dict[bytes | str, bytes | str]:
         """The next slice of the leases hash (all of it while it holds at most LEASE_BATCH)."""
         if self._lease_cursor == 0 and self.connection.hlen(self.keys.leases) <= LEASE_BATCH:
             return self.connection.hgetall(self.keys.leases)
-        found: dict[bytes, bytes] = {}
+        found: dict[bytes | str, bytes | str] = {}
         while True:
             self._lease_cursor, page = self.connection.hscan(self.keys.leases, self._lease_cursor, count=LEASE_BATCH)
-            found.update(page)
+            found.update(cast(dict[bytes | str, bytes | str], page))
             if self._lease_cursor == 0 or len(found) >= LEASE_BATCH:
                 return found
 

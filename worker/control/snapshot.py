@@ -67,8 +67,8 @@ class Snapshot:
                 if known is None or (known.estimate_bytes is None and info.estimate_bytes is not None):
                     self._infos[info.id] = info
         self._slots = {}
-        for (_host, model), report in self.workers.items():
-            self._slots[model] = self._slots.get(model, 0) + max(0, report.slots - len(report.running_jobs))
+        for (_host, model), worker in self.workers.items():
+            self._slots[model] = self._slots.get(model, 0) + max(0, worker.slots - len(worker.running_jobs))
         self._views = {}
         self._changed = False
 
