@@ -9,8 +9,8 @@ the call(s) and nothing else.
 
 from __future__ import annotations
 
-import copy
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +21,8 @@ from .tool_calls import HERMES_CLOSE, HERMES_OPEN, ToolFormat
 
 # A function without parameters takes an empty object, as OpenAI reads a missing schema.
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+_DEFINITIONS = ("$defs", "definitions")
+_LOCAL_REF = re.compile(r"^#/(?:\$defs|definitions)/")
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
@@ -49,9 +51,10 @@ def tool_call_grammar(tools: Sequence[Tool], fmt: ToolFormat, *, parallel: bool)
     calls = []
     for index, tool in enumerate(tools):
         name = tool.function.name
-        schema = copy.deepcopy(tool.function.parameters) if tool.function.parameters else dict(_NO_PARAMETERS)
+        schema = _namespaced(tool.function.parameters or _NO_PARAMETERS, name)
         try:
-            # Each function's own $refs resolve against its own schema, under its own url.
+            # Each function's $refs resolve against its own schema (under its own url, to its own
+            # renamed definitions: one converter names a definition's rule by its bare name).
             resolved = converter.resolve_refs(schema, f"tool-{index}")
             arguments = converter.visit(resolved, f"{name}-arguments")
         except Exception as exc:  # noqa: BLE001 - the converter raises anything from asserts to KeyErrors
@@ -85,3 +88,21 @@ def tool_call_grammar(tools: Sequence[Tool], fmt: ToolFormat, *, parallel: bool)
     # As client/_grammar.py does for json_schema: the port lets control characters into JSON
     # strings, which a JSON parser refuses; llama.cpp's own converter keeps them out.
     return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
+def _namespaced(schema: Any, prefix: str) -> Any:
+    """A copy of schema whose local definitions are named `<prefix>-<name>`, its `#/$defs/...`
+    references with them, so that two functions' same-named definitions stay two rules."""
+    if isinstance(schema, list):
+        return [_namespaced(item, prefix) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DEFINITIONS and isinstance(value, dict):
+            out[key] = {f"{prefix}-{name}": _namespaced(sub, prefix) for name, sub in value.items()}
+        elif key == "$ref" and isinstance(value, str):
+            out[key] = _LOCAL_REF.sub(lambda found: f"{found.group(0)}{prefix}-", value)
+        else:
+            out[key] = _namespaced(value, prefix)
+    return out

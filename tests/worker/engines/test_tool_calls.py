@@ -175,3 +175,24 @@ def test_a_schema_the_converter_cannot_read_is_named() -> None:
     )
     with pytest.raises(BadToolSchema, match="'f'"):
         tool_call_grammar([broken], "hermes", parallel=False)
+
+
+def test_two_functions_definitions_of_one_name_stay_apart() -> None:
+    def with_point(name: str, point: dict[str, object]) -> Tool:
+        parameters = {
+            "type": "object",
+            "properties": {"at": {"$ref": "#/$defs/Point"}},
+            "required": ["at"],
+            "$defs": {"Point": point},
+        }
+        return Tool.model_validate({"function": {"name": name, "parameters": parameters}})
+
+    flat = with_point("flat", {"enum": ["north", "south"]})
+    deep = with_point("deep", {"type": "object", "properties": {"depth": {"type": "integer"}}, "required": ["depth"]})
+    rules = dict(
+        line.split(" ::= ", 1) for line in tool_call_grammar([flat, deep], "json", parallel=False).splitlines()
+    )
+    assert rules["flat-arguments-at"] == "flat-Point" and rules["deep-arguments-at"] == "deep-Point"
+    assert '"\\"north\\""' in rules["flat-Point"] and "depth" in rules["deep-Point"]
+    # The caller's schema is left as it was.
+    assert flat.function.parameters is not None and "Point" in flat.function.parameters["$defs"]
