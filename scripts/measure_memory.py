@@ -35,13 +35,14 @@ import psutil
 from hostler.schemas import LoadParams, SamplingParams
 from hostler.worker.engines.llama_slots import LlamaSlots
 from hostler.worker.engines.protocol import GenerationRequest
-from hostler.worker.memory.estimate import estimate_gguf
+from hostler.worker.memory.estimate import embedding_estimate, estimate_gguf
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
 
-def measure(path: Path, params: LoadParams) -> int:
-    """Bytes of RSS that loading the model, one generation and an embedding decode add."""
+def measure(path: Path, params: LoadParams) -> tuple[int, dict[str, int]]:
+    """Bytes of RSS that loading the model, one generation and an embedding decode add, and what
+    the embedding context alone added while open and left once closed."""
     process = psutil.Process()
     gc.collect()
     before = process.memory_info().rss
@@ -51,13 +52,15 @@ def measure(path: Path, params: LoadParams) -> int:
         engine.start(request)
     while engine.step():
         pass
+    generated = process.memory_info().rss
     # Enough texts for two packed decodes: after the first, the embedding context is open and full.
     task = engine.start_embedding([PROMPT] * 64, None)
     task.step()
     after = process.memory_info().rss
     task.close()
+    embedding = {"open": after - generated, "after_close": process.memory_info().rss - generated}
     engine.close()
-    return after - before
+    return after - before, embedding
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = LoadParams(n_ctx=args.n_ctx, n_batch=args.n_batch, n_parallel=args.n_parallel)
-    measured = measure(args.model, params)
+    measured, embedding = measure(args.model, params)
     # Estimated after measuring, so reading the file leaves nothing in the baseline.
     found = estimate_gguf(args.model, params)
     report = {
@@ -86,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "total": found.total_bytes - found.kept_prompts_bytes,
         },
         "measured_rss_increase": measured,
+        "embedding_context": {**embedding, "estimate": embedding_estimate(args.model, params)},
         "error": round((found.total_bytes - found.kept_prompts_bytes - measured) / measured, 4),
     }
     print(json.dumps(report))

@@ -28,6 +28,7 @@ by mean; llama-cpp-python would return one vector per token.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -218,6 +219,7 @@ class LlamaEmbedder:
             self._context.close()
             self._context = None
             self._cells = 0
+            _return_freed_memory()
 
     def _ensure(self, cells: int, *, fresh: bool) -> None:
         """A context of at least `cells` KV cells; made again only between inputs (fresh)."""
@@ -246,6 +248,17 @@ class LlamaEmbedder:
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineError(f"llama.cpp could not make an embedding context of {cells} tokens: {exc}") from None
         self._cells = cells
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed heap pages for reuse; an idle worker's embedding context should cost
+    nothing, so they go back to the system (measured: 26 of 27 MiB after a long input)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc (macOS, musl): nothing to trim
+    trim(0)
 
 
 def unit(values: Any) -> list[float]:

@@ -37,6 +37,7 @@ __all__ = [
     "WORKER_BASE_BYTES",
     "EstimateError",
     "MemoryEstimate",
+    "embedding_estimate",
     "Need",
     "estimate",
     "estimate_gguf",
@@ -381,6 +382,15 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
 
 def _pad(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def embedding_estimate(path: Path, params: LoadParams) -> int:
+    """The part of estimate_gguf's compute that is the embedding context (scripts/measure_memory.py)."""
+    info = read_gguf(path)
+    arch = str(info.meta.get("general.architecture"))
+    n_vocab = info.lengths.get("tokenizer.ggml.tokens") or meta_int(info.meta.get(f"{arch}.vocab_size"))
+    per_cell = sum(_kv_bytes_per_layer_cell(info.meta, arch))
+    return _embedding_bytes(info.meta, arch, n_vocab, per_cell, min(params.n_batch, params.n_ctx))
 
 
 def _embedding_bytes(meta: dict[str, object], arch: str, n_vocab: int, kv_per_cell: int, n_batch: int) -> int:
