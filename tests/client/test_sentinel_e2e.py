@@ -135,9 +135,7 @@ def test_an_enqueue_waits_for_the_replicas_the_url_asks_for(watched: SentinelSet
         asyncio.run(submit_async())
 
 
-def test_a_job_end_reaches_the_replicas_before_its_client_hears_of_it(
-    watched: SentinelSet, models_dir: Path
-) -> None:
+def test_a_job_end_reaches_the_replicas_before_its_client_hears_of_it(watched: SentinelSet, models_dir: Path) -> None:
     url = watched.url("wait_replicas=2")
     _announce_models(url, models_dir)
     connection = connect(url)
