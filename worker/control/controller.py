@@ -67,11 +67,13 @@ return 0
 """
 
 
-def _defer_full_collections() -> None:
+def _defer_full_collections() -> tuple[int, int, int]:
     """Keeps the young generations collected as usual and the oldest for `run`'s own cadence
-    (process-wide: in `hostler up` the agent and janitor threads share it, and gain the same)."""
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 1_000_000)
+    (process-wide: in `hostler up` the agent and janitor threads share it, and gain the same).
+    Returns the thresholds to restore when the controller stops."""
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], 1_000_000)
+    return before
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,14 @@ class Controller:
 
     def run(self) -> None:
         backoff = OutageBackoff(log, self._stop.wait)
-        _defer_full_collections()
+        thresholds = _defer_full_collections()
+        try:
+            self._lead_until_stopped(backoff)
+        finally:
+            gc.set_threshold(*thresholds)
+        self.resign()
+
+    def _lead_until_stopped(self, backoff: OutageBackoff) -> None:
         collected = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -127,7 +136,6 @@ class Controller:
                 self._outage.lost_redis()
                 self.leading = False
                 backoff.failed(exc)
-        self.resign()
 
     def stop(self) -> None:
         self._stop.set()

@@ -7,6 +7,8 @@ not cost hosts x models."""
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from pathlib import Path
 
@@ -124,3 +126,22 @@ def test_an_idle_model_past_its_keep_alive_is_unloaded(connection: redis.Redis, 
     connection.set(KEYS.spec("b"), ModelSpec(model="b", keep_alive_s=-1).model_dump_json())
     Controller(connection=connection, keys=KEYS).step(wait=0.01)
     assert placed(connection) == {"b": ["solo"]}
+
+
+def test_full_collections_wait_for_the_controller_while_it_runs_and_not_after(connection: redis.Redis) -> None:
+    before = gc.get_threshold()
+    controller = Controller(connection=connection, keys=KEYS)
+    seen: list[tuple[int, int, int]] = []
+    thread = threading.Thread(target=controller.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not controller.leading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(gc.get_threshold())
+    finally:
+        controller.stop()
+        thread.join(10)
+    assert seen[0][:2] == before[:2] and seen[0][2] > before[2]
+    assert gc.get_threshold() == before
+    assert not connection.exists(KEYS.controller)  # it resigned on its way out
