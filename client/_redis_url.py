@@ -9,7 +9,7 @@ replicas must confirm a write before hostler calls it done.
   query are the Sentinels' own, when they have any. `ssl_ca_certs`, `ssl_certfile`,
   `ssl_keyfile` and `ssl_cert_reqs` set up TLS as they do in a `rediss://` URL.
 - hostler's own query parameters, on any scheme: `wait_replicas` (replicas that must confirm an
-  enqueue and a job's end, by `WAIT`; 1 by default behind Sentinels, 0 otherwise) and
+  enqueue and a job's end, by `WAIT`; 0 by default) and
   `wait_timeout_ms` (how long they get; 2000 by default). See docs/architecture.md, "Redis
   Sentinel".
 
@@ -38,9 +38,9 @@ __all__ = [
 MASK = "***"
 DEFAULT_SENTINEL_PORT = 26379
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
-# A Sentinel deployment has replicas by definition: an acknowledged write waits for one of them
-# unless the URL says otherwise (docs/architecture.md has the cost that chose this).
-SENTINEL_WAIT_REPLICAS = 1
+# Off unless the URL asks, behind Sentinels too: with it, concurrent jobs on one worker showed
+# stalls of seconds not yet explained (docs/architecture.md, "Redis Sentinel", has the figures).
+SENTINEL_WAIT_REPLICAS = 0
 DEFAULT_WAIT_TIMEOUT_MS = 2000
 # Below redis-py's 30 s socket timeout, so a WAIT that runs out is an answer, not a lost connection.
 MAX_WAIT_TIMEOUT_MS = 20_000

@@ -11,7 +11,7 @@ it gets (a generation of even a few tokens takes milliseconds more).
 Both settings run side by side and take turns, so that whatever else loads the machine hits both
 alike (on a shared 2-core machine that load is most of the noise):
 
-* sequential: one client per setting; jobs alternate off, on, off, on, ...: milliseconds per job
+* sequential: one client per setting; jobs alternate (off, on), (on, off), ...: milliseconds per job
   (the latency a job pays), the median of each setting and of the paired differences;
 * concurrent: an AsyncClient per setting with --concurrency jobs in flight, in blocks of
   --block jobs taken in turns: jobs/s one worker serves, the median block of each setting.
@@ -102,8 +102,11 @@ def _sequential(urls: dict[str, str], jobs: int, generate: int) -> dict[str, lis
     try:
         for setting, client in clients.items():
             client.count_tokens(_model(setting), "warm up the connection and the pub/sub pool")
+        order = list(clients.items())
         for i in range(jobs):
-            for setting, client in clients.items():
+            # Each goes first in every other pair: the one that follows shares the CPU with the
+            # other worker's leftovers (its heartbeat, its next look at the queue).
+            for setting, client in order if i % 2 else order[::-1]:
                 started = time.perf_counter()
                 _job(client, _model(setting), i, generate)
                 took[setting].append((time.perf_counter() - started) * 1000)

@@ -35,8 +35,8 @@ def test_tls_and_defaults() -> None:
     assert target is not None
     assert (target.tls, target.db, target.username, target.password) == (True, 0, None, "pw")
     assert target.ssl == {"ssl_ca_certs": "/etc/ca.pem"}
-    # Behind Sentinels an acknowledged write waits for one replica unless the URL says otherwise.
-    assert parsed.durability == Durability(1, DEFAULT_WAIT_TIMEOUT_MS)
+    # Nothing waits for replicas unless the URL asks (docs/architecture.md says why).
+    assert parsed.durability == Durability(0, DEFAULT_WAIT_TIMEOUT_MS)
 
 
 def test_wait_parameters_on_any_url_and_taken_out_of_what_redis_py_reads() -> None:
@@ -44,8 +44,8 @@ def test_wait_parameters_on_any_url_and_taken_out_of_what_redis_py_reads() -> No
     assert parsed.durability == Durability(2, 500)
     assert parsed.server_url == "redis://:pw@127.0.0.1:6379/0?socket_timeout=3"
     assert parse_redis_url("redis://127.0.0.1/0").durability == Durability(0)
-    off = parse_redis_url("redis+sentinel://127.0.0.1/svc?wait_replicas=0").durability
-    assert not off.waits
+    on = parse_redis_url("redis+sentinel://127.0.0.1/svc?wait_replicas=1").durability
+    assert on.waits and on == Durability(1)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_connect_builds_a_sentinel_pool_of_guarded_connections_without_connectin
         assert pool.connection_class is GuardedSentinelConnection
         assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (3, "pw")
         assert pool.connection_kwargs["shown_url"] == "redis+sentinel://:***@example.invalid:26379/svc/3"
-        assert durability_of(connection) == Durability(1)
+        assert durability_of(connection) == Durability(0)
     finally:
         connection.close()
     tls = connect("rediss+sentinel://example.invalid/svc")
@@ -100,8 +100,8 @@ def test_connect_builds_a_sentinel_pool_of_guarded_connections_without_connectin
         assert sentinel.connection_pool.connection_kwargs["socket_timeout"] == 2.0
     finally:
         tls.close()
-    with Client("redis+sentinel://example.invalid/svc?wait_replicas=0") as client:
-        assert durability_of(client.connection) == Durability(0)
+    with Client("redis+sentinel://example.invalid/svc?wait_replicas=1") as client:
+        assert durability_of(client.connection) == Durability(1)
 
 
 def test_connect_async_builds_a_blocking_sentinel_pool() -> None:

@@ -3,7 +3,8 @@ accepted ends exactly once, and no hostler process exits.
 
 Real processes all through: a primary, two replicas and three Sentinels (scripts/sentinel_set.py),
 two host agents each running a llama.cpp worker of the tiny GGUF, a controller, a janitor and a
-gateway, all given the redis+sentinel:// URL with its default durability (wait for one replica).
+gateway, all given the redis+sentinel:// URL with wait_replicas=1 (an enqueue and a job's end wait
+for one replica: without it an acknowledged job can vanish, docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def _alive(process: psutil.Process) -> bool:
 def test_every_accepted_job_ends_once_through_a_primary_failover(
     watched: SentinelSet, models_dir: Path, tmp_path: Path
 ) -> None:
-    url = watched.url()
+    url = watched.url("wait_replicas=1")
     logs = tmp_path / "logs"
     logs.mkdir()
     cluster = Cluster(url, logs, Client(url, timeout=120))
