@@ -26,6 +26,7 @@ from conftest import Stack, start_stack, stop_stack
 from gateway_proc import Gateway, start_gateway
 from hostler import AsyncClient, ContextExceeded, InvalidRequest
 from hostler.client import JobFailed
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
 
@@ -243,6 +244,11 @@ def test_bad_inputs_are_400s_naming_the_problem_and_nothing_is_queued(
         sdk.embeddings.create(model="tiny", input="x", dimensions=65)
     # The worker went on serving.
     assert len(sdk.embeddings.create(model="tiny", input=["a", "b"]).data) == 2
+    # Embedding jobs show in /metrics as a kind of their own (the two failed ones and this one).
+    metrics = text_string_to_metric_families(httpx.get(f"{gateway.url}/metrics", timeout=30).text)
+    durations = next(family for family in metrics if family.name == "hostler_job_duration_seconds")
+    counts = [s.value for s in durations.samples if s.name.endswith("_count") and s.labels["kind"] == "embedding"]
+    assert counts == [3]
 
     client = stack.client
     with pytest.raises(InvalidRequest, match="empty list"):
