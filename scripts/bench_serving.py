@@ -456,7 +456,11 @@ def _importable(module: str) -> bool:
 
 
 def start_hostler(setup: Setup) -> list[Target]:
-    """`hostler up` and `hostler gateway` as a user starts them: no load parameters at all."""
+    """`hostler up` and `hostler gateway` as a user starts them: no load parameters at all.
+
+    The gateway row and the AsyncClient row each get a stack of their own (Redis, `hostler up`):
+    a round sends both the same paragraphs, and one worker's kept prompts would give the second
+    row every prompt for free."""
     from hostler.worker.embedded_redis import EmbeddedRedis
 
     args, tmp = setup.args, setup.tmp
@@ -468,15 +472,18 @@ def start_hostler(setup: Setup) -> list[Target]:
     up_cmd = [*hostler, "up", "--models", str(models), "--no-demo", "--host-id", "bench"]
     gateway_cmd = [*hostler, "gateway", "--port", str(port)]
     print(f"hostler: hostler up --models DIR --no-demo; hostler gateway --port {port} (defaults)", flush=True)
-    server = setup.stack.enter_context(EmbeddedRedis())
-    up = setup.stack.enter_context(process(up_cmd, tmp / "up.log", server.url))
-    gateway = setup.stack.enter_context(process(gateway_cmd, tmp / "gateway.log", server.url))
+    stacks = []
+    for row in (GATEWAY, QUEUE):
+        server = setup.stack.enter_context(EmbeddedRedis())
+        up = setup.stack.enter_context(process(up_cmd, tmp / f"up-{row.split()[-1]}.log", server.url))
+        stacks.append((server, [up.pid, *([server.process.pid] if server.process else [])]))
+    (gateway_redis, gateway_pids), (queue_redis, queue_pids) = stacks
+    gateway = setup.stack.enter_context(process(gateway_cmd, tmp / "gateway.log", gateway_redis.url))
     wait_http(f"http://127.0.0.1:{port}/health", GATEWAY, gateway, tmp / "gateway.log", timeout=args.start_timeout)
-    redis_pids = [server.process.pid] if server.process else []
     url = f"http://127.0.0.1:{port}/v1"
     return [
-        Target(GATEWAY, lambda chats: openai_asker(url, chats, args.max_tokens), [up.pid, gateway.pid, *redis_pids]),
-        Target(QUEUE, lambda chats: queue_asker(server.url, chats, args.max_tokens), [up.pid, *redis_pids]),
+        Target(GATEWAY, lambda chats: openai_asker(url, chats, args.max_tokens), [*gateway_pids, gateway.pid]),
+        Target(QUEUE, lambda chats: queue_asker(queue_redis.url, chats, args.max_tokens), queue_pids),
     ]
 
 
