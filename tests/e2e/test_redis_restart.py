@@ -49,6 +49,8 @@ def test_jobs_queued_before_a_redis_restart_finish_and_no_process_dies(tmp_path:
         server.start()
         stack = start_stack(server.url, models_dir, tmp_path / "up.log")
         client = stack.client
+        # One slot: the jobs run one after another, so most are still queued when Redis stops.
+        client.load("tiny", n_parallel=1)
         assert client.complete("tiny", "x", max_tokens=2, temperature=0).usage.completion_tokens == 2
         up = psutil.Process(stack.process.pid)
         processes.update({p: " ".join(p.cmdline()) for p in [up, *up.children(recursive=True)]})

@@ -181,8 +181,11 @@ def test_autoscale_adds_a_replica_while_the_queue_is_long_and_removes_it(
         "controller", "--autoscale", "--scale-up-queue", "4", "--scale-up-after", "1", "--scale-down-after", "2"
     )
     client = cluster.client
-    with ThreadPoolExecutor(16) as pool:
-        jobs = [pool.submit(ask, client, "sm", 32) for _ in range(32)]
+    # Clients enough to keep far more than 4 jobs waiting beyond the worker's slots, for longer
+    # than the first replica takes to drain them.
+    slots = LoadParams().n_parallel
+    with ThreadPoolExecutor(4 * slots) as pool:
+        jobs = [pool.submit(ask, client, "sm", 48) for _ in range(12 * slots)]
         cluster.wait_for(lambda: len(cluster.hosts_of("sm")) == 2 or None, "a second replica")
         assert all(job.result(timeout=120).text for job in jobs)
     cluster.wait_for(lambda: len(cluster.hosts_of("sm")) == 1 or None, "the extra replica to go", timeout=30)
