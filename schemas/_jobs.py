@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, 
 
 from ._embeddings import MAX_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_INPUTS, EmbeddingInput
 from ._params import LoadParams, SamplingParams
-from ._tools import MAX_TOOL_CALL_ID_CHARS, MAX_TOOLS, Tool, ToolCall, ToolChoice, check_tool_choice
+from ._tools import MAX_TOOL_CALL_ID_CHARS, MAX_TOOLS, Tool, ToolCall, ToolChoice, check_tool_choice, check_unique_names
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 MAX_PROMPT_CHARS = 4_000_000
@@ -102,10 +102,7 @@ class ChatJob(_JobBase):
     @field_validator("tools")
     @classmethod
     def _unique_names(cls, tools: list[Tool] | None) -> list[Tool] | None:
-        names = [tool.function.name for tool in tools or ()]
-        if len(set(names)) != len(names):
-            raise ValueError(f"function names must be unique, got {names}")
-        return tools
+        return check_unique_names(tools)
 
     @field_validator("tool_choice")
     @classmethod

@@ -22,7 +22,7 @@ from ._logprobs import MAX_TOP_LOGPROBS, chat_logprobs, completion_logprobs
 from ._openai_embeddings import EMBEDDINGS_URL
 from ._params import MAX_STOP_SEQUENCES, SamplingParams, StopString, sampling_bounds
 from ._results import CompletionResult
-from ._tools import MAX_TOOL_CALL_ID_CHARS, MAX_TOOLS, Tool, ToolChoice, check_tool_choice
+from ._tools import MAX_TOOL_CALL_ID_CHARS, MAX_TOOLS, Tool, ToolChoice, check_tool_choice, check_unique_names
 from ._validation import describe_errors
 
 CHAT_URL = "/v1/chat/completions"
@@ -222,10 +222,7 @@ class ChatCompletionRequest(_GenerationRequest):
     @field_validator("tools")
     @classmethod
     def _unique_tool_names(cls, tools: list[Tool] | None) -> list[Tool] | None:
-        names = [tool.function.name for tool in tools or ()]
-        if len(set(names)) != len(names):
-            raise ValueError(f"function names must be unique, got {names}")
-        return tools
+        return check_unique_names(tools)
 
     @field_validator("tool_choice")
     @classmethod

@@ -61,6 +61,14 @@ class NamedToolChoice(BaseModel):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
+def check_unique_names(tools: list[Tool] | None) -> list[Tool] | None:
+    """Tools whose function names differ: a call names the function it means."""
+    names = [tool.function.name for tool in tools or ()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"function names must be unique, got {names}")
+    return tools
+
+
 def check_tool_choice(choice: ToolChoice | None, tools: list[Tool] | None) -> ToolChoice | None:
     """A tool_choice that forces a call needs tools, and a named one must be among them.
     `tools` is None when they failed validation themselves (that error is reported)."""

@@ -27,11 +27,9 @@ physical batch per step and prefixes shared without copying, about 10% more toke
 short chats, but every token attends over every cell in use, kept prompt caches included,
 and batched texts differ from solo ones far more often (19/32 against 31/32 on SmolLM2).
 
-Prompt cache: a slot keeps the tokens of its last sequence in its KV cells after it ends.
-A new sequence takes the free slot whose kept tokens share the longest prefix with its
-prompt and evaluates only the rest; when another slot (busy or free) shares a prefix
-that is longer by enough to pay for it, its whole stream is copied first (llama.cpp copies
-across streams only whole). cached_tokens reports the prompt tokens not evaluated.
+Prompt cache (slot_cache.py, kept_prompts.py): a new sequence takes the slot whose cells, or
+another slot's, or a prompt kept in host memory, hold the longest prefix of its prompt, and
+evaluates only the rest; cached_tokens reports the prompt tokens not evaluated.
 """
 
 from __future__ import annotations
@@ -53,20 +51,16 @@ from hostler.worker.memory.files import GGUF_MAGIC
 
 from .chat_render import template_messages, template_tools
 from .decoding import context_budget
-from .kept_prompts import Kept, KeptPrompts, common_prefix
 from .llama_cpu import model_params as safe_model_params
 from .llama_embed import LlamaEmbedder
 from .llama_sampling import LogprobTrail, sampler_chain, token_logprob
+from .llama_token_batch import TokenBatch
 from .protocol import EngineError, LoadFailed, NoChatTemplate
+from .slot_cache import Slot, SlotCache
 from .stops import StopScanner
 
 # llama-cpp-python's Llama caps the physical batch at 512 tokens.
 MAX_UBATCH = 512
-# Copying another slot's KV stream costs about as much as evaluating 1/COPY_RATIO of its
-# cells would; a donor must share at least that many more prompt tokens than the target.
-COPY_RATIO = 64
-# A kept prompt is copied back only when it spares at least this many more tokens than a slot.
-KEPT_GAIN = 16
 FOLLOW_CORES_EVERY_S = 1.0
 
 
@@ -92,20 +86,10 @@ class StepOutput:
     logprobs: tuple[TokenLogprob, ...] = ()  # the tokens whose text this piece carries (params.logprobs set)
 
 
-@dataclass
-class _Slot:
-    """One llama.cpp sequence id and the tokens its KV cells hold (positions 0..n-1)."""
-
-    index: int
-    history: list[int] = field(default_factory=list)
-    busy: _Sequence | None = None
-    last_used: int = 0
-
-
 @dataclass(eq=False)
 class _Sequence:
     handle: int
-    slot: _Slot
+    slot: Slot
     prompt: list[int]
     sampler: Any  # llama_sampler * (a chain), freed when the sequence ends
     scanner: StopScanner
@@ -120,45 +104,6 @@ class _Sequence:
     out_index: int = -1  # where this step's logits are in the batch, -1 for none
     top_logprobs: int | None = None  # params.logprobs: None computes none
     trail: LogprobTrail = field(default_factory=LogprobTrail)
-
-
-class _Batch:
-    """One llama_batch over arrays this object owns, filled with slice assignments (C loops)."""
-
-    def __init__(self, lib: Any, capacity: int, n_slots: int) -> None:
-        self.capacity = capacity
-        # Any: typeshed's Array takes only lists in slice assignments; ctypes takes any sequence.
-        self.token: Any = (ctypes.c_int32 * capacity)()
-        self.pos: Any = (ctypes.c_int32 * capacity)()
-        self.n_seq_id = (ctypes.c_int32 * capacity)(*([1] * capacity))
-        self.seq_ids = (ctypes.c_int32 * n_slots)(*range(n_slots))
-        self.seq_id = (ctypes.c_void_p * capacity)()
-        self.logits = (ctypes.c_int8 * capacity)()
-        base = ctypes.addressof(self.seq_ids)
-        self.seq_addr = [base + ctypes.sizeof(ctypes.c_int32) * s for s in range(n_slots)]
-        struct = lib.llama_batch()
-        struct.n_tokens = 0
-        struct.token = ctypes.cast(self.token, ctypes.POINTER(ctypes.c_int32))
-        struct.embd = None
-        struct.pos = ctypes.cast(self.pos, ctypes.POINTER(ctypes.c_int32))
-        struct.n_seq_id = ctypes.cast(self.n_seq_id, ctypes.POINTER(ctypes.c_int32))
-        struct.seq_id = ctypes.cast(self.seq_id, ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)))
-        struct.logits = ctypes.cast(self.logits, ctypes.POINTER(ctypes.c_int8))
-        self.struct = struct
-        self.n = 0
-
-    def add(self, tokens: Sequence[int], pos: int, slot: int, logits: bool) -> int:
-        """Appends a run of one sequence's tokens; returns the batch index of its last token."""
-        n, k = self.n, len(tokens)
-        end = n + k
-        self.token[n:end] = tokens
-        self.pos[n:end] = range(pos, pos + k)
-        self.seq_id[n:end] = [self.seq_addr[slot]] * k
-        self.logits[n:end] = [0] * k
-        if logits:
-            self.logits[end - 1] = 1
-        self.n = end
-        return end - 1
 
 
 class BatchedLlama:
@@ -222,21 +167,21 @@ class BatchedLlama:
         self._seed = params.seed
         self._template_source = chat_template or self._model.metadata().get("tokenizer.chat_template")
         self._formatter: Any = None
-        self._batch = _Batch(llama_cpp, self._n_batch, self.n_slots)
-        self._slots = [_Slot(i) for i in range(self.n_slots)]
+        self._batch = TokenBatch(llama_cpp, self._n_batch, self.n_slots)
         self._active: dict[int, _Sequence] = {}  # by handle, in admission order
         self._handles = itertools.count(1)
-        self._clock = itertools.count(1)
         self._tokens: dict[int, tuple[bool, bytes]] = {}  # token -> (ends generation, its bytes)
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._kept = KeptPrompts(_kept_budget(path, params))
+        self._cache = SlotCache(
+            llama_cpp, self._ctx, self._mem, self.n_slots, self.n_ctx, self._unified, _kept_budget(path, params)
+        )
         self._closed = False
 
     # -- what a worker asks ---------------------------------------------------------
 
     @property
     def free_slots(self) -> int:
-        return sum(1 for slot in self._slots if slot.busy is None)
+        return self._cache.free_slots
 
     @property
     def active(self) -> int:
@@ -283,11 +228,10 @@ class BatchedLlama:
         # Before any slot is touched: a grammar llama.cpp refuses fails this sequence alone.
         sampler = sampler_chain(self._lib, self._vocab, self._n_vocab, request.params, self._seed)
         try:
-            slot, shared = self._pick_slot(tokens)
+            slot, cached = self._cache.take(tokens)
         except RuntimeError:
             self._lib.llama_sampler_free(sampler)
             raise
-        cached = self._reuse_prefix(slot, tokens, shared)
         handle = next(self._handles)
         seq = _Sequence(
             handle=handle,
@@ -301,7 +245,6 @@ class BatchedLlama:
             top_logprobs=request.params.logprobs,
         )
         slot.busy = seq
-        slot.last_used = next(self._clock)
         self._active[handle] = seq
         return handle
 
@@ -317,12 +260,11 @@ class BatchedLlama:
         self._follow_cores()
         runs = self._plan()
         batch = self._batch
-        batch.n = 0
+        batch.clear()
         for seq, chunk, start in runs:
             logits = seq.next_token >= 0 or start + len(chunk) == len(seq.prompt)
-            index = batch.add(chunk, start, seq.slot.index, logits)
+            index = batch.add(chunk, start, seq.slot.index, "last" if logits else "none")
             seq.out_index = index if logits else -1
-        batch.struct.n_tokens = batch.n
         rc = self._lib.llama_decode(self._ctx, batch.struct)
         if rc != 0:
             for seq, _chunk, start in runs:
@@ -372,83 +314,9 @@ class BatchedLlama:
         for seq in list(self._active.values()):
             self._end(seq)
         self._closed = True
-        self._kept.clear()
+        self._cache.close()
         self._context.close()
         self._model.close()
-
-    # -- admission and the prompt cache ---------------------------------------------
-
-    def _pick_slot(self, tokens: list[int]) -> tuple[_Slot, list[int]]:
-        """The free slot to use, and how long a prefix of tokens each slot's cells hold."""
-        free = [slot for slot in self._slots if slot.busy is None]
-        if not free:
-            raise RuntimeError(f"all {self.n_slots} slots are busy")
-        shared = [common_prefix(slot.history, tokens) for slot in self._slots]
-        # The longest kept prefix wins; among equals the least recently used gives up its cache.
-        return max(free, key=lambda slot: (shared[slot.index], -slot.last_used)), shared
-
-    def _reuse_prefix(self, slot: _Slot, tokens: list[int], shared: list[int]) -> int:
-        """Leaves in slot's KV cells the longest prefix of tokens available; returns its length.
-
-        The prefix comes from the slot itself, from another slot's cells, or from a prompt kept
-        in host memory (kept_prompts.py); whatever the slot held that is about to be cut is kept
-        there first."""
-        lib, mem = self._lib, self._mem
-        own = shared[slot.index]
-        donor = max(self._slots, key=lambda other: shared[other.index])
-        # Copying across streams moves a whole stream: worth it for a long enough gain only.
-        gain = 0 if self._unified else self.n_ctx // COPY_RATIO
-        kept, stored = self._kept.best(tokens)
-        if kept is not None and stored > max(own, shared[donor.index]) + KEPT_GAIN:
-            self._keep(slot)
-            lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
-            slot.history = []
-            own = 0
-            if self._restore(kept, slot):
-                own = stored
-        elif donor is not slot and shared[donor.index] > own + gain:
-            self._keep(slot)
-            own = shared[donor.index]
-            lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
-            if self._unified:
-                lib.llama_memory_seq_cp(mem, donor.index, slot.index, 0, own)
-            else:
-                lib.llama_memory_seq_cp(mem, donor.index, slot.index, -1, -1)
-            slot.history = donor.history[:own]
-        elif own < len(slot.history):
-            self._keep(slot)
-        # At least the last prompt token is evaluated: its logits give the first token.
-        keep = min(own, len(tokens) - 1)
-        if keep > 0 and lib.llama_memory_seq_pos_min(mem, slot.index) > 0:
-            keep = 0  # a sliding-window cache dropped the start
-        if not lib.llama_memory_seq_rm(mem, slot.index, keep, -1):
-            keep = 0  # this memory cannot drop part of a sequence (recurrent models)
-            lib.llama_memory_seq_rm(mem, slot.index, -1, -1)
-        del slot.history[keep:]
-        return keep
-
-    def _keep(self, slot: _Slot) -> None:
-        """Saves the sequence in slot's cells to the kept prompts, unless it is kept already."""
-        history = slot.history
-        if not history or self._kept.budget_bytes == 0 or self._kept.holds(history):
-            return
-        size = int(self._lib.llama_state_seq_get_size(self._ctx, slot.index))
-        if size == 0 or size > self._kept.budget_bytes:
-            return
-        buffer = (ctypes.c_ubyte * size)()
-        written = int(self._lib.llama_state_seq_get_data(self._ctx, buffer, size, slot.index))
-        if written:
-            self._kept.keep(list(history), bytes(buffer)[:written])
-
-    def _restore(self, kept: Kept, slot: _Slot) -> bool:
-        """Copies a kept prompt's cells into slot (emptied first); False where llama.cpp refused."""
-        source = ctypes.cast(ctypes.c_char_p(kept.state), ctypes.POINTER(ctypes.c_ubyte))
-        if not self._lib.llama_state_seq_set_data(self._ctx, source, len(kept.state), slot.index):
-            self._lib.llama_memory_seq_rm(self._mem, slot.index, -1, -1)
-            return False
-        slot.history = list(kept.tokens)
-        self._kept.touch(kept)
-        return True
 
     # -- one step ---------------------------------------------------------------------
 
@@ -529,8 +397,7 @@ class BatchedLlama:
         del self._active[seq.handle]
         self._lib.llama_sampler_free(seq.sampler)
         seq.sampler = None
-        seq.slot.busy = None
-        seq.slot.last_used = next(self._clock)
+        self._cache.release(seq.slot)
 
     # -- helpers ------------------------------------------------------------------------
 

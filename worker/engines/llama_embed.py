@@ -37,6 +37,7 @@ import numpy as np
 from hostler.schemas import Pooling
 from hostler.worker.memory.embedding import KV_CELL_PAD, packing_budget
 
+from .llama_token_batch import TokenBatch
 from .protocol import ContextExceeded, EmbeddingOutput, EmbeddingsUnsupported, EngineError, InvalidInput
 
 # GGUF `<arch>.pooling_type` values (llama.cpp's enum llama_pooling_type).
@@ -177,9 +178,9 @@ class LlamaEmbedder:
         if memory and runs[0].start == 0:
             lib.llama_memory_clear(memory, True)
         n_tokens = sum(run.end - run.start for run in runs)
-        batch = _EmbeddingBatch(lib, n_tokens, self.seq_limit)
+        batch = TokenBatch(lib, n_tokens, self.seq_limit)
         for run in runs:
-            batch.add(inputs[run.index][run.start : run.end], run.start, run.seq)
+            batch.add(inputs[run.index][run.start : run.end], run.start, run.seq, "all")
         rc = lib.llama_decode(ctx, batch.struct)
         if rc != 0:
             raise EngineError(f"llama_decode failed with status {rc} on an embedding batch of {n_tokens} tokens")
@@ -265,37 +266,6 @@ def unit(values: Any) -> list[float]:
     norm = float(np.linalg.norm(values))
     result: list[float] = (values / norm if norm > 0.0 else values).tolist()
     return result
-
-
-class _EmbeddingBatch:
-    """A llama_batch over arrays this object owns; every token is an output."""
-
-    def __init__(self, lib: Any, n_tokens: int, n_seqs: int) -> None:
-        self.token: Any = (ctypes.c_int32 * n_tokens)()
-        self.pos: Any = (ctypes.c_int32 * n_tokens)()
-        self.n_seq_id = (ctypes.c_int32 * n_tokens)(*([1] * n_tokens))
-        self.seq_ids = (ctypes.c_int32 * n_seqs)(*range(n_seqs))
-        self.seq_id: Any = (ctypes.c_void_p * n_tokens)()
-        self.logits = (ctypes.c_int8 * n_tokens)(*([1] * n_tokens))
-        base = ctypes.addressof(self.seq_ids)
-        self.seq_addr = [base + ctypes.sizeof(ctypes.c_int32) * s for s in range(n_seqs)]
-        struct = lib.llama_batch()
-        struct.n_tokens = n_tokens
-        struct.token = ctypes.cast(self.token, ctypes.POINTER(ctypes.c_int32))
-        struct.embd = None
-        struct.pos = ctypes.cast(self.pos, ctypes.POINTER(ctypes.c_int32))
-        struct.n_seq_id = ctypes.cast(self.n_seq_id, ctypes.POINTER(ctypes.c_int32))
-        struct.seq_id = ctypes.cast(self.seq_id, ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)))
-        struct.logits = ctypes.cast(self.logits, ctypes.POINTER(ctypes.c_int8))
-        self.struct = struct
-        self.n = 0
-
-    def add(self, tokens: Sequence[int], pos: int, seq: int) -> None:
-        n, k = self.n, len(tokens)
-        self.token[n : n + k] = tokens
-        self.pos[n : n + k] = range(pos, pos + k)
-        self.seq_id[n : n + k] = [self.seq_addr[seq]] * k
-        self.n = n + k
 
 
 class LlamaEmbeddingTask:

@@ -508,8 +508,8 @@ def test_a_prompt_cut_from_its_slot_is_kept_and_copied_back(tiny: Path, cache_ra
         assert again == text
         if cache_ram_mib is None:
             assert cached == len(first) - 1, "every prompt token but the last comes back from host memory"
-            assert len(engine._kept) >= 1 and engine._kept.nbytes <= engine._kept.budget_bytes
+            assert len(engine._cache.kept) >= 1 and engine._cache.kept.nbytes <= engine._cache.kept.budget_bytes
         else:
-            assert cached <= 1 and len(engine._kept) == 0
+            assert cached <= 1 and len(engine._cache.kept) == 0
     finally:
         engine.close()
