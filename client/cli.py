@@ -218,8 +218,9 @@ def status_command(redis_url: str | None, as_json: bool) -> None:
             click.echo(f"{'':<20} {h.hardware.summary()}")
         for gpu in h.gpus:
             driver = f" (driver {gpu.driver})" if gpu.driver else ""
+            placeable = h.gpu_free_bytes.get(gpu.index, gpu.free_bytes)
             click.echo(f"{'':<20} GPU {gpu.index} {gpu.name}{driver}: {format_bytes(gpu.free_bytes)} free of "
-                       f"{format_bytes(gpu.total_bytes)}")  # fmt: skip
+                       f"{format_bytes(gpu.total_bytes)}, {format_bytes(placeable)} placeable")  # fmt: skip
         for model, why in sorted(h.crashing.items()):
             click.echo(f"{'':<20} crashing: {model}: {why}")
     if not status.workers:

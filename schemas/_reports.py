@@ -236,6 +236,11 @@ class HostStatus(BaseModel):
     memory_limit_bytes: int | None
     free_bytes: int = Field(description="What the controller can still place here.")
     gpus: list[GpuInfo]
+    gpu_free_bytes: dict[int, int] = Field(
+        default_factory=dict,
+        description="What the controller can still place on each GPU, by index: its free VRAM less the "
+        "reservations of workers not loaded yet (without a controller, the free VRAM the host reports).",
+    )
     models_on_disk: list[str]
     placed: dict[str, int] = Field(description="Placed models and the memory each holds (RSS, or the reservation).")
     workers: list[HostWorker]
@@ -243,7 +248,9 @@ class HostStatus(BaseModel):
     hardware: HardwareReport | None = None
 
     @classmethod
-    def of(cls, report: HostReport, *, free_bytes: int, placed: dict[str, int]) -> HostStatus:
+    def of(
+        cls, report: HostReport, *, free_bytes: int, placed: dict[str, int], gpu_free: dict[int, int] | None = None
+    ) -> HostStatus:
         """A host's report with what the controller (or, without one, the reader) counts as free.
 
         Built without validating again what the report's own validation checked: the controller
@@ -255,6 +262,7 @@ class HostStatus(BaseModel):
             memory_limit_bytes=report.memory_limit_bytes,
             free_bytes=free_bytes,
             gpus=report.gpus,
+            gpu_free_bytes=gpu_free if gpu_free is not None else {g.index: g.free_bytes for g in report.gpus},
             models_on_disk=sorted(m.id for m in report.models),
             placed=placed,
             workers=report.workers,

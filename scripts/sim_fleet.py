@@ -38,9 +38,9 @@ from hostler.schemas import (
 )
 from hostler.worker.control.host_agent import REPORT_EVERY_S
 from hostler.worker.control.host_agent import REPORT_TTL_S as HOST_TTL_S
+from hostler.worker.serving.heartbeat import HEARTBEAT_S
+from hostler.worker.serving.heartbeat import REPORT_TTL_S as WORKER_TTL_S
 from hostler.worker.serving.taken import TAKE
-from hostler.worker.serving.worker import HEARTBEAT_S
-from hostler.worker.serving.worker import REPORT_TTL_S as WORKER_TTL_S
 from pydantic import ValidationError
 from rq.job import Job as RqJob
 from rq.queue import Queue

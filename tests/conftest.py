@@ -20,6 +20,7 @@ import secrets
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ import redis
 import redis_proc
 from cluster import Cluster
 from fake_engine import FakeEngine
+from gateway_proc import Gateways
 from hostler import Client
 from hostler.schemas import Keys
 from hostler.worker.control.host_agent import HostAgent
@@ -162,13 +164,47 @@ def refusals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, red
         }
 
 
-@pytest.fixture
-def stack(redis_url: str, models_dir: Path, tmp_path: Path) -> Iterator[Stack]:
-    running = start_stack(redis_url, models_dir, tmp_path / "up.log")
+@contextmanager
+def running_stack(redis_url: str, models: Path, log: Path) -> Iterator[Stack]:
+    """`hostler up` over `models` for the length of a with block."""
+    running = start_stack(redis_url, models, log)
     try:
         yield running
     finally:
         stop_stack(running)
+
+
+def models_folder(tmp_path: Path, files: dict[str, Path]) -> Path:
+    """A models directory holding `files` as `<id>.gguf` links."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for model, path in files.items():
+        (folder / f"{model}.gguf").symlink_to(path)
+    return folder
+
+
+@pytest.fixture
+def stack(redis_url: str, models_dir: Path, tmp_path: Path) -> Iterator[Stack]:
+    with running_stack(redis_url, models_dir, tmp_path / "up.log") as running:
+        yield running
+
+
+SMOL_MODEL = "smollm2-135m"
+
+
+@pytest.fixture
+def smol_stack(redis_url: str, tmp_path: Path, smollm2: Path) -> Iterator[Stack]:
+    """`hostler up` serving SmolLM2-135M-Instruct as SMOL_MODEL."""
+    with running_stack(redis_url, models_folder(tmp_path, {SMOL_MODEL: smollm2}), tmp_path / "up.log") as running:
+        yield running
+
+
+@pytest.fixture
+def gateways(tmp_path: Path) -> Iterator[Gateways]:
+    """`hostler gateway` processes a test starts with `gateways.start(url, *args)`; all stopped after it."""
+    started = Gateways(tmp_path)
+    yield started
+    started.stop_all()
 
 
 @pytest.fixture

@@ -75,3 +75,20 @@ def start_gateway(
         time.sleep(0.1)
     gateway.stop()
     raise RuntimeError(f"the gateway did not come up:\n{gateway.output()}")
+
+
+class Gateways:
+    """The gateways one test starts, each with its own log; `stop_all` ends every one."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[Gateway] = []
+
+    def start(self, redis_url: str, *args: str, env: dict[str, str] | None = None) -> Gateway:
+        gateway = start_gateway(redis_url, self.log_dir / f"gateway{len(self.started)}.log", *args, env=env)
+        self.started.append(gateway)
+        return gateway
+
+    def stop_all(self) -> None:
+        for gateway in self.started:
+            gateway.stop()

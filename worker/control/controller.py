@@ -396,7 +396,12 @@ class Controller:
 
     def _publish_view(self, snap: Snapshot) -> None:
         hosts = [
-            HostStatus.of(snap.reports[v.host], free_bytes=v.free, placed={r.model: r.bytes for r in v.residents})
+            HostStatus.of(
+                snap.reports[v.host],
+                free_bytes=v.free,
+                placed={r.model: r.bytes for r in v.residents},
+                gpu_free={g.index: v.gpu_free(g) for g in v.gpus},
+            )
             for v in snap.views()
         ]
         cluster = ClusterView(controller=self.name, hosts=hosts, updated_at=snap.now)

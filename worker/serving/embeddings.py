@@ -12,9 +12,10 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from hostler.schemas import EmbeddingJob, EmbeddingResult, Usage, encode_vector
+from hostler.schemas import EmbeddingJob, EmbeddingResult, ErrorCode, Usage, encode_vector
 from hostler.worker.engines.protocol import EmbeddingOutput, EmbeddingTask, SlotEngine
 
+from .ending import JobEnds
 from .events import JobEvents
 from .jobstore import Claimed
 
@@ -61,3 +62,25 @@ class Embeddings:
         """Takes a run off (finished, failed or abandoned) and lets the engine free what it held."""
         self._runs.remove(run)
         run.task.close()
+
+    def step(self, model: str, ends: JobEnds, *, stopping_now: bool) -> None:
+        """One packed decode of the oldest job; it ends when its last input is embedded.
+
+        `stopping_now` (a second SIGTERM) cancels the job instead of decoding on.
+        """
+        run = self.current()
+        if run.claimed.lost or stopping_now:
+            # Taken from this worker while it was frozen (someone else's now), or the worker must stop.
+            self.drop(run)
+            if not run.claimed.lost:
+                ends.cancel(run.claimed, run.publisher, ErrorCode.CANCELED, "the worker was stopped")
+            return
+        try:
+            run.task.step()
+            if run.task.done:
+                result = embedding_result(model, run.task.result())
+                self.drop(run)
+                ends.succeed(run.claimed, run.publisher, result)
+        except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
+            self.drop(run)
+            ends.failed(run.claimed, run.publisher, exc)

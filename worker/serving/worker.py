@@ -18,8 +18,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
 
 import psutil
@@ -29,7 +27,6 @@ from hostler.schemas import (
     PRIORITIES,
     ChatJob,
     CompletionJob,
-    CompletionResult,
     EmbeddingJob,
     ErrorCode,
     FinishReason,
@@ -40,58 +37,27 @@ from hostler.schemas import (
     LoadParams,
     TokenCountJob,
     TokenCountResult,
-    TokenLogprob,
     UnloadJob,
     UnloadResult,
-    Usage,
     WorkerReport,
     WorkerState,
 )
-from hostler.worker.engines.protocol import EngineError, EngineFactory, GenerationRequest, SlotEngine, StepOutput
+from hostler.worker.engines.protocol import EngineError, EngineFactory, GenerationRequest, SlotEngine
 from hostler.worker.models.registry import ModelManifest
 from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff
 from rq.serializers import JSONSerializer
 from rq.worker import Worker as RqWorker
 
-from .embeddings import Embeddings, embedding_result
+from .embeddings import Embeddings
+from .ending import JobEnds
 from .events import EventSender, JobEvents
+from .heartbeat import Heartbeat
 from .jobstore import Claimed, JobStore
 from .model import HeldModel
-from .payload import InvalidJob, parse_job
+from .payload import parse_job
+from .running import Running
 
 log = logging.getLogger("hostler.worker")
-
-HEARTBEAT_S = 2.0
-REPORT_TTL_S = 10
-# A streaming job whose channel has had no subscriber this long is abandoned.
-LISTENER_GRACE_S = 2.0
-
-
-@dataclass(eq=False)
-class _Running:
-    """A generation in flight: its job, its channel, what it has produced so far."""
-
-    claimed: Claimed
-    job: CompletionJob | ChatJob
-    publisher: JobEvents
-    seq: int
-    stop_at: float | None
-    parts: list[str] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # with params.logprobs: every token's so far
-    logprobs_sent: int = 0  # how many of them went out in token events
-    last: StepOutput | None = None
-
-    @property
-    def wants_logprobs(self) -> bool:
-        return self.job.params.logprobs is not None
-
-    def unsent_logprobs(self) -> list[TokenLogprob] | None:
-        """The tokens not yet sent in a token event (an engine may hand some over before their text)."""
-        if not self.wants_logprobs:
-            return None
-        unsent = self.logprobs[self.logprobs_sent :]
-        self.logprobs_sent = len(self.logprobs)
-        return unsent
 
 
 class ModelWorker:
@@ -123,22 +89,20 @@ class ModelWorker:
         self.model = HeldModel(connection, keys, manifest, engine_factory)
         self.state: WorkerState = "starting"
         # Generations in flight by engine handle, oldest first.
-        self.running: dict[int, _Running] = {}
+        self.running: dict[int, Running] = {}
         # A load with other params or an unload, claimed and waiting for the generations to end.
         self.deferred: tuple[Claimed, LoadJob | UnloadJob] | None = None
         # Embedding jobs in flight, a packed decode of the oldest per loop pass.
         self.embeddings = Embeddings()
-        self.jobs_done = 0
-        self.last_job_at: float | None = None
-        self.mean_job_s: float | None = None
         self.prompt_received = 0
         self.prompt_evaluated = 0
         self.started_at = time.time()
         self._exit_after = False
         self._graceful = threading.Event()
         self._hard = threading.Event()
+        self.ends = JobEnds(self.store, self.events, keys, self.name, self._hard)
         self._process = psutil.Process()
-        self._heartbeat_thread: threading.Thread | None = None
+        self.heart = Heartbeat(connection, keys, manifest.id, self.rq_worker, self.store, self.report, self._in_flight)
 
     @property
     def engine(self) -> SlotEngine | None:
@@ -173,8 +137,9 @@ class ModelWorker:
         self.rq_worker.register_birth()
         self.state = "idle"
         self._heartbeat()
-        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        self._heartbeat_thread.start()
+        self.heart.start(
+            self._graceful, lambda: bool(self.running or self.embeddings or self.deferred), self.parent_pid
+        )
         if self.preload:
             self._preload()
         idle_since = time.monotonic()
@@ -253,18 +218,18 @@ class ModelWorker:
 
     def _begin(self, claimed: Claimed) -> None:
         """Ends at once what needs no slot; starts a generation; defers what must wait for the others."""
-        publisher = self._publisher(claimed)
+        publisher = self.ends.publisher(claimed)
         try:
             job = parse_job(claimed, self.manifest.id)
             claimed.kind = job.kind
             if job.watched and not claimed.waited_for:
-                self._cancel(
+                self.ends.cancel(
                     claimed, publisher, ErrorCode.CLIENT_GONE, "its client stopped waiting before a worker took it"
                 )
                 return
             if job.start_within_s is not None and not claimed.in_time:
                 message = f"not started within its start deadline of {job.start_within_s:g} s"
-                self._cancel(claimed, publisher, ErrorCode.EXPIRED, message)
+                self.ends.cancel(claimed, publisher, ErrorCode.EXPIRED, message)
                 return
             if isinstance(job, CompletionJob | ChatJob):
                 self._start_generation(claimed, job, publisher)
@@ -275,9 +240,9 @@ class ModelWorker:
             if isinstance(job, LoadJob | UnloadJob) and (self.running or self.embeddings) and self._must_wait(job):
                 self.deferred = (claimed, job)
                 return
-            self._succeed(claimed, publisher, self._dispatch(job))
+            self.ends.succeed(claimed, publisher, self._dispatch(job))
         except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
-            self._job_failed(claimed, publisher, exc)
+            self.ends.failed(claimed, publisher, exc)
 
     def _must_wait(self, job: LoadJob | UnloadJob) -> bool:
         return isinstance(job, UnloadJob) or self.model.needs_reload(job.params)
@@ -286,11 +251,11 @@ class ModelWorker:
         assert self.deferred is not None
         claimed, job = self.deferred
         self.deferred = None
-        publisher = self._publisher(claimed)
+        publisher = self.ends.publisher(claimed)
         try:
-            self._succeed(claimed, publisher, self._dispatch(job))
+            self.ends.succeed(claimed, publisher, self._dispatch(job))
         except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
-            self._job_failed(claimed, publisher, exc)
+            self.ends.failed(claimed, publisher, exc)
 
     def _start_generation(self, claimed: Claimed, job: CompletionJob | ChatJob, publisher: JobEvents) -> None:
         if self.model.engine is None:
@@ -308,7 +273,7 @@ class ModelWorker:
             )
         seq = engine.start(request)
         stop_at = time.monotonic() + job.timeout_s if job.timeout_s is not None else None
-        self.running[seq] = _Running(claimed, job, publisher, seq, stop_at)
+        self.running[seq] = Running(claimed, job, publisher, seq, stop_at)
         self.state = "busy"
 
     def _start_embedding(self, claimed: Claimed, job: EmbeddingJob, publisher: JobEvents) -> None:
@@ -348,7 +313,7 @@ class ModelWorker:
             log.exception("an engine step failed; failing the %d job(s) in flight", len(self.running))
             for failed in list(self.running.values()):
                 self.running.pop(failed.seq, None)
-                self._job_failed(failed.claimed, failed.publisher, exc)
+                self.ends.failed(failed.claimed, failed.publisher, exc)
             self.model.close()
             return
         for output in outputs:
@@ -358,13 +323,9 @@ class ModelWorker:
             if running.last is None:
                 self.prompt_received += output.prompt_tokens
                 self.prompt_evaluated += output.prompt_tokens - output.cached_tokens
-            running.last = output
-            running.logprobs.extend(output.logprobs)
-            if output.piece:
-                running.claimed.clock.piece()
-                running.parts.append(output.piece)
-                if running.job.stream and not running.claimed.lost:
-                    running.publisher.token(output.piece, running.unsent_logprobs())
+            running.take(output)
+            if output.piece and running.job.stream and not running.claimed.lost:
+                running.publisher.token(output.piece, running.unsent_logprobs())
             if output.finish_reason is not None:
                 del self.running[output.seq]
                 self._finish(running, output.finish_reason)
@@ -376,23 +337,7 @@ class ModelWorker:
             self._heartbeat()
 
     def _embed_step(self) -> None:
-        """One packed decode of the oldest embedding job; it ends when its last input is embedded."""
-        run = self.embeddings.current()
-        if run.claimed.lost or self._hard.is_set():
-            # Taken from this worker while it was frozen (someone else's now), or a second SIGTERM.
-            self.embeddings.drop(run)
-            if not run.claimed.lost:
-                self._cancel(run.claimed, run.publisher, ErrorCode.CANCELED, "the worker was stopped")
-        else:
-            try:
-                run.task.step()
-                if run.task.done:
-                    result = embedding_result(self.manifest.id, run.task.result())
-                    self.embeddings.drop(run)
-                    self._succeed(run.claimed, run.publisher, result)
-            except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
-                self.embeddings.drop(run)
-                self._job_failed(run.claimed, run.publisher, exc)
+        self.embeddings.step(self.manifest.id, self.ends, stopping_now=self._hard.is_set())
         if not (self.running or self.embeddings):
             self.state = "idle"
             self._heartbeat()
@@ -416,82 +361,17 @@ class ModelWorker:
             if timed_out:
                 done = running.last.completion_tokens if running.last is not None else 0
                 message = f"generation ran past the job's timeout of {job.timeout_s:g} s ({done} tokens generated)"
-                self._fail(running.claimed, running.publisher, ErrorCode.TIMEOUT, message)
+                self.ends.fail(running.claimed, running.publisher, ErrorCode.TIMEOUT, message)
             else:
                 self._finish(running, "canceled")
 
-    def _finish(self, running: _Running, finish_reason: FinishReason) -> None:
-        last = running.last
-        result = CompletionResult(
-            model=self.manifest.id,
-            text="".join(running.parts),
-            finish_reason=finish_reason,
-            usage=Usage(
-                prompt_tokens=last.prompt_tokens if last is not None else 0,
-                completion_tokens=last.completion_tokens if last is not None else 0,
-            ),
-            tool_calls=list(last.tool_calls) if last is not None else [],
-            logprobs=running.logprobs if running.wants_logprobs else None,
-        )
-        self._succeed(running.claimed, running.publisher, result)
-
-    # -- ending jobs ------------------------------------------------------------------
-
-    def _publisher(self, claimed: Claimed) -> JobEvents:
-        return JobEvents(self.events, self.keys.channel(claimed.job.id), LISTENER_GRACE_S)
-
-    def _succeed(self, claimed: Claimed, publisher: JobEvents, result: JobResult) -> None:
-        done = publisher.done(result)
-        payload = result.model_dump(mode="json")
-        self._end(claimed, lambda: self.store.succeed(claimed, payload, publisher.channel, done))
-
-    def _job_failed(self, claimed: Claimed, publisher: JobEvents, exc: Exception) -> None:
-        if isinstance(exc, redis.RedisError | ConnectionFailed):
-            raise exc
-        if isinstance(exc, InvalidJob):
-            self._fail(claimed, publisher, ErrorCode.INVALID_JOB, str(exc))
-        elif isinstance(exc, EngineError):
-            self._fail(claimed, publisher, exc.code, str(exc))
-        else:
-            log.error("job %s failed", claimed.job.id, exc_info=exc)
-            self._fail(claimed, publisher, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-
-    def _cancel(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
-        self._end(claimed, lambda: self.store.cancel(claimed, code, message, publisher.channel))
-
-    def _fail(self, claimed: Claimed, publisher: JobEvents, code: str, message: str) -> None:
-        event = publisher.error(code, message)
-        self._end(claimed, lambda: self.store.fail(claimed, code, message, publisher.channel, event))
-
-    def _end(self, claimed: Claimed, write: Callable[[], bool]) -> None:
-        """Stores a job's end, waiting out a Redis restart instead of exiting.
-
-        The outcome exists only in this process: exiting would turn a finished generation into
-        worker_died. Only a second SIGTERM gives up. The write is refused when the job is no
-        longer this worker's (a janitor that judged it dead failed or retried it), and also when
-        it is sent again after a lost reply: either way the job has ended once.
-        """
-        claimed.ending = True
-        outage = OutageBackoff(log, self._hard.wait)
-        while True:
-            try:
-                if not write():
-                    log.warning(
-                        "job %s had already ended or been queued again when %s came to end it; its outcome stands",
-                        claimed.job.id,
-                        self.name,
-                    )
-                break
-            except REDIS_OUTAGE as exc:
-                if self._hard.is_set():
-                    raise
-                outage.failed(exc, f"could not store the end of job {claimed.job.id}")
-        self.jobs_done += 1
-        self.last_job_at = time.time()
-        took = claimed.clock.ran_s()
-        self.mean_job_s = took if self.mean_job_s is None else 0.8 * self.mean_job_s + 0.2 * took
+    def _finish(self, running: Running, finish_reason: FinishReason) -> None:
+        self.ends.succeed(running.claimed, running.publisher, running.result(self.manifest.id, finish_reason))
 
     # -- heartbeats ---------------------------------------------------------------
+
+    def _busy(self) -> bool:
+        return bool(self.running or self.embeddings or self.deferred)
 
     def _in_flight(self) -> list[Claimed]:
         held = [running.claimed for running in list(self.running.values())]
@@ -518,48 +398,13 @@ class ModelWorker:
             prompt_tokens_evaluated=self.prompt_evaluated,
             loaded=engine is not None,
             load_params=params.model_dump() if params is not None else None,
-            jobs_done=self.jobs_done,
+            jobs_done=self.ends.jobs_done,
             loads=self.loads,
-            last_job_at=self.last_job_at,
+            last_job_at=self.ends.last_job_at,
             started_at=self.started_at,
-            mean_job_s=self.mean_job_s,
+            mean_job_s=self.ends.mean_job_s,
             updated_at=time.time(),
         )
 
     def _heartbeat(self) -> None:
-        report = self.report()
-        in_flight = self._in_flight()
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.worker(self.name), report.model_dump_json(), ex=REPORT_TTL_S)
-            pipe.sadd(self.keys.workers, self.name)
-            pipe.set(self.keys.alive(self.manifest.id), self.name, ex=REPORT_TTL_S)
-            self.rq_worker.heartbeat(timeout=REPORT_TTL_S * 6, pipeline=pipe)
-            # rq's worker state follows the heartbeat, not every job: two commands saved per job.
-            self.rq_worker.set_state("busy" if in_flight else "idle", pipeline=pipe)
-            for claimed in in_flight:
-                self.store.holds(claimed, pipe)
-            replies = pipe.execute()
-        held = replies[len(replies) - len(in_flight) :] if in_flight else []
-        for claimed, reply in zip(in_flight, held, strict=True):
-            if reply is None and not (claimed.lost or claimed.ending):
-                # Back from a freeze (SIGSTOP, a stalled VM) longer than the report's TTL: the janitor
-                # ended or requeued the job meanwhile. Generating on would only be thrown away.
-                log.warning(
-                    "job %s was taken from %s while it was not heartbeating; dropping it", claimed.job.id, self.name
-                )
-                claimed.lost = True
-
-    def _heartbeat_loop(self) -> None:
-        while not self._graceful.wait(HEARTBEAT_S) or self.running or self.embeddings or self.deferred:
-            if self._graceful.is_set():
-                # Finishing the jobs in flight before exiting: keep them (and this worker) alive.
-                time.sleep(HEARTBEAT_S)
-            if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                log.warning("host agent %d is gone; finishing the jobs in flight and exiting", self.parent_pid)
-                self._graceful.set()
-            try:
-                self._heartbeat()
-            except (redis.RedisError, ConnectionFailed) as exc:
-                log.warning("heartbeat failed: %s", exc)
-            except Exception:  # noqa: BLE001 - the heartbeat thread must outlive surprises
-                log.exception("heartbeat crashed")
+        self.heart.beat()

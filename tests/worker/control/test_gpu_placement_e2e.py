@@ -7,6 +7,7 @@ what placement decides and reserves, and that the worker is started on the chose
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psutil
@@ -96,3 +97,13 @@ def test_a_gpu_reservation_holds_until_its_worker_has_loaded_and_after(
     with pytest.raises(NoCapacity, match="GPU 0: "):
         cluster.client.load("tiny-b", n_gpu_layers=-1)
     assert not cluster.placements("tiny-b")
+    # `hostler status` tells the same: what is still placeable on the GPU is what the reservation left.
+    deadline = time.monotonic() + 20
+    while (left := _placeable(cluster, "gpu-host")) != {0: size - need.vram} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == {0: size - need.vram}
+
+
+def _placeable(cluster: Cluster, host: str) -> dict[int, int]:
+    status = cluster.client.status()
+    return next(h.gpu_free_bytes for h in status.hosts if h.host == host) if status.controller else {}

@@ -178,9 +178,9 @@ def test_a_queued_job_whose_client_stopped_waiting_is_canceled_unrun(
     worker = running.worker()
     assert client.complete("tiny", "next", max_tokens=2).text == " w0 w1"
     # (counted just after the done event goes out)
-    eventually(lambda: worker.jobs_done == 1, "the worker to count its job")
+    eventually(lambda: worker.ends.jobs_done == 1, "the worker to count its job")
     time.sleep(0.2)
-    assert worker.jobs_done == 1
+    assert worker.ends.jobs_done == 1
 
 
 def test_a_client_deadline_lapses_its_waiting_key(idle: tuple[Client, redis.Redis], running: Running) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import openai
 import pytest
 import redis
 from conftest import Stack
-from gateway_proc import Gateway, start_gateway
+from gateway_proc import Gateway, Gateways
 from hostler import AsyncClient
 from hostler.schemas import BatchObject, RequestCounts
 from hostler.worker.gateway.batch_runner import EXPIRED_CODE, BatchRun
@@ -32,20 +31,6 @@ pytestmark = pytest.mark.e2e
 
 CHAT_URL = "/v1/chat/completions"
 WAIT_S = 120.0
-
-
-@pytest.fixture
-def gateways(tmp_path: Path) -> Iterator[list[Gateway]]:
-    started: list[Gateway] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
-
-
-def gateway_for(gateways: list[Gateway], url: str, tmp_path: Path, *args: str) -> Gateway:
-    gateway = start_gateway(url, tmp_path / f"gateway{len(gateways)}.log", *args)
-    gateways.append(gateway)
-    return gateway
 
 
 def sdk_for(gateway: Gateway) -> openai.OpenAI:
@@ -80,9 +65,9 @@ def lines_of(sdk: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
 
 
 def test_a_batch_through_the_sync_and_async_sdk_with_its_bad_lines_in_the_error_file(
-    stack: Stack, tmp_path: Path, gateways: list[Gateway]
+    stack: Stack, tmp_path: Path, gateways: Gateways
 ) -> None:
-    gateway = gateway_for(gateways, stack.url, tmp_path)
+    gateway = gateways.start(stack.url)
     sdk = sdk_for(gateway)
     good = [chat_line(f"c{i}") for i in range(5)]
     data = jsonl([
@@ -149,10 +134,10 @@ def test_a_batch_through_the_sync_and_async_sdk_with_its_bad_lines_in_the_error_
 
 
 def test_a_batch_goes_on_when_the_gateway_that_accepted_it_is_killed(
-    stack: Stack, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    stack: Stack, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
-    first = gateway_for(gateways, stack.url, tmp_path, "--batch-in-flight", "2")
-    second = gateway_for(gateways, stack.url, tmp_path)
+    first = gateways.start(stack.url, "--batch-in-flight", "2")
+    second = gateways.start(stack.url)
     total = 40
     data = jsonl([chat_line(f"r{i:02d}", max_tokens=48) for i in range(total)])
     sdk = sdk_for(first)
@@ -195,8 +180,8 @@ def test_a_batch_goes_on_when_the_gateway_that_accepted_it_is_killed(
     assert finished == total, finished
 
 
-def test_a_cancelled_batch_runs_no_more_of_its_requests(stack: Stack, tmp_path: Path, gateways: list[Gateway]) -> None:
-    gateway = gateway_for(gateways, stack.url, tmp_path, "--batch-in-flight", "1")
+def test_a_cancelled_batch_runs_no_more_of_its_requests(stack: Stack, tmp_path: Path, gateways: Gateways) -> None:
+    gateway = gateways.start(stack.url, "--batch-in-flight", "1")
     sdk = sdk_for(gateway)
     total = 30
     file = sdk.files.create(file=("c.jsonl", jsonl([chat_line(f"k{i}", max_tokens=32) for i in range(total)])),
@@ -221,9 +206,9 @@ def test_a_cancelled_batch_runs_no_more_of_its_requests(stack: Stack, tmp_path: 
 
 
 def test_file_and_batch_limits_are_answered_naming_the_limit(
-    redis_url: str, tmp_path: Path, gateways: list[Gateway]
+    redis_url: str, tmp_path: Path, gateways: Gateways
 ) -> None:
-    gateway = gateway_for(gateways, redis_url, tmp_path, "--max-file-bytes", "2048", "--max-files", "3",
+    gateway = gateways.start(redis_url, "--max-file-bytes", "2048", "--max-files", "3",
                           "--max-stored-bytes", "2000", "--max-batch-lines", "3")  # fmt: skip
     sdk = sdk_for(gateway)
     with pytest.raises(openai.APIStatusError, match="2048 bytes per file") as too_big:

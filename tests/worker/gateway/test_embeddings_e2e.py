@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,15 @@ import numpy as np
 import openai
 import pytest
 import redis
-from conftest import Stack, start_stack, stop_stack
-from gateway_proc import Gateway, start_gateway
+from conftest import SMOL_MODEL, Stack
+from gateway_proc import Gateways
 from hostler import AsyncClient, ContextExceeded, InvalidRequest
 from hostler.client import JobFailed
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
 
-MODEL = "smollm2-135m"
+MODEL = SMOL_MODEL
 TEXTS = [
     "The cat sat on the mat.",
     "A quarterly report on the sales of umbrellas in a rainy year.",
@@ -48,32 +48,6 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 def from_base64(data: str) -> list[float]:
     return np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float64).tolist()
-
-
-@pytest.fixture
-def smol_stack(redis_url: str, tmp_path: Path, smollm2: Path) -> Iterator[Stack]:
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / f"{MODEL}.gguf").symlink_to(smollm2)
-    running = start_stack(redis_url, models, tmp_path / "up.log")
-    try:
-        yield running
-    finally:
-        stop_stack(running)
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[Gateway]]:
-    started: list[Gateway] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
-
-
-def gateway_for(gateways: list[Gateway], url: str, tmp_path: Path) -> Gateway:
-    gateway = start_gateway(url, tmp_path / f"gateway{len(gateways)}.log")
-    gateways.append(gateway)
-    return gateway
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +81,10 @@ def assert_equal_to_reference(vectors: Sequence[Sequence[float]], reference: lis
 
 
 def test_sdk_and_clients_return_llama_cpp_pythons_vectors(
-    smol_stack: Stack, tmp_path: Path, gateways: list[Gateway], reference: tuple[list[list[float]], int]
+    smol_stack: Stack, tmp_path: Path, gateways: Gateways, reference: tuple[list[list[float]], int]
 ) -> None:
     vectors, prompt_tokens = reference
-    gateway = gateway_for(gateways, smol_stack.url, tmp_path)
+    gateway = gateways.start(smol_stack.url)
     sdk = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
 
     floats = sdk.embeddings.create(model=MODEL, input=TEXTS, encoding_format="float")
@@ -205,9 +179,9 @@ def rq_jobs(connection: redis.Redis) -> list[str]:
 
 
 def test_bad_inputs_are_400s_naming_the_problem_and_nothing_is_queued(
-    stack: Stack, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    stack: Stack, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
-    gateway = gateway_for(gateways, stack.url, tmp_path)
+    gateway = gateways.start(stack.url)
     url = f"{gateway.base_url}/embeddings"
     before = rq_jobs(connection)
     bad: list[tuple[Any, str, str]] = [

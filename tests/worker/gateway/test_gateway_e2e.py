@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,48 +15,22 @@ import httpx
 import openai
 import pytest
 import redis
-from conftest import Stack, start_stack, stop_stack
-from gateway_proc import Gateway, start_gateway
+from conftest import SMOL_MODEL, Stack
+from gateway_proc import Gateway, Gateways
 from hostler.client._rqstore import read_outcome
 from hostler.schemas import CompletionResult
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
 
-MODEL = "smollm2-135m"
+MODEL = SMOL_MODEL
 MESSAGES = [{"role": "user", "content": "Name three colors of the rainbow."}]
 
 
-@pytest.fixture
-def smol_stack(redis_url: str, tmp_path: Path, smollm2: Path) -> Iterator[Stack]:
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / f"{MODEL}.gguf").symlink_to(smollm2)
-    running = start_stack(redis_url, models, tmp_path / "up.log")
-    try:
-        yield running
-    finally:
-        stop_stack(running)
-
-
-@pytest.fixture
-def gateways(tmp_path: Path) -> Iterator[list[Gateway]]:
-    started: list[Gateway] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
-
-
-def gateway_for(gateways: list[Gateway], url: str, tmp_path: Path, *args: str) -> Gateway:
-    gateway = start_gateway(url, tmp_path / f"gateway{len(gateways)}.log", *args)
-    gateways.append(gateway)
-    return gateway
-
-
 def test_streamed_equals_whole_equals_the_python_client_through_the_sync_and_async_sdk(
-    smol_stack: Stack, tmp_path: Path, gateways: list[Gateway]
+    smol_stack: Stack, tmp_path: Path, gateways: Gateways
 ) -> None:
-    gateway = gateway_for(gateways, smol_stack.url, tmp_path)
+    gateway = gateways.start(smol_stack.url)
     params = {"max_tokens": 24, "temperature": 0}
     expected = smol_stack.client.chat(MODEL, MESSAGES, **params)
     assert expected.text
@@ -145,9 +118,9 @@ for chunk in sdk.chat.completions.create(model=sys.argv[2], stream=True, max_tok
 
 
 def test_a_client_killed_mid_stream_stops_the_generation(
-    smol_stack: Stack, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    smol_stack: Stack, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
-    gateway = gateway_for(gateways, smol_stack.url, tmp_path)
+    gateway = gateways.start(smol_stack.url)
     client = subprocess.Popen(
         [sys.executable, "-c", STREAMER, gateway.base_url, MODEL], stdout=subprocess.PIPE, start_new_session=True
     )
@@ -180,9 +153,9 @@ def test_a_client_killed_mid_stream_stops_the_generation(
 
 
 def test_a_gateway_restart_loses_no_queued_job(
-    smol_stack: Stack, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    smol_stack: Stack, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
-    first = gateway_for(gateways, smol_stack.url, tmp_path)
+    first = gateways.start(smol_stack.url)
     # One slot: with more, the worker would start every request at once and none would wait.
     smol_stack.client.load(MODEL, n_parallel=1)
     smol_stack.client.complete(MODEL, "warm up", max_tokens=1)
@@ -205,7 +178,7 @@ def test_a_gateway_restart_loses_no_queued_job(
         assert smol_stack.client.queue_length(MODEL) >= 2, "requests wait in the queue"
         # The restart: SIGTERM lets the requests in flight finish; a new gateway takes new ones.
         first.process.send_signal(signal.SIGTERM)
-        second = gateway_for(gateways, smol_stack.url, tmp_path)
+        second = gateways.start(smol_stack.url)
         texts = [answer.result(timeout=120) for answer in answers]
     # uvicorn re-raises the SIGTERM once it has drained, so the exit reads as that signal.
     assert all(texts) and first.process.wait(30) in (0, -signal.SIGTERM)
@@ -233,10 +206,10 @@ def scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def test_two_gateways_serve_the_same_models_and_the_same_metrics(
-    smol_stack: Stack, tmp_path: Path, gateways: list[Gateway]
+    smol_stack: Stack, tmp_path: Path, gateways: Gateways
 ) -> None:
-    one = gateway_for(gateways, smol_stack.url, tmp_path)
-    two = gateway_for(gateways, smol_stack.url, tmp_path)
+    one = gateways.start(smol_stack.url)
+    two = gateways.start(smol_stack.url)
     models = [httpx.get(f"{g.base_url}/models").json() for g in (one, two)]
     assert models[0] == models[1] and [m["id"] for m in models[0]["data"]] == [MODEL]
     smol_stack.client.complete(MODEL, "warm up", max_tokens=1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 import redis
 from cluster import Cluster
 from conftest import Stack
-from gateway_proc import Gateway, start_gateway
+from gateway_proc import Gateways
 from hostler.client._rqstore import read_outcome
 
 pytestmark = pytest.mark.e2e
@@ -28,23 +27,6 @@ CLUSTER_CLIENT_TIMEOUT = 60.0
 MiB = 1024 * 1024
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 CHAT_AS_TEXT = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
-
-
-@pytest.fixture
-def gateways(tmp_path: Path) -> Iterator[list[Gateway]]:
-    """Gateways a test starts; all are stopped after it."""
-    started: list[Gateway] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
-
-
-def gateway_for(
-    gateways: list[Gateway], url: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
-) -> Gateway:
-    gateway = start_gateway(url, tmp_path / f"gateway{len(gateways)}.log", *args, env=env)
-    gateways.append(gateway)
-    return gateway
 
 
 def waiting_host(cluster: Cluster, models_dir: Path, *janitor_args: str) -> None:
@@ -68,10 +50,10 @@ def rq_jobs(connection: redis.Redis) -> list[str]:
 
 
 def test_bad_requests_are_answered_in_openai_shape_and_never_reach_a_queue(
-    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
     waiting_host(cluster, models_dir)
-    gateway = gateway_for(gateways, cluster.url, tmp_path)
+    gateway = gateways.start(cluster.url)
     chat_url = f"{gateway.base_url}/chat/completions"
     bad: list[tuple[Any, str | None, str]] = [
         ({**CHAT, "temperature": "hot"}, "temperature", "invalid_value"),
@@ -119,10 +101,10 @@ def test_bad_requests_are_answered_in_openai_shape_and_never_reach_a_queue(
 
 
 def test_a_request_waiting_past_the_timeout_is_504_and_its_job_leaves_the_queue(
-    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
     waiting_host(cluster, models_dir)
-    gateway = gateway_for(gateways, cluster.url, tmp_path, "--timeout", "2")
+    gateway = gateways.start(cluster.url, "--timeout", "2")
     for stream in (False, True):
         started = time.monotonic()
         response = httpx.post(f"{gateway.base_url}/chat/completions", json={**CHAT, "stream": stream}, timeout=30)
@@ -138,10 +120,10 @@ def test_a_request_waiting_past_the_timeout_is_504_and_its_job_leaves_the_queue(
 
 
 def test_a_client_that_leaves_while_its_request_waits_frees_the_job(
-    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
     waiting_host(cluster, models_dir)
-    gateway = gateway_for(gateways, cluster.url, tmp_path, "--timeout", "120")
+    gateway = gateways.start(cluster.url, "--timeout", "120")
     for stream in (False, True):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{gateway.base_url}/chat/completions", json={**CHAT, "stream": stream}, timeout=1.5)
@@ -155,11 +137,11 @@ def test_a_client_that_leaves_while_its_request_waits_frees_the_job(
 
 
 def test_a_full_queue_is_429_and_no_capacity_is_503_both_with_retry_after(
-    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
     waiting_host(cluster, models_dir, "--max-queue", "1")
     cluster.wait_for(lambda: connection.hget(cluster.keys.max_queue, "*"), "the janitor's queue bound")
-    gateway = gateway_for(gateways, cluster.url, tmp_path, "--timeout", "20")
+    gateway = gateways.start(cluster.url, "--timeout", "20")
     waiting: dict[str, httpx.Response] = {}
     first = threading.Thread(
         target=lambda: waiting.update(
@@ -187,13 +169,11 @@ def test_a_full_queue_is_429_and_no_capacity_is_503_both_with_retry_after(
 
 
 def test_api_keys_guard_every_endpoint_but_health_and_are_never_logged(
-    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: list[Gateway]
+    cluster: Cluster, models_dir: Path, tmp_path: Path, gateways: Gateways
 ) -> None:
     waiting_host(cluster, models_dir)
     secret, other, flag = "sk-hostler-test-5ecret", "sk-second-key", "sk-from-the-flag"
-    gateway = gateway_for(
-        gateways, cluster.url, tmp_path, "--api-key", flag, env={"HOSTLER_API_KEYS": f"{secret}, {other}"}
-    )
+    gateway = gateways.start(cluster.url, "--api-key", flag, env={"HOSTLER_API_KEYS": f"{secret}, {other}"})
     assert httpx.get(f"{gateway.url}/health").status_code == 200
     for path in ("/v1/models", "/metrics", "/management/processes"):
         is_openai_error(httpx.get(gateway.url + path), 401, "invalid_api_key")
@@ -211,9 +191,9 @@ def test_api_keys_guard_every_endpoint_but_health_and_are_never_logged(
 
 
 def test_models_load_unload_tokenize_and_processes(
-    stack: Stack, tmp_path: Path, gateways: list[Gateway], connection: redis.Redis
+    stack: Stack, tmp_path: Path, gateways: Gateways, connection: redis.Redis
 ) -> None:
-    gateway = gateway_for(gateways, stack.url, tmp_path)
+    gateway = gateways.start(stack.url)
     api = httpx.Client(base_url=gateway.url, timeout=60)
     listing = api.get("/v1/models").json()
     assert listing["object"] == "list"

@@ -15,8 +15,8 @@ import jsonschema
 import openai
 import pytest
 import redis
-from conftest import Stack, start_stack, stop_stack
-from gateway_proc import Gateway, start_gateway
+from conftest import Stack, running_stack
+from gateway_proc import Gateway, Gateways
 from hostler import AsyncClient
 from tool_templates import tool_model
 
@@ -51,18 +51,13 @@ def tools_stack(redis_url: str, tmp_path: Path, smollm2: Path, model_files: dict
     models.mkdir()
     tool_model(models, MODEL, smollm2, bos=False)
     (models / f"{NO_TOOLS}.gguf").symlink_to(model_files["tiny"])
-    running = start_stack(redis_url, models, tmp_path / "up.log")
-    try:
+    with running_stack(redis_url, models, tmp_path / "up.log") as running:
         yield running
-    finally:
-        stop_stack(running)
 
 
 @pytest.fixture
-def gateway(tools_stack: Stack, tmp_path: Path) -> Iterator[Gateway]:
-    started = start_gateway(tools_stack.url, tmp_path / "gateway.log")
-    yield started
-    started.stop()
+def gateway(tools_stack: Stack, gateways: Gateways) -> Gateway:
+    return gateways.start(tools_stack.url)
 
 
 def the_call(message: Any) -> tuple[str, dict[str, Any]]:

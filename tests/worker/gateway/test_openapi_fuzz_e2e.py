@@ -11,8 +11,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import Stack, start_stack, stop_stack
-from gateway_proc import Gateway, start_gateway
+from conftest import Stack, models_folder, running_stack
+from gateway_proc import Gateway, Gateways
 
 pytestmark = pytest.mark.e2e
 
@@ -26,22 +26,14 @@ def healthy_stack(redis_url: str, model_files: dict[str, Path], tmp_path: Path) 
     """`hostler up` with the tiny models that load. The fuzzer learns model ids from the answers
     it gets, and the deliberately broken files of the `stack` fixture answer 503 `load_failed`, as
     documented; but no 5xx may come from a deployment whose parts are sound."""
-    models = tmp_path / "models"
-    models.mkdir()
-    for name in ("tiny", "tiny-base", "tiny-ctx"):
-        (models / f"{name}.gguf").symlink_to(model_files[name])
-    running = start_stack(redis_url, models, tmp_path / "up.log")
-    try:
+    models = models_folder(tmp_path, {name: model_files[name] for name in ("tiny", "tiny-base", "tiny-ctx")})
+    with running_stack(redis_url, models, tmp_path / "up.log") as running:
         yield running
-    finally:
-        stop_stack(running)
 
 
 @pytest.fixture
-def gateway(healthy_stack: Stack, tmp_path: Path) -> Iterator[Gateway]:
-    running = start_gateway(healthy_stack.url, tmp_path / "gateway.log", "--timeout", "20")
-    yield running
-    running.stop()
+def gateway(healthy_stack: Stack, gateways: Gateways) -> Gateway:
+    return gateways.start(healthy_stack.url, "--timeout", "20")
 
 
 def test_the_fuzzer_finds_no_server_error_and_no_answer_outside_the_document(gateway: Gateway, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import openai
 import pydantic
 import pytest
-from conftest import Stack, start_stack, stop_stack
-from gateway_proc import Gateway, start_gateway
+from conftest import Stack, running_stack
+from gateway_proc import Gateway, Gateways
 from llama_cpp import Llama
 from structured_cases import MAX_TOKENS, SCHEMAS, check
 
@@ -30,10 +30,8 @@ TOLERANCE = {"rel": 1e-5, "abs": 1e-5}
 
 
 @pytest.fixture
-def gateway(stack: Stack, tmp_path: Path) -> Iterator[Gateway]:
-    running = start_gateway(stack.url, tmp_path / "gateway.log")
-    yield running
-    running.stop()
+def gateway(stack: Stack, gateways: Gateways) -> Gateway:
+    return gateways.start(stack.url)
 
 
 def sdk(gateway: Gateway) -> openai.OpenAI:
@@ -238,15 +236,12 @@ def test_chat_logprobs_equal_llama_cpp_python_s_through_the_async_sdk_streamed_a
 
 
 @pytest.fixture
-def mlx_gateway(redis_url: str, models_dir: Path, tiny_mlx: Path, tmp_path: Path) -> Iterator[Gateway]:
+def mlx_gateway(
+    redis_url: str, models_dir: Path, tiny_mlx: Path, tmp_path: Path, gateways: Gateways
+) -> Iterator[Gateway]:
     (models_dir / "tiny-mlx").symlink_to(tiny_mlx, target_is_directory=True)
-    running = start_stack(redis_url, models_dir, tmp_path / "up.log")
-    gateway = start_gateway(redis_url, tmp_path / "gateway.log")
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
-        stop_stack(running)
+    with running_stack(redis_url, models_dir, tmp_path / "up.log"):
+        yield gateways.start(redis_url)
 
 
 def test_mlx_refuses_structured_output_and_logprobs_by_name(mlx_gateway: Gateway) -> None:
@@ -270,17 +265,8 @@ class Capital(pydantic.BaseModel):
 
 
 @pytest.fixture
-def smol_gateway(redis_url: str, tmp_path: Path, smollm2: Path) -> Iterator[Gateway]:
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "smollm2-135m.gguf").symlink_to(smollm2)
-    running = start_stack(redis_url, models, tmp_path / "up.log")
-    gateway = start_gateway(redis_url, tmp_path / "gateway.log")
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
-        stop_stack(running)
+def smol_gateway(smol_stack: Stack, gateways: Gateways) -> Gateway:
+    return gateways.start(smol_stack.url)
 
 
 def test_smollm2_answers_in_the_schema_and_its_logprobs_are_llama_cpp_python_s(
