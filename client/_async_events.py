@@ -26,6 +26,11 @@ from ._steps import run_async
 
 log = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT_S = 10.0
+# What a command on the shared pub/sub connection raises when that connection goes away. The
+# reader task and a (un)subscribe share it: when the reader's read fails (a failover, a restart)
+# redis-py disconnects it, and a send already past its connected check then finds no writer
+# (AttributeError on None) instead of a ConnectionError.
+_CONNECTION_LOST = (redis.RedisError, OSError, AttributeError)
 
 
 class EventHub:
@@ -50,14 +55,16 @@ class EventHub:
                 if self._reader is None or self._reader.done():
                     self._reader = asyncio.create_task(self._read(), name="hostler-events")
             await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT_S)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+        except (*_CONNECTION_LOST, TimeoutError) as exc:
             self._forget(channel)
             raise ConnectionFailed(f"could not subscribe to {channel}: {exc or 'no confirmation'}") from exc
         return queue
 
     async def unsubscribe(self, channel: str) -> None:
         self._forget(channel)
-        with contextlib.suppress(redis.RedisError, OSError):
+        # Best effort: a channel left subscribed (redis-py subscribes again what it still lists
+        # after a reconnect) only brings messages that no queue takes.
+        with contextlib.suppress(*_CONNECTION_LOST):
             async with self._lock:
                 await self._pubsub.unsubscribe(channel)
 
@@ -71,7 +78,7 @@ class EventHub:
                 message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
-            except (redis.RedisError, OSError) as exc:
+            except _CONNECTION_LOST as exc:
                 # Followers fall back to the stored records while the connection is away;
                 # redis-py subscribes again when it reconnects.
                 log.debug("pub/sub read failed: %s", exc)

@@ -15,7 +15,7 @@ import pytest
 from conftest import Stack
 from hostler import Client, ContextExceeded, JobFailed, ModelNotFound, Timeout
 from hostler.client._rqstore import fetch_job, make_queue
-from hostler.worker.serving import worker as model_worker
+from hostler.worker.serving.ending import LISTENER_GRACE_S
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +170,7 @@ def test_a_stream_nobody_reads_is_stopped(stack: Stack) -> None:
     started = time.monotonic()
     after = client.complete("tiny", "next", max_tokens=3, timeout=60)
     assert after.usage.completion_tokens == 3
-    assert time.monotonic() - started < model_worker.LISTENER_GRACE_S + 5
+    assert time.monotonic() - started < LISTENER_GRACE_S + 5
 
 
 def test_a_gap_in_events_is_filled_from_the_stored_result(stack: Stack, redis_url: str) -> None:

@@ -355,10 +355,12 @@ class Controller:
             message = f"model {model!r} keeps crashing: " + "; ".join(f"{h}: {why}" for h, why in crashing.items())
         else:
             code = ErrorCode.NO_CAPACITY
-        count = fail_queued(self.connection, self.keys, model, code, message)
+        count = fail_queued(self.connection, self.keys, model, code, message, spec_read=snap.raw_specs.get(model))
+        if count is None:
+            log.debug("the spec of %s changed since this step read it; deciding again next step", model)
+            return
         snap.queues[model] = 0
-        if snap.specs.pop(model, None) is not None:
-            self.connection.delete(self.keys.spec(model))  # the load that asked for it failed
+        snap.specs.pop(model, None)
         if count:
             log.warning("failed %d waiting job(s) of %s: %s", count, model, message)
 

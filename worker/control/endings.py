@@ -141,15 +141,43 @@ def end_failed(
     return 1
 
 
-def fail_queued(connection: redis.Redis, keys: Keys, model: str, code: str, message: str) -> int:
-    """Takes every waiting job off a model's queues and ends it as failed (e.g. no capacity)."""
+# Takes every id off a model's queues and drops its spec, only while the spec is still the one
+# the caller decided with ('' for none). A load with other params writes its spec first, then its
+# job: so a spec changed since means the newest jobs ask for something else, and failing them with
+# the old decision's reason would refuse a load that may fit. KEYS: spec, queues... ARGV: the spec
+# as read. Returns the ids taken, or nil (false) when the spec changed.
+_TAKE_REFUSED = """
+local spec = redis.call('GET', KEYS[1]) or ''
+if spec ~= ARGV[1] then return false end
+local ids = {}
+for i = 2, #KEYS do
+  for _, id in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do ids[#ids + 1] = id end
+  redis.call('DEL', KEYS[i])
+end
+if spec ~= '' then redis.call('DEL', KEYS[1]) end
+return ids
+"""
+
+
+def fail_queued(
+    connection: redis.Redis, keys: Keys, model: str, code: str, message: str, *, spec_read: bytes | None = None
+) -> int | None:
+    """Takes every waiting job off a model's queues and ends it as failed (e.g. no capacity), and
+    drops the model's spec: the load that asked for it failed.
+
+    `spec_read` is the spec the decision was made with (None: there was none). If the spec is
+    another one now, nothing is failed and None is returned: the caller decides again.
+    """
+    script = connection.register_script(_TAKE_REFUSED)
+    taken = script(keys=[keys.spec(model), *queue_keys(keys, model)], args=[spec_read or b""])
+    if taken is None:
+        return None
     failed = 0
-    for key in queue_keys(keys, model):
-        while (raw := connection.lpop(key)) is not None:
-            job_id = as_text(raw)
-            job = fetch_job(connection, job_id)
-            if job is None:
-                continue
-            failed += end_failed(connection, job, keys.channel(job_id), code, message, expected=JobStatus.QUEUED)
+    for raw in taken:
+        job_id = as_text(raw)
+        job = fetch_job(connection, job_id)
+        if job is None:
+            continue
+        failed += end_failed(connection, job, keys.channel(job_id), code, message, expected=JobStatus.QUEUED)
     count_ended(connection, keys, model, "failed", code, failed)
     return failed

@@ -48,6 +48,8 @@ class Snapshot:
     queues: dict[str, int]
     # Each host's view before placements, made once per report (ReportCache), not once per step.
     bare: dict[str, HostView] = field(default_factory=dict)
+    # The specs as read, to refuse a load only while its spec is still the one decided on.
+    raw_specs: dict[str, bytes] = field(default_factory=dict)
     _by_model: dict[str, dict[str, Assignment]] = field(init=False, repr=False)
     _infos: dict[str, ModelInfo] = field(init=False, repr=False)
     _slots: dict[str, int] = field(init=False, repr=False)
@@ -268,7 +270,8 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
         lengths, raw_specs = pipe.execute() if models else ([], [])
     queues = {m: int(lengths[2 * i]) + int(lengths[2 * i + 1]) for i, m in enumerate(models)}
     specs = {m: spec for m, raw in zip(models, raw_specs, strict=True) if (spec := _spec(raw)) is not None}
-    return Snapshot(time.time(), reports, dead, assignments, workers, specs, queues, cache.bare(reports))
+    raw = {m: blob for m, blob in zip(models, raw_specs, strict=True) if blob is not None}
+    return Snapshot(time.time(), reports, dead, assignments, workers, specs, queues, cache.bare(reports), raw_specs=raw)
 
 
 def _assignments(values: Iterable[bytes]) -> dict[str, Assignment]:

@@ -153,3 +153,23 @@ def test_the_gateway_renders_the_hashes_as_prometheus_text(served: tuple[Client,
         == 1
     )
     assert samples[("hostler_host_ram_total_bytes", (("host", "unit"),))] > 0
+
+
+def test_a_refusal_decided_on_an_older_spec_fails_nothing(redis_url: str, models_dir: Path) -> None:
+    """A load with other params writes its spec, then its job: the controller's refusal, decided on
+    the spec it read before, must not fail that job with the old numbers, nor drop its spec."""
+    conn = redis.Redis.from_url(redis_url)
+    agent = HostAgent(connection=conn, keys=KEYS, redis_url=redis_url, models_dir=models_dir, host="unit")
+    agent.rescan()
+    agent.report()
+    conn.set(KEYS.spec("tiny"), b'{"as": "written since"}')
+    with Client(redis_url, timeout=20) as client:
+        job = client.submit("tiny", "queued for nobody")
+        assert fail_queued(conn, KEYS, "tiny", ErrorCode.NO_CAPACITY, "no room", spec_read=b'{"as": "read"}') is None
+        assert client.queue_length("tiny") == 1 and job.status() == "queued"
+        assert conn.get(KEYS.spec("tiny")) == b'{"as": "written since"}'
+        spec_read = b'{"as": "written since"}'
+        assert fail_queued(conn, KEYS, "tiny", ErrorCode.NO_CAPACITY, "no room", spec_read=spec_read) == 1
+        assert client.queue_length("tiny") == 0 and job.status() == "failed"
+        assert conn.get(KEYS.spec("tiny")) is None
+    conn.close()
