@@ -7,10 +7,11 @@ generating sequence, then chunks of the prompts still being evaluated, oldest fi
 (chunked prefill), so a long new prompt never holds the others up for more than one chunk.
 
 Every sequence owns one llama.cpp sequence id (its slot) and samples in C through its own
-sampler chain (llama_sampling.py: built as llama-cpp-python's Llama.generate() builds one, with
-the job's grammar if it has one), so a one-slot engine produces the same tokens as in-process
-llama-cpp-python (with flash attention as llama.cpp's default picks it; see flash_attn_type);
-a job that asks for logprobs gets them from the logits it sampled from.
+sampler chain (llama_sampling.py: built as llama-cpp-python's Llama.generate() builds one), so a
+one-slot engine produces the same tokens as in-process llama-cpp-python (with flash attention as
+llama.cpp's default picks it; see flash_attn_type). A job's grammar is checked after the chain
+picks, not before (llama_sampling.py says why): the same tokens at temperature 0, the same
+distribution above. A job that asks for logprobs gets them from the logits it sampled from.
 Text is detokenized incrementally and stop strings, max_tokens and end-of-generation tokens
 end each sequence on its own.
 
@@ -53,7 +54,7 @@ from .chat_render import template_messages, template_tools
 from .decoding import context_budget
 from .llama_cpu import model_params as safe_model_params
 from .llama_embed import LlamaEmbedder
-from .llama_sampling import LogprobTrail, sampler_chain, token_logprob
+from .llama_sampling import Candidates, LogprobTrail, SequenceSampler, sequence_sampler, token_logprob
 from .llama_token_batch import TokenBatch
 from .protocol import EngineError, LoadFailed, NoChatTemplate
 from .slot_cache import Slot, SlotCache
@@ -91,7 +92,7 @@ class _Sequence:
     handle: int
     slot: Slot
     prompt: list[int]
-    sampler: Any  # llama_sampler * (a chain), freed when the sequence ends
+    sampler: SequenceSampler  # freed when the sequence ends
     scanner: StopScanner
     max_tokens: int
     cached: int
@@ -116,7 +117,11 @@ class BatchedLlama:
         *,
         chat_template: str | None = None,
         kv_unified: bool = False,
+        grammar_first: bool = False,
     ) -> None:
+        """grammar_first: mask every candidate with a sequence's grammar before its chain picks, as
+        llama-cpp-python's Llama does; slower, kept as the reference the default path is tested
+        and measured against (llama_sampling.sequence_sampler)."""
         import llama_cpp  # deferred: the client must work without llama.cpp installed
         from llama_cpp import _internals
         from llama_cpp._logger import set_verbose
@@ -168,6 +173,8 @@ class BatchedLlama:
         self._template_source = chat_template or self._model.metadata().get("tokenizer.chat_template")
         self._formatter: Any = None
         self._batch = TokenBatch(llama_cpp, self._n_batch, self.n_slots)
+        self._candidates = Candidates(llama_cpp, self._n_vocab)
+        self._grammar_first = grammar_first
         self._active: dict[int, _Sequence] = {}  # by handle, in admission order
         self._handles = itertools.count(1)
         self._tokens: dict[int, tuple[bool, bytes]] = {}  # token -> (ends generation, its bytes)
@@ -226,11 +233,13 @@ class BatchedLlama:
             raise EngineError(f"the prompt has token ids outside this model's vocabulary (0..{self._n_vocab - 1})")
         max_tokens = context_budget(self._path.stem, len(tokens), self.n_ctx, request.params.max_tokens)
         # Before any slot is touched: a grammar llama.cpp refuses fails this sequence alone.
-        sampler = sampler_chain(self._lib, self._vocab, self._n_vocab, request.params, self._seed)
+        sampler = sequence_sampler(
+            self._lib, self._vocab, self._n_vocab, request.params, self._seed, grammar_first=self._grammar_first
+        )
         try:
             slot, cached = self._cache.take(tokens)
         except RuntimeError:
-            self._lib.llama_sampler_free(sampler)
+            sampler.free()
             raise
         handle = next(self._handles)
         seq = _Sequence(
@@ -348,7 +357,7 @@ class BatchedLlama:
         piece = ""
         finish: FinishReason | None = None
         if seq.out_index >= 0:
-            token = int(self._lib.llama_sampler_sample(seq.sampler, self._ctx, seq.out_index))
+            token = seq.sampler.sample(self._ctx, seq.out_index, self._candidates)
             ends, data = self._token_info(token)
             if ends:
                 finish = "stop"
@@ -395,8 +404,7 @@ class BatchedLlama:
 
     def _end(self, seq: _Sequence) -> None:
         del self._active[seq.handle]
-        self._lib.llama_sampler_free(seq.sampler)
-        seq.sampler = None
+        seq.sampler.free()
         self._cache.release(seq.slot)
 
     # -- helpers ------------------------------------------------------------------------

@@ -1,11 +1,21 @@
-"""What a llama.cpp sequence samples with: its C sampler chain, grammar included, and the log
-probabilities of what it sampled.
+"""What a llama.cpp sequence samples with: its C sampler chain, its grammar sampler beside it,
+and the log probabilities of what it sampled.
 
 The chain is built as llama-cpp-python's Llama._init_sampler builds one (penalties over the last
-64 tokens, then the grammar, then greedy at temperature 0, else top-k, typical(1.0), top-p,
-min-p, temperature and a seeded distribution), so a one-slot engine samples the same tokens as
-in-process llama-cpp-python, constrained or not. The grammar sampler masks every token its
-grammar cannot take next; once the grammar is complete only an end-of-generation token is left,
+64 tokens, then greedy at temperature 0, else top-k, typical(1.0), top-p, min-p, temperature and
+a seeded distribution), so an unconstrained one-slot engine samples the same tokens as in-process
+llama-cpp-python.
+
+A grammar (or a JSON schema, or a forced tool call, both turned into one) is kept out of the
+chain and checked after it, as llama.cpp's own common_sampler does (grammar_first=false): the
+chain picks a token from the raw logits, the grammar checks that one token, and only when it
+refuses is the whole vocabulary masked and the chain run again. Checking a token against a
+grammar costs about as much per candidate as sampling does for the lot, and a model mostly
+picks a token its grammar allows, so masking ~49k candidates first made constrained decoding
+about three times slower per token. At temperature 0 the tokens are those of masking first (the
+argmax of what the grammar allows is the unmasked argmax whenever that one is allowed); above
+0 the distribution is the same masked one, but a seed draws other tokens than llama-cpp-python's
+Llama, which masks first. Once the grammar is complete only an end-of-generation token passes,
 so a constrained reply ends exactly where its grammar does.
 
 Log probabilities are the model's: log-softmax of the sequence's logits over the whole
@@ -17,6 +27,8 @@ how likely the model found it, not how likely the grammar left it.
 
 from __future__ import annotations
 
+import ctypes
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -37,9 +49,16 @@ class InvalidGrammar(EngineError):
     code = ErrorCode.INVALID_REQUEST
 
 
-def sampler_chain(lib: Any, vocab: Any, n_vocab: int, params: SamplingParams, default_seed: int | None) -> Any:
-    """A `llama_sampler *` chain for one sequence (the caller frees it); InvalidGrammar before
-    anything is allocated when its grammar or schema cannot be used."""
+def sequence_sampler(
+    lib: Any, vocab: Any, n_vocab: int, params: SamplingParams, default_seed: int | None, *, grammar_first: bool = False
+) -> SequenceSampler:
+    """The samplers of one sequence (the caller frees them); InvalidGrammar before anything is
+    allocated when its grammar or schema cannot be used.
+
+    grammar_first puts the grammar inside the chain, between penalties and the rest, where
+    llama-cpp-python's Llama has it: every candidate is masked before anything is picked. Slower;
+    it is what the grammar-after path is measured and tested against.
+    """
     try:
         grammar = grammar_of(params)
         where = "json_schema (as converted to a grammar)" if params.json_schema is not None else "grammar"
@@ -55,8 +74,9 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, params: SamplingParams, de
         n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
     )
     add(chain, penalties)
-    if constraint is not None:
+    if constraint is not None and grammar_first:
         add(chain, constraint)  # the chain owns it from here
+        constraint = None
     if params.temperature == 0.0:
         add(chain, lib.llama_sampler_init_greedy())
     else:
@@ -66,7 +86,113 @@ def sampler_chain(lib: Any, vocab: Any, n_vocab: int, params: SamplingParams, de
         add(chain, lib.llama_sampler_init_min_p(params.min_p, 1))
         add(chain, lib.llama_sampler_init_temp(params.temperature))
         add(chain, lib.llama_sampler_init_dist(seed))
-    return chain
+    return SequenceSampler(lib, chain, constraint)
+
+
+# llama_token_data's layout (int32 id, float logit, float p: 12 bytes, no padding), so numpy
+# fills a whole vocabulary of candidates in a few vectorised copies instead of a Python loop.
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class Candidates:
+    """A llama_token_data_array over the whole vocabulary, and a one-token one, reused token after
+    token: an engine samples its sequences one after another, so one set serves them all."""
+
+    def __init__(self, lib: Any, n_vocab: int) -> None:
+        if TOKEN_DATA.itemsize != ctypes.sizeof(lib.llama_token_data):
+            raise RuntimeError("llama_token_data's layout is not the (int32, float, float) this was written for")
+        self.n_vocab = n_vocab
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._data = np.zeros(n_vocab, dtype=TOKEN_DATA)
+        self._pointer = ctypes.cast(self._data.ctypes.data, lib.llama_token_data_p)
+        self.array = lib.llama_token_data_array()
+        self._one = lib.llama_token_data()
+        self._one_pointer = ctypes.pointer(self._one)
+        self.one = lib.llama_token_data_array()
+
+    def fill(self, logits: np.ndarray[Any, np.dtype[np.float32]]) -> Any:
+        """The whole vocabulary with these logits, unsorted and nothing selected; samplers sort,
+        shrink and select in place, so every use starts from a fresh fill."""
+        data = self._data
+        data["id"] = self._ids
+        data["logit"] = logits
+        data["p"] = 0.0
+        array = self.array
+        array.data = self._pointer
+        array.size = self.n_vocab
+        array.selected = -1
+        array.sorted = False
+        return array
+
+    def single(self, token: int) -> Any:
+        """token alone, with a finite logit: a grammar that refuses it sets the logit to -inf
+        (single_refused says so)."""
+        self._one.id = token
+        self._one.logit = 1.0
+        self._one.p = 0.0
+        one = self.one
+        one.data = self._one_pointer
+        one.size = 1
+        one.selected = -1
+        one.sorted = False
+        return one
+
+    def single_refused(self) -> bool:
+        return bool(self._one.logit == -math.inf)
+
+
+def selected_token(array: Any) -> int:
+    """The token a chain picked: `selected` indexes the array's data as the samplers left it
+    (sorted, shrunk), which is not the token id."""
+    index = int(array.selected)
+    if not 0 <= index < int(array.size):
+        raise EngineError(f"the sampler chain selected no token (index {index} of {int(array.size)})")
+    return int(array.data[index].id)
+
+
+class SequenceSampler:
+    """One sequence's chain and, for a constrained sequence, its grammar sampler apart from it."""
+
+    def __init__(self, lib: Any, chain: Any, grammar: Any | None) -> None:
+        self._lib = lib
+        self.chain: Any = chain
+        self.grammar: Any | None = grammar
+
+    def sample(self, ctx: Any, index: int, candidates: Candidates) -> int:
+        """Picks and accepts the next token from output row index of the last llama_decode."""
+        lib = self._lib
+        if self.grammar is None:
+            # The whole chain in C, exactly as llama-cpp-python's Llama samples.
+            return int(lib.llama_sampler_sample(self.chain, ctx, index))
+        row = lib.llama_get_logits_ith(ctx, index)
+        if not row:
+            raise EngineError(f"llama.cpp has no logits for output {index}")
+        logits = np.ctypeslib.as_array(row, shape=(candidates.n_vocab,))
+        array = candidates.fill(logits)
+        lib.llama_sampler_apply(self.chain, array)
+        token = selected_token(array)
+        one = candidates.single(token)
+        lib.llama_sampler_apply(self.grammar, one)
+        if candidates.single_refused():
+            # Refused: mask the whole vocabulary, then the chain picks among what is left. The
+            # chain's own state (the distribution's generator) moves on as llama.cpp's does here.
+            array = candidates.fill(logits)
+            lib.llama_sampler_apply(self.grammar, array)
+            lib.llama_sampler_apply(self.chain, array)
+            token = selected_token(array)
+        # llama_sampler_sample accepts on the chain (penalties remember the token); the grammar
+        # must advance too, now that it is no longer in the chain.
+        lib.llama_sampler_accept(self.grammar, token)
+        lib.llama_sampler_accept(self.chain, token)
+        return token
+
+    def free(self) -> None:
+        if self.grammar is not None:
+            self._lib.llama_sampler_free(self.grammar)
+            self.grammar = None
+        if self.chain is not None:
+            self._lib.llama_sampler_free(self.chain)
+            self.chain = None
 
 
 def log_softmax(logits: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
