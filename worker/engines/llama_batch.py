@@ -36,7 +36,6 @@ evaluates only the rest; cached_tokens reports the prompt tokens not evaluated.
 from __future__ import annotations
 
 import codecs
-import ctypes
 import itertools
 import time
 from collections.abc import Sequence
@@ -48,14 +47,15 @@ import numpy as np
 from hostler.schemas import ChatMessage, FinishReason, LoadParams, SamplingParams, TokenLogprob, Tool
 from hostler.worker.hardware.cpu import usable_cores
 from hostler.worker.memory.estimate import EstimateError, estimate_gguf
-from hostler.worker.memory.files import GGUF_MAGIC
 
 from .chat_render import template_messages, template_tools
 from .decoding import context_budget
+from .llama_cpu import check_gguf_header, flash_attn_type
 from .llama_cpu import model_params as safe_model_params
 from .llama_embed import LlamaEmbedder
 from .llama_sampling import Candidates, LogprobTrail, SequenceSampler, sequence_sampler, token_logprob
 from .llama_token_batch import TokenBatch
+from .llama_vocab import VocabPieces
 from .protocol import EngineError, LoadFailed, NoChatTemplate
 from .slot_cache import Slot, SlotCache
 from .stops import StopScanner
@@ -127,7 +127,7 @@ class BatchedLlama:
         from llama_cpp._logger import set_verbose
 
         self._lib: Any = llama_cpp
-        _check_gguf_header(path)
+        check_gguf_header(path)
         set_verbose(False)
         llama_cpp.llama_backend_init()
         self.n_slots = max(1, params.n_parallel)
@@ -177,8 +177,7 @@ class BatchedLlama:
         self._grammar_first = grammar_first
         self._active: dict[int, _Sequence] = {}  # by handle, in admission order
         self._handles = itertools.count(1)
-        self._tokens: dict[int, tuple[bool, bytes]] = {}  # token -> (ends generation, its bytes)
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces = VocabPieces(llama_cpp, self._vocab, self._bos)
         self._cache = SlotCache(
             llama_cpp, self._ctx, self._mem, self.n_slots, self.n_ctx, self._unified, _kept_budget(path, params)
         )
@@ -358,7 +357,7 @@ class BatchedLlama:
         finish: FinishReason | None = None
         if seq.out_index >= 0:
             token = seq.sampler.sample(self._ctx, seq.out_index, self._candidates)
-            ends, data = self._token_info(token)
+            ends, data = self._pieces.info(token)
             if ends:
                 finish = "stop"
             else:
@@ -385,22 +384,7 @@ class BatchedLlama:
         """token's logprob from the logits it was sampled from (still in the context's output buffer)."""
         row = self._lib.llama_get_logits_ith(self._ctx, seq.out_index)
         logits = np.ctypeslib.as_array(row, shape=(self._n_vocab,))
-        return token_logprob(logits, token, seq.top_logprobs or 0, lambda t: self._token_info(t)[1])
-
-    def _token_info(self, token: int) -> tuple[bool, bytes]:
-        info = self._tokens.get(token)
-        if info is None:
-            lib, buf = self._lib, self._piece_buf
-            n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            data = buf.raw[:n]
-            if token == self._bos and data.startswith(b" "):
-                data = data[1:]  # as llama-cpp-python's detokenize([token])
-            info = (bool(lib.llama_vocab_is_eog(self._vocab, token)), data)
-            self._tokens[token] = info
-        return info
+        return token_logprob(logits, token, seq.top_logprobs or 0, lambda t: self._pieces.info(t)[1])
 
     def _end(self, seq: _Sequence) -> None:
         del self._active[seq.handle]
@@ -430,20 +414,6 @@ class BatchedLlama:
         return self._formatter
 
 
-def flash_attn_type(lib: Any, flash_attn: bool | None) -> int:
-    """llama.cpp's flash attention setting for LoadParams.flash_attn.
-
-    None is llama.cpp's own default (auto: on where the backend has the kernel, as llama-server
-    runs): measured on SmolLM2, 2 CPU cores, 8-9% more tokens/s at 1 and 8 slots, and batched
-    texts equal their one-slot texts as often or more (scripts/bench_llama_batch.py).
-    llama-cpp-python's Llama turns it off unless flash_attn=True, so a one-slot text equals
-    Llama(flash_attn=True)'s on a CPU.
-    """
-    if flash_attn is None:
-        return int(lib.LLAMA_FLASH_ATTN_TYPE_AUTO)
-    return int(lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-
-
 def _kept_budget(path: Path, params: LoadParams) -> int:
     """Host memory for kept prompts: LoadParams.cache_ram_mib, or as much as the slots' KV cache
     (the estimate counts the same, memory/estimate.py)."""
@@ -451,14 +421,3 @@ def _kept_budget(path: Path, params: LoadParams) -> int:
         return estimate_gguf(path, params).kept_prompts_bytes
     except (EstimateError, OSError, ValueError):
         return 0
-
-
-def _check_gguf_header(path: Path) -> None:
-    # llama.cpp aborts the whole process on some malformed files; refuse the obvious ones first.
-    try:
-        with path.open("rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise LoadFailed(f"cannot read {path}: {exc.strerror}") from None
-    if magic != GGUF_MAGIC:
-        raise LoadFailed(f"{path.name} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
