@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -33,6 +34,8 @@ ROOT_RULE = "root"
 # llama.cpp's parser reports its first problem on one line after this.
 _PARSE_ERROR = re.compile(r"error parsing grammar: (.+)")
 _OTHER_ERRORS = re.compile(r"(grammar does not contain a .+ symbol|left recursion detected.*|Undefined rule.*)")
+# llama-cpp-python's logger, whose level its llama.cpp log callback obeys (llama_cpp._logger).
+_LLAMA_LOGGER = "llama-cpp-python"
 _STDERR_LOCK = threading.Lock()
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
@@ -111,16 +114,23 @@ def grammar_sampler(grammar: str, *, vocab: Any = None, where: str = "grammar") 
 def _stderr_captured() -> Iterator[Any]:
     """What is written meanwhile to file descriptor 2 and to sys.stderr: llama.cpp's parser prints
     its reason to the one, its log (through llama-cpp-python's callback) goes to the other, and
-    the call itself returns only NULL. Serialised, since both are the process's."""
+    the call itself returns only NULL. Serialised, since both are the process's.
+
+    The callback drops what is below its logger's level, and a quiet model load (a worker's)
+    leaves that at ERROR, where the reasons llama.cpp logs line by line ("does not contain a
+    'root' symbol", "left recursion") are lost: every level passes while capturing."""
+    callback_log = logging.getLogger(_LLAMA_LOGGER)
     with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
-        saved, saved_stream = os.dup(2), sys.stderr
+        saved, saved_stream, saved_level = os.dup(2), sys.stderr, callback_log.level
         logged = io.StringIO()
         text = ""
         try:
             os.dup2(sink.fileno(), 2)
             sys.stderr = logged
+            callback_log.setLevel(logging.DEBUG)
             yield lambda: text
         finally:
+            callback_log.setLevel(saved_level)
             sys.stderr = saved_stream
             os.dup2(saved, 2)
             os.close(saved)

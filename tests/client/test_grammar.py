@@ -4,6 +4,7 @@ what is wrong with a JSON schema or a grammar, in the client (and so in the gate
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -25,6 +26,20 @@ BAD_GRAMMARS = {
 def test_a_bad_grammar_is_refused_with_llama_cpp_s_reason(text: str, problem: str) -> None:
     with pytest.raises(InvalidRequest, match="invalid grammar: .*" + problem):
         completion_job("tiny", "x", {"grammar": text}, job_timeout=None)
+
+
+@pytest.mark.parametrize(("text", "problem"), BAD_GRAMMARS.items())
+def test_the_reason_survives_a_quiet_model_load(text: str, problem: str) -> None:
+    """A worker loads its model quietly (llama-cpp-python's log at ERROR); the reasons llama.cpp
+    logs through that callback must still reach the job's error."""
+    callback_log = logging.getLogger("llama-cpp-python")
+    level = callback_log.level
+    callback_log.setLevel(logging.ERROR)  # what llama_cpp._logger.set_verbose(False) does
+    try:
+        with pytest.raises(grammar.GrammarError, match=problem):
+            grammar.grammar_sampler(text)
+    finally:
+        callback_log.setLevel(level)
 
 
 def test_a_schema_the_converter_cannot_handle_is_refused_naming_it() -> None:
