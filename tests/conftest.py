@@ -107,11 +107,7 @@ def gemma3() -> Path:
 
 @pytest.fixture
 def models_dir(tmp_path: Path, model_files: dict[str, Path]) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    for name, path in model_files.items():
-        (folder / f"{name}.gguf").symlink_to(path)
-    return folder
+    return models_folder(tmp_path, model_files)
 
 
 @pytest.fixture
