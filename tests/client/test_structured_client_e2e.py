@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from batch_lines import chat_line
+from batch_lines import chat_line, run_batch
 from conftest import Stack
 from hostler import AsyncClient, InvalidRequest, JobFailed, Piece
 from hostler.client import _grammar
@@ -90,23 +88,14 @@ def test_a_bad_grammar_fails_its_job_in_the_worker_and_the_worker_goes_on(
 
 
 def test_hostler_batch_lines_carry_response_format_and_logprobs(stack: Stack, tmp_path: Path) -> None:
-    source = tmp_path / "in.jsonl"
     lines = [
         chat_line(f"s-{i}", "Reply in JSON.", max_tokens=MAX_TOKENS, seed=i, response_format=_format(schema))
         for i, schema in enumerate(SCHEMAS)
     ]
     lines.append(chat_line("lp", "Hello", max_tokens=6, temperature=0, logprobs=True, top_logprobs=1))
     lines.append(chat_line("bad", "x", response_format=_format({"type": "strin"})))
-    source.write_text("\n".join(lines) + "\n")
-    output = tmp_path / "out.jsonl"
-    run = subprocess.run(
-        [sys.executable, "-m", "hostler.worker", "batch", "run", "--redis", stack.url, str(source), "-o", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run, records = run_batch(stack.url, lines, tmp_path)
     assert run.returncode == 0, run.stderr
-    records = {r["custom_id"]: r for r in map(json.loads, output.read_text().splitlines())}
     for i, schema in enumerate(SCHEMAS):
         check(records[f"s-{i}"]["response"]["body"]["choices"][0]["message"]["content"], schema)
     content = records["lp"]["response"]["body"]["choices"][0]["logprobs"]["content"]

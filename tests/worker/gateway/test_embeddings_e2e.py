@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import openai
 import pytest
 import redis
+from batch_lines import chat_line, run_batch
 from conftest import SMOL_MODEL, Stack
 from gateway_proc import Gateways
 from hostler import AsyncClient, ContextExceeded, InvalidRequest
@@ -242,32 +241,16 @@ def test_batch_file_with_embeddings_lines(stack: Stack, tmp_path: Path) -> None:
     def line(custom_id: str, body: dict[str, Any]) -> str:
         return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": body})
 
-    source = tmp_path / "in.jsonl"
     lines = [
         line("e-1", {"model": "tiny", "input": "Once upon a time"}),
         line("e-2", {"model": "tiny", "input": ["hello world", "the cat sat"], "dimensions": 16}),
         line("e-3", {"model": "tiny", "input": ["water is the"], "encoding_format": "base64"}),
         line("bad", {"model": "tiny", "input": []}),
-        json.dumps(
-            {
-                "custom_id": "chat-1",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
-            }
-        ),
+        chat_line("chat-1", "hi", max_tokens=4),
     ]
-    source.write_text("\n".join(lines) + "\n")
-    output = tmp_path / "out.jsonl"
-    run = subprocess.run(
-        [sys.executable, "-m", "hostler.worker", "batch", "run", "--redis", stack.url, str(source), "-o", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run, records = run_batch(stack.url, lines, tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "line 4" in run.stderr and "empty list" in run.stderr
-    records = {record["custom_id"]: record for record in map(json.loads, output.read_text().splitlines())}
     assert set(records) == {"e-1", "e-2", "e-3", "chat-1"}
     for custom_id in ("e-1", "e-2", "e-3"):
         assert records[custom_id]["error"] is None and records[custom_id]["response"]["status_code"] == 200
