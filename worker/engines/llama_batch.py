@@ -56,7 +56,7 @@ from .llama_embed import LlamaEmbedder
 from .llama_sampling import Candidates, LogprobTrail, SequenceSampler, sequence_sampler, token_logprob
 from .llama_token_batch import TokenBatch
 from .llama_vocab import VocabPieces
-from .protocol import EngineError, LoadFailed, NoChatTemplate
+from .protocol import EngineError, LoadFailed, NoChatTemplate, StepOutput
 from .slot_cache import Slot, SlotCache
 from .stops import StopScanner
 
@@ -72,19 +72,6 @@ class SequenceRequest:
     tokens: list[int]
     params: SamplingParams
     extra_stops: tuple[str, ...] = ()  # from the chat template
-
-
-@dataclass
-class StepOutput:
-    """What one step produced for one sequence."""
-
-    seq: int  # the handle submit() returned
-    piece: str  # new text; "" while prefilling or while a stop string may be starting
-    finish_reason: FinishReason | None  # set in the step the sequence ended
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int  # prompt tokens reused from the KV cache, not evaluated
-    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens whose text this piece carries (params.logprobs set)
 
 
 @dataclass(eq=False)
@@ -372,13 +359,11 @@ class BatchedLlama:
                     finish = "length"
                 else:
                     seq.next_token = token
-        output = StepOutput(seq.handle, piece, finish, len(seq.prompt), seq.completion, seq.cached)
         if finish is not None:
-            output.piece += seq.scanner.feed(seq.decoder.decode(b"", final=True)) + seq.scanner.flush()
+            piece += seq.scanner.feed(seq.decoder.decode(b"", final=True)) + seq.scanner.flush()
             self._end(seq)
-        if seq.top_logprobs is not None:
-            output.logprobs = seq.trail.release(output.piece, final=finish is not None)
-        return output
+        logprobs = seq.trail.release(piece, final=finish is not None) if seq.top_logprobs is not None else ()
+        return StepOutput(seq.handle, piece, finish, len(seq.prompt), seq.completion, seq.cached, logprobs)
 
     def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
         """token's logprob from the logits it was sampled from (still in the context's output buffer)."""

@@ -51,21 +51,7 @@ class LlamaSlots:
         return handle
 
     def step(self) -> list[StepOutput]:
-        return self._tools.outputs(self._steps())
-
-    def _steps(self) -> list[StepOutput]:
-        return [
-            StepOutput(
-                seq=out.seq,
-                piece=out.piece,
-                finish_reason=out.finish_reason,
-                prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens,
-                cached_tokens=out.cached_tokens,
-                logprobs=out.logprobs,
-            )
-            for out in self._llama.step()
-        ]
+        return self._tools.outputs(self._llama.step())
 
     def cancel(self, seq: int) -> None:
         self._llama.cancel(seq)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams
-from hostler.worker.engines.llama_batch import BatchedLlama, SequenceRequest, StepOutput
-from hostler.worker.engines.protocol import ContextExceeded
+from hostler.worker.engines.llama_batch import BatchedLlama, SequenceRequest
+from hostler.worker.engines.protocol import ContextExceeded, StepOutput
 
 GREEDY = SamplingParams(max_tokens=32, temperature=0)
 PROMPTS = [
