@@ -72,6 +72,7 @@ redis.call('SADD', KEYS[4], KEYS[5])
 redis.call('RPUSH', KEYS[5], ARGV[4])
 redis.call('RPUSH', KEYS[6], '1')
 redis.call('EXPIRE', KEYS[6], 60)
+redis.call('PUBLISH', KEYS[6], '1')
 if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[9], '1', 'PX', ARGV[6]) end
 if tonumber(ARGV[7]) > 0 then redis.call('SET', KEYS[10], '1', 'PX', ARGV[7]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[8], ARGV[4], ARGV[5]) end

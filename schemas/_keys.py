@@ -36,7 +36,8 @@ class Keys:
         return None
 
     def bell(self, model: str) -> str:
-        """List an idle worker blocks on; every enqueue pushes to it (a worker takes from either class)."""
+        """List an idle worker blocks on, and channel a busy one listens to: every enqueue pushes to
+        the one and publishes on the other (a worker takes from either class)."""
         return f"{self.prefix}bell:{model}"
 
     def waiting(self, job_id: str) -> str:

@@ -31,6 +31,7 @@ def ring_bell(conn: redis.Redis, model: str) -> None:
     bell = Keys().bell(model)
     conn.rpush(bell, "1")
     conn.expire(bell, 60)
+    conn.publish(bell, "1")
 
 
 def wait_ended(conn: redis.Redis, job_id: str, timeout: float = 10.0) -> str:

@@ -107,6 +107,7 @@ def retry_job(
         registry.remove_executions(job, pipeline=pipe)
         job.retry(queue, pipe)
         pipe.rpush(keys.bell(model), "1")
+        pipe.publish(keys.bell(model), "1")
         pipe.execute()
     log.warning("job %s retried (%s retries left): %s", job.id, job.retries_left, message)
     return 1

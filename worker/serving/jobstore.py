@@ -37,6 +37,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, utcformat
 from rq.worker import Worker as RqWorker
 
+from .bell import BellListener
 from .metrics import JobMetrics, PieceClock
 from .taken import TAKE, requeue_taken
 
@@ -144,6 +145,7 @@ class JobStore:
         # queue, and only a dead worker's own taken ids may go back on it.
         self.taken_key = taken_key
         self.bell = keys.bell(model)
+        self._rings = BellListener(connection, self.bell)
         self.rq_worker = rq_worker
         # rq builds a new registry object (and re-resolves its serializer) on every access.
         self._registries = {q.name: (q.finished_job_registry, q.failed_job_registry) for q in self.queues}
@@ -179,12 +181,14 @@ class JobStore:
             # an idle worker goes straight to waiting for it.
             taken = None if self._empty else self._decode(self._take(keys=self._take_keys, args=self._take_args))
             if taken is None and timeout > 0:
+                # Rings published while idle were pushed onto the list too; only the list wakes it.
+                self._rings.drain()
                 # rq's own enqueue does not ring: a job pushed that way waits at most `timeout`.
                 self.connection.blpop([self.bell], timeout=timeout)
                 taken = self._decode(self._take(keys=self._take_keys, args=self._take_args))
-            elif taken is None and self._empty and self.connection.lpop(self.bell) is not None:
-                # A busy worker looks without waiting (its other jobs are generating): a ring
-                # since the last empty look means something was enqueued.
+            elif taken is None and self._empty and self._rings.rang():
+                # A busy worker looks without waiting (its other jobs are generating), and only
+                # after a ring since its last empty look (bell.py).
                 taken = self._decode(self._take(keys=self._take_keys, args=self._take_args))
         except redis.RedisError:
             # The take may have run with its reply lost: the next one answers what it took.
@@ -408,6 +412,7 @@ class JobStore:
     def give_back(self) -> None:
         """Returns a taken but unstarted job to the head of its queue (the worker is exiting)."""
         self._prefetched = None
+        self._rings.close()
         requeue_taken(self.connection, self.keys, self.model, self.worker_name)
 
     def _end(self, claimed: Claimed, pipe: Any, ttl: int) -> None:

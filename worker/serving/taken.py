@@ -55,7 +55,10 @@ while true do
   redis.call('LPUSH', ARGV[2] .. (origin or ARGV[3]), id)
   n = n + 1
 end
-if n > 0 then redis.call('RPUSH', KEYS[2], '1') end
+if n > 0 then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PUBLISH', KEYS[2], '1')
+end
 return n
 """
 
