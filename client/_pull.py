@@ -15,7 +15,6 @@ from collections.abc import Callable
 import redis
 from hostler.schemas import (
     PULL_EVENT_ADAPTER,
-    HostReport,
     Keys,
     PullDoneEvent,
     PullErrorEvent,
@@ -23,12 +22,12 @@ from hostler.schemas import (
     PullProgressEvent,
     PullRequest,
     PullResult,
-    as_text,
     field_errors,
 )
 from pydantic import ValidationError
 
 from ._errors import HostlerError, InvalidRequest, Timeout
+from ._reads import host_states, run_sync
 
 # An agent takes a request within a step (half a second) and reports at least every
 # PROGRESS_EVERY_S while downloading; this much silence means it is not there.
@@ -84,9 +83,7 @@ def pull(
 
 
 def _choose_host(connection: redis.Redis, keys: Keys, host: str | None) -> str:
-    names = sorted(as_text(m) for m in connection.smembers(keys.hosts))
-    blobs = connection.mget([keys.host(n) for n in names]) if names else []
-    live = sorted(HostReport.model_validate_json(b).host for b in blobs if b is not None)
+    live = sorted(state.host for state in run_sync(connection, host_states(keys)))
     if host is not None:
         if host not in live:
             raise InvalidRequest(f"host {host!r} is not live; live hosts: {', '.join(live) or 'none'}")

@@ -14,7 +14,9 @@ from hostler.schemas import (
     RESULT_ADAPTER,
     Assignment,
     ClusterView,
+    HostCatalog,
     HostReport,
+    HostState,
     HostStatus,
     Keys,
     ModelInfo,
@@ -23,6 +25,7 @@ from hostler.schemas import (
     WorkerStatus,
     as_text,
     free_memory,
+    join_report,
 )
 from rq.job import JobStatus
 from rq.results import Result
@@ -101,10 +104,24 @@ def worker_reports(keys: Keys) -> Reads[list[WorkerReport]]:
     return [WorkerReport.model_validate_json(b) for b in blobs]
 
 
-def host_reports(keys: Keys) -> Reads[list[HostReport]]:
-    # An expired report is a host that is gone.
+def host_states(keys: Keys) -> Reads[list[HostState]]:
+    # An expired state is a host that is gone.
     blobs = yield from _live_reports(keys.hosts, keys.host, prune=False)
-    return [HostReport.model_validate_json(b) for b in blobs]
+    return [HostState.model_validate_json(b) for b in blobs]
+
+
+def host_reports(keys: Keys) -> Reads[list[HostReport]]:
+    """Each live host's state joined with its catalog; a host whose catalog is not there (its
+    agent is writing it again) is left out, as a host whose report had not come yet."""
+    states = yield from host_states(keys)
+    if not states:
+        return []
+    (blobs,) = yield [("MGET", *[keys.host_catalog(s.host) for s in states])]
+    return [
+        join_report(state, HostCatalog.model_validate_json(blob))
+        for state, blob in zip(states, blobs, strict=True)
+        if blob is not None
+    ]
 
 
 def _live_reports(members: str, key_of: Callable[[str], str], *, prune: bool) -> Reads[list[bytes]]:

@@ -2,6 +2,7 @@
 
 A generator of `Steps[T]` yields what it needs done and is sent the answer:
 - a list of Redis commands: one pipelined round trip, answered with their replies;
+- an `Atomic` list of commands: the same, inside MULTI/EXEC;
 - a `ScriptRun`: one Lua script run by its SHA (loaded first where Redis lacks it), answered
   with the script's reply;
 - a `Replicated` script run: the script and a WAIT on one connection in one round trip,
@@ -51,11 +52,18 @@ class Replicated:
 
 
 @dataclass(frozen=True)
+class Atomic:
+    """Commands another connection sees all done or none done (MULTI/EXEC, one round trip)."""
+
+    commands: list[Command]
+
+
+@dataclass(frozen=True)
 class Pause:
     seconds: float
 
 
-Step = list[Command] | ScriptRun | Replicated | Pause
+Step = list[Command] | Atomic | ScriptRun | Replicated | Pause
 Steps = Generator[Step, Any, T]
 # What only reads (and pipelines): one list of commands per round trip.
 Reads = Generator[list[Command], list[Any], T]
@@ -104,10 +112,11 @@ def _sync_step(connection: redis.Redis, step: Step) -> Any:
         except NoScriptError:
             connection.script_load(step.script)
             return connection.evalsha(_sha(step.script), *arguments)
-    if not step:
+    commands, transaction = (step.commands, True) if isinstance(step, Atomic) else (step, False)
+    if not commands:
         return []
-    with connection.pipeline(transaction=False) as pipe:
-        for command in step:
+    with connection.pipeline(transaction=transaction) as pipe:
+        for command in commands:
             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         return pipe.execute()
 
@@ -125,10 +134,11 @@ async def _async_step(connection: redis.asyncio.Redis, step: Step) -> Any:
         except NoScriptError:
             await connection.script_load(step.script)
             return await connection.evalsha(_sha(step.script), *arguments)
-    if not step:
+    commands, transaction = (step.commands, True) if isinstance(step, Atomic) else (step, False)
+    if not commands:
         return []
-    async with connection.pipeline(transaction=False) as pipe:
-        for command in step:
+    async with connection.pipeline(transaction=transaction) as pipe:
+        for command in commands:
             pipe.execute_command(*command)
         return await pipe.execute()
 

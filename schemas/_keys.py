@@ -72,8 +72,14 @@ class Keys:
         return f"{self.prefix}hosts"
 
     def host(self, host_id: str) -> str:
-        """A host's report (JSON, with a TTL)."""
+        """A host's state (HostState JSON, with a TTL): its live figures and its catalog's digest."""
         return f"{self.prefix}host:{host_id}"
+
+    def host_catalog(self, host_id: str) -> str:
+        """A host's catalog (HostCatalog JSON, with a TTL): its models on disk and hardware.
+
+        Not under `host:`, so that a pattern over the states (`host:*`) matches states only."""
+        return f"{self.prefix}host-catalog:{host_id}"
 
     @property
     def workers(self) -> str:

@@ -144,13 +144,14 @@ class WorkerReport(BaseModel):
     updated_at: float = Field(description="Unix time of this heartbeat.")
 
 
-class HostReport(BaseModel):
+class _HostFigures(BaseModel):
+    """What a host says of itself apart from its catalog: the figures that change as it runs."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str
     pid: int
     models_dir: str
-    models: list[ModelInfo]
     ram_total_bytes: int
     ram_available_bytes: int
     memory_limit_bytes: int | None = Field(None, description="--max-memory: the most this host offers.")
@@ -159,7 +160,6 @@ class HostReport(BaseModel):
     crashing: dict[str, str] = Field(
         default_factory=dict, description="Models whose worker kept crashing here, with the last reason."
     )
-    hardware: HardwareReport | None = Field(None, description="CPU, RAM, GPUs and engines (probed at agent start).")
     updated_at: float
 
     @property
@@ -168,6 +168,32 @@ class HostReport(BaseModel):
         if self.memory_limit_bytes is None:
             return self.ram_total_bytes
         return min(self.memory_limit_bytes, self.ram_total_bytes)
+
+
+class HostReport(_HostFigures):
+    """A host as every reader uses it: its state and its catalog joined (`schemas._hosts`)."""
+
+    models: list[ModelInfo]
+    hardware: HardwareReport | None = Field(None, description="CPU, RAM, GPUs and engines (probed at agent start).")
+
+
+class HostState(_HostFigures):
+    """The part of a host's report written every heartbeat (`hostler:host:<id>`): a few hundred
+    bytes, where the catalog it names is kilobytes and changes only with the models on disk."""
+
+    catalog: str = Field(description="The digest of the host's catalog (`HostCatalog.digest`).")
+
+
+class HostCatalog(BaseModel):
+    """The part of a host's report that rarely changes (`hostler:host-catalog:<id>`), written
+    only when its digest changes. Its hardware's live figures (available RAM, GPUs) are left
+    out: they change every heartbeat, and the state carries them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    digest: str = Field(description="The first 16 hex digits of the SHA-256 of models and hardware as JSON.")
+    models: list[ModelInfo]
+    hardware: HardwareReport | None = None
 
 
 def free_memory(capacity: int, available: int, held: int, not_yet_taken: int = 0) -> int:

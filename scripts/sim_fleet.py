@@ -2,8 +2,9 @@
 
 Each simulated host does what `HostAgent.step` does against Redis, with the same keys, TTLs and
 intervals (imported from the code, not restated): take a pull request (LPOP), read its
-assignments (HGETALL), heartbeat its report (SET with the report TTL, SADD) every
-REPORT_EVERY_S or at once when its workers changed, and block on its wake list (BLPOP 0.5 s).
+assignments (HGETALL), heartbeat its report (`write_report`, the agent's own writer: the state,
+and the catalog only when it changed) every REPORT_EVERY_S or at once when its workers
+changed, and block on its wake list (BLPOP 0.5 s).
 For every model assigned to it, it starts a simulated worker that registers with rq as
 `ModelWorker` does, heartbeats its report, alive key and rq record every HEARTBEAT_S, and takes
 jobs with the real TAKE script, then blocks on the model's bell (BLPOP 1 s) when idle. A job it
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 
 import redis.asyncio as aioredis
+from hostler.client._steps import run_async
 from hostler.schemas import (
     PRIORITIES,
     Assignment,
@@ -37,7 +39,7 @@ from hostler.schemas import (
     WorkerReport,
 )
 from hostler.worker.control.host_agent import REPORT_EVERY_S
-from hostler.worker.control.host_agent import REPORT_TTL_S as HOST_TTL_S
+from hostler.worker.control.host_report import write_report
 from hostler.worker.serving.heartbeat import HEARTBEAT_S
 from hostler.worker.serving.heartbeat import REPORT_TTL_S as WORKER_TTL_S
 from hostler.worker.serving.taken import TAKE
@@ -169,6 +171,7 @@ class _Host:
             updated_at=time.time(),
         )
         self.workers: dict[str, _SimWorker] = {}
+        self.catalog_written: str | None = None
         self.rng = random.Random(index)
 
     async def run(self, stop: Event) -> None:
@@ -223,10 +226,7 @@ class _Host:
                 "ram_available_bytes": 200 * GIB - 2 * GIB * len(workers),
             }
         )
-        async with conn.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.host(self.host), report.model_dump_json(), ex=HOST_TTL_S)
-            pipe.sadd(self.keys.hosts, self.host)
-            await pipe.execute()
+        self.catalog_written = await run_async(conn, write_report(self.keys, report, self.catalog_written))
         self.counters.reports += 1
 
 

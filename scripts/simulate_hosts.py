@@ -199,7 +199,8 @@ def enqueue_leased_jobs(conn: redis.Redis, keys: Keys, jobs: int, models: int) -
 
 def memory_by_family(conn: redis.Redis, keys: Keys) -> dict[str, int]:
     families = {
-        "host reports": keys.host("*"),
+        "host states": keys.host("*"),
+        "host catalogs": keys.host_catalog("*"),
         "assignments": keys.assignments("*"),
         "worker reports": keys.worker("*"),
         "alive keys": keys.alive("*"),

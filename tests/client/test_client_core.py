@@ -30,8 +30,10 @@ from hostler import (
     Stream,
 )
 from hostler.client._kwargs import LoadParamsKwargs, SamplingKwargs
+from hostler.client._steps import run_sync
 from hostler.client.summarize import Summarizer
 from hostler.schemas import DoneEvent, HostReport, Keys, ModelInfo, TokenEvent, Usage
+from hostler.worker.control.host_report import write_report
 
 
 def _fields(model: type[SamplingParams] | type[LoadParams]) -> dict[str, object]:
@@ -111,8 +113,7 @@ def _announce(connection: redis.Redis, keys: Keys, model: str = "tiny") -> None:
         host="unit", pid=1, models_dir="/m", models=[info], ram_total_bytes=2**30, ram_available_bytes=2**30,
         updated_at=time.time(),
     )  # fmt: skip
-    connection.sadd(keys.hosts, "unit")
-    connection.set(keys.host("unit"), report.model_dump_json(), ex=60)
+    run_sync(connection, write_report(keys, report, None))
 
 
 @pytest.fixture

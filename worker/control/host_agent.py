@@ -1,7 +1,8 @@
 """The host agent: makes one machine's worker processes match what the controller assigned it.
 
 It heartbeats the host's report (RAM, GPUs, models on disk with memory estimates, its
-workers with pid and RSS) with a TTL, starts `hostler worker` for each model assigned to
+workers with pid and RSS) with a TTL, as a small state and a catalog rewritten only when the
+models or hardware change (`host_report`), starts `hostler worker` for each model assigned to
 this host, stops workers no longer assigned (the running job finishes first), and
 restarts a crashed worker with backoff until it has crashed too often, after which the
 model is reported as crashing instead of restarted forever.
@@ -24,6 +25,7 @@ import psutil
 import redis
 from hostler.client._connection import URL_ENV
 from hostler.client._errors import ConnectionFailed
+from hostler.client._steps import run_sync
 from hostler.schemas import Assignment, HardwareReport, HostReport, HostWorker, Keys, ModelInfo
 from hostler.worker.engines.available import engine_availability
 from hostler.worker.hardware import gpus
@@ -37,10 +39,10 @@ from pydantic import ValidationError
 
 from .cores import share_cores
 from .endings import fail_orphans
+from .host_report import write_report
 
 log = logging.getLogger("hostler.host")
 
-REPORT_TTL_S = 8
 REPORT_EVERY_S = 2.0
 RESCAN_EVERY_S = 5.0
 MAX_BACKOFF_S = 30.0
@@ -112,6 +114,8 @@ class HostAgent:
     _estimates: dict[tuple[str, float], dict[str, object]] = field(default_factory=dict)
     _last_scan: float = 0.0
     _last_report: float = 0.0
+    # The digest of the catalog this agent last wrote (None: none yet).
+    _catalog_written: str | None = None
     # CPU, cores and engines do not change while the agent runs: probed once, at the first report.
     _hardware: HardwareReport | None = None
     _pulls: PullService | None = None
@@ -182,10 +186,7 @@ class HostAgent:
             hardware=self._hardware.model_copy(update={"ram_available_bytes": memory.available, "gpus": gpus_now}),
             updated_at=time.time(),
         )
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.host(self.host), report.model_dump_json(), ex=REPORT_TTL_S)
-            pipe.sadd(self.keys.hosts, self.host)
-            pipe.execute()
+        self._catalog_written = run_sync(self.connection, write_report(self.keys, report, self._catalog_written))
         self._last_report = time.monotonic()
 
     def _info(self, manifest: ModelManifest) -> ModelInfo:
@@ -325,7 +326,12 @@ class HostAgent:
             # The host leaves at once, with its assignments, instead of waiting for its report's
             # TTL and a controller to bury it (on one machine no controller may be left to).
             with self.connection.pipeline() as pipe:
-                pipe.delete(self.keys.host(self.host), self.keys.assignments(self.host), self.keys.wake(self.host))
+                pipe.delete(
+                    self.keys.host(self.host),
+                    self.keys.host_catalog(self.host),
+                    self.keys.assignments(self.host),
+                    self.keys.wake(self.host),
+                )
                 pipe.srem(self.keys.hosts, self.host)
                 pipe.execute()
         except (redis.RedisError, ConnectionFailed):

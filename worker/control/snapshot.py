@@ -1,15 +1,17 @@
 """What the controller knows each step: the cluster read from Redis, and seen as the policy sees it.
 
-`read_snapshot` reads host reports (an expired one is a dead host), assignments, worker
-reports, specs and queue lengths in four round trips (two of them pipelines); `Snapshot.views` turns that
-into the HostViews `placement.choose_host` weighs.
+`read_snapshot` reads host states (an expired one is a dead host), assignments, worker
+reports, specs and queue lengths in four round trips (two of them pipelines), plus one for
+the catalogs of the hosts whose catalog changed (rarely: a model pulled, an agent started);
+`Snapshot.views` turns that into the HostViews `placement.choose_host` weighs.
 
 A step must cost about as much as the hosts and models it reads, never their product (at
 1,000 hosts and 2,000 models the product is two million): the snapshot indexes assignments,
 workers and model facts by model once, keeps them true as the controller assigns and
 unassigns, and rebuilds a HostView only for the host that changed. `ReportCache` keeps the
 parsed reports between steps: a host heartbeats every 2 s and the leader steps every 0.5 s,
-so most reports it reads are the bytes it parsed last time.
+so most states it reads are the bytes it parsed last time, and nearly every catalog is the one
+it holds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,18 @@ from typing import Any
 
 import redis
 from hostler.client._rqstore import queue_keys
-from hostler.schemas import Assignment, HostReport, Keys, ModelInfo, ModelSpec, WorkerReport, as_text
+from hostler.schemas import (
+    Assignment,
+    HostCatalog,
+    HostReport,
+    HostState,
+    Keys,
+    ModelInfo,
+    ModelSpec,
+    WorkerReport,
+    as_text,
+    join_report,
+)
 from pydantic import ValidationError
 
 from .placement import GpuView, HostView, Resident
@@ -173,24 +186,54 @@ def host_view(report: HostReport) -> HostView:
 
 class ReportCache:
     """Parsed reports kept between steps, by the bytes they were parsed from, with what is
-    derived from a host's report alone (its bare view), so that a report read again costs a
-    comparison of bytes and nothing else."""
+    derived from a host's report alone (its bare view), so that a state read again costs a
+    comparison of bytes and nothing else, and a catalog is read only when its digest changed."""
 
     def __init__(self) -> None:
-        self._hosts: dict[str, tuple[bytes, HostReport, HostView]] = {}
+        self._states: dict[str, tuple[bytes, HostState]] = {}
+        self._catalogs: dict[str, HostCatalog] = {}
+        # A host's report and bare view, with the state and catalog they were joined from.
+        self._hosts: dict[str, tuple[HostState, HostCatalog, HostReport, HostView]] = {}
         self._workers: dict[str, tuple[bytes, WorkerReport]] = {}
         self._assigned: dict[str, tuple[tuple[bytes, ...], dict[str, Assignment]]] = {}
 
-    def host(self, host: str, raw: bytes) -> HostReport:
-        kept = self._hosts.get(host)
+    def state(self, host: str, raw: bytes) -> HostState:
+        kept = self._states.get(host)
         if kept is not None and kept[0] == raw:
             return kept[1]
-        report = HostReport.model_validate_json(raw)
-        self._hosts[host] = (raw, report, host_view(report))
+        state = HostState.model_validate_json(raw)
+        self._states[host] = (raw, state)
+        return state
+
+    def wants_catalog(self, host: str, state: HostState) -> bool:
+        """Whether the catalog the state names is not the one held."""
+        kept = self._catalogs.get(host)
+        return kept is None or kept.digest != state.catalog
+
+    def catalog(self, host: str, state: HostState, raw: bytes | str | None) -> None:
+        """Keeps a catalog read for a state; one that is gone, or not the one the state names
+        (the host wrote both again between the two reads), is not kept: the host's report joins
+        the catalog held, if any, until a later step reads the right one."""
+        if raw is None:
+            return
+        catalog = HostCatalog.model_validate_json(raw)
+        if catalog.digest == state.catalog:
+            self._catalogs[host] = catalog
+
+    def report(self, host: str, state: HostState) -> HostReport | None:
+        """The host's report, or None while no catalog of it has been read."""
+        catalog = self._catalogs.get(host)
+        if catalog is None:
+            return None
+        kept = self._hosts.get(host)
+        if kept is not None and kept[0] is state and kept[1] is catalog:
+            return kept[2]
+        report = join_report(state, catalog)
+        self._hosts[host] = (state, catalog, report, host_view(report))
         return report
 
     def bare(self, hosts: Iterable[str]) -> dict[str, HostView]:
-        return {h: self._hosts[h][2] for h in hosts if h in self._hosts}
+        return {h: self._hosts[h][3] for h in hosts if h in self._hosts}
 
     def worker(self, name: str, raw: bytes) -> WorkerReport:
         kept = self._workers.get(name)
@@ -212,8 +255,9 @@ class ReportCache:
 
     def keep_only(self, hosts: set[str], workers: set[str]) -> None:
         """Forgets what is gone, so the cache is as large as the cluster, no larger."""
-        for name in set(self._hosts) - hosts:
-            del self._hosts[name]
+        for cached in (self._states, self._catalogs, self._hosts):
+            for name in set(cached) - hosts:
+                del cached[name]
         for name in set(self._assigned) - hosts:
             del self._assigned[name]
         for name in set(self._workers) - workers:
@@ -247,22 +291,33 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
         _each(pipe, "HGETALL", [keys.assignments(h) for h in hosts])
         pipe.mget([keys.worker(w) for w in worker_names]) if worker_names else pipe.echo("")
         replies = pipe.execute()
-    reports: dict[str, HostReport] = {}
     dead: list[str] = []
-    assignments: dict[str, dict[str, Assignment]] = {}
-    for i, host in enumerate(hosts):
-        blob = replies[0][i] if hosts else None
+    states: dict[str, HostState] = {}
+    for host, blob in zip(hosts, replies[0] if hosts else [], strict=True):
         if blob is None:
             dead.append(host)
-            continue
-        reports[host] = cache.host(host, blob)
-        assignments[host] = cache.assignments(host, replies[1][i])
+        else:
+            states[host] = cache.state(host, blob)
+    stale = [host for host, state in states.items() if cache.wants_catalog(host, state)]
+    if stale:
+        for host, blob in zip(stale, connection.mget([keys.host_catalog(h) for h in stale]), strict=True):
+            cache.catalog(host, states[host], blob)
+    # A host whose catalog could not be read yet is in neither `reports` nor `dead`: it sits
+    # this step out, and is not buried while its state lives.
+    reports: dict[str, HostReport] = {}
+    assignments: dict[str, dict[str, Assignment]] = {}
+    for i, host in enumerate(hosts):
+        state = states.get(host)
+        joined = cache.report(host, state) if state is not None else None
+        if joined is not None:
+            reports[host] = joined
+            assignments[host] = cache.assignments(host, replies[1][i])
     workers: dict[tuple[str, str], WorkerReport] = {}
     for name, blob in zip(worker_names, replies[-1] if worker_names else [], strict=False):
         if blob is not None:
             report = cache.worker(name, blob)
             workers[(report.host, report.model)] = report
-    cache.keep_only(set(reports), set(worker_names))
+    cache.keep_only(set(states), set(worker_names))
     models = sorted({m.id for r in reports.values() for m in r.models} | {m for a in assignments.values() for m in a})
     with connection.pipeline(transaction=False) as pipe:
         _each(pipe, "LLEN", [key for model in models for key in queue_keys(keys, model)])

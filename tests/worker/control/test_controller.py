@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import redis
+from hostler.client._steps import run_sync
 from hostler.schemas import Assignment, GpuInfo, HostReport, Keys, LoadParams, ModelInfo, ModelSpec
 from hostler.worker.control.controller import Controller
+from hostler.worker.control.host_report import write_report
 from hostler.worker.memory.estimate import worker_need
 from model_infos import info_of
 
@@ -37,8 +39,7 @@ def report(host: str, models: list[ModelInfo], ram: int, gpus: list[GpuInfo] | N
 
 def announce(conn: redis.Redis, *reports: HostReport) -> None:
     for r in reports:
-        conn.set(KEYS.host(r.host), r.model_dump_json(), ex=30)
-        conn.sadd(KEYS.hosts, r.host)
+        run_sync(conn, write_report(KEYS, r, None))
 
 
 def demand(conn: redis.Redis, model: str) -> None:

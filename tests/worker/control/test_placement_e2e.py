@@ -226,7 +226,8 @@ def test_a_dead_machines_running_job_fails_with_a_reason_and_the_queue_moves_on(
 def test_a_model_that_keeps_crashing_is_reported_not_restarted_forever(
     redis_url: str, tmp_path: Path, smollm2: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hostler.schemas import HostReport, Keys
+    from hostler.client._reads import host_reports, run_sync
+    from hostler.schemas import Keys
     from hostler.worker.control import host_agent
     from hostler.worker.control.controller import Controller
 
@@ -263,8 +264,8 @@ def test_a_model_that_keeps_crashing_is_reported_not_restarted_forever(
                 client.complete("sm", "Hello", max_tokens=4)
         assert caught.value.code == "model_crashing"
         assert "crashy: worker exited with code 2 (5 times in a row)" in caught.value.message
-        report = HostReport.model_validate_json(connection.get(keys.host("crashy")) or b"")
-        assert "sm" in report.crashing
+        (report,) = run_sync(connection, host_reports(keys))
+        assert report.host == "crashy" and "sm" in report.crashing
         spawned = agent.crashes["sm"].count
         time.sleep(1.0)
         assert agent.crashes["sm"].count == spawned == host_agent.MAX_CRASHES and not agent.children
