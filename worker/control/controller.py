@@ -209,7 +209,7 @@ class Controller:
     def _bury(self, host: str, snap: Snapshot) -> None:
         assigned = self.connection.hgetall(self.keys.assignments(host))
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.delete(self.keys.assignments(host), self.keys.wake(host))
+            pipe.delete(self.keys.assignments(host), self.keys.wake(host), self.keys.host_catalog(host))
             pipe.srem(self.keys.hosts, host)
             pipe.execute()
         failed = 0
