@@ -63,6 +63,9 @@ class Snapshot:
     bare: dict[str, HostView] = field(default_factory=dict)
     # The specs as read, to refuse a load only while its spec is still the one decided on.
     raw_specs: dict[str, bytes] = field(default_factory=dict)
+    # The reports' models indexed by id (`model_index`); read_snapshot passes the one its cache
+    # keeps between steps, and the snapshot never changes it.
+    infos: dict[str, ModelInfo] | None = None
     _by_model: dict[str, dict[str, Assignment]] = field(init=False, repr=False)
     _infos: dict[str, ModelInfo] = field(init=False, repr=False)
     _slots: dict[str, int] = field(init=False, repr=False)
@@ -74,13 +77,7 @@ class Snapshot:
         for host, placed in self.assignments.items():
             for model, assignment in placed.items():
                 self._by_model.setdefault(model, {})[host] = assignment
-        self._infos = {}
-        for report in self.reports.values():
-            for info in report.models:
-                known = self._infos.get(info.id)
-                # The first estimate any host could make; a model no host could estimate still has a size.
-                if known is None or (known.estimate_bytes is None and info.estimate_bytes is not None):
-                    self._infos[info.id] = info
+        self._infos = self.infos if self.infos is not None else model_index(self.reports.values())
         self._slots = {}
         for (_host, model), worker in self.workers.items():
             self._slots[model] = self._slots.get(model, 0) + max(0, worker.slots - len(worker.running_jobs))
@@ -171,6 +168,18 @@ class Snapshot:
         return found
 
 
+def model_index(reports: Iterable[HostReport]) -> dict[str, ModelInfo]:
+    """Every model on the hosts' disks by id, as the first host that could estimate it reports it."""
+    infos: dict[str, ModelInfo] = {}
+    for report in reports:
+        for info in report.models:
+            known = infos.get(info.id)
+            # A model no host could estimate still has a size.
+            if known is None or (known.estimate_bytes is None and info.estimate_bytes is not None):
+                infos[info.id] = info
+    return infos
+
+
 def host_view(report: HostReport) -> HostView:
     """A host as the policy sees it before anything is placed on it."""
     return HostView(
@@ -196,6 +205,9 @@ class ReportCache:
         self._hosts: dict[str, tuple[HostState, HostCatalog, HostReport, HostView]] = {}
         self._workers: dict[str, tuple[bytes, WorkerReport]] = {}
         self._assigned: dict[str, tuple[tuple[bytes, ...], dict[str, Assignment]]] = {}
+        # The model index of the last step, with the hosts and catalogs it was made from: ten
+        # thousand models on a thousand disks, which change when a catalog does, not every step.
+        self._index: tuple[tuple[tuple[str, HostCatalog], ...], dict[str, ModelInfo]] | None = None
 
     def state(self, host: str, raw: bytes) -> HostState:
         kept = self._states.get(host)
@@ -231,6 +243,17 @@ class ReportCache:
         report = join_report(state, catalog)
         self._hosts[host] = (state, catalog, report, host_view(report))
         return report
+
+    def model_index(self, reports: dict[str, HostReport]) -> dict[str, ModelInfo]:
+        """`model_index` of these reports, made again only when a host or its catalog changed."""
+        made_from = tuple((host, self._hosts[host][1]) for host in reports)
+        if self._index is not None and len(self._index[0]) == len(made_from):
+            # Catalogs compared by identity: a catalog read again is a new object.
+            if all(a[0] == b[0] and a[1] is b[1] for a, b in zip(self._index[0], made_from, strict=True)):
+                return self._index[1]
+        infos = model_index(reports.values())
+        self._index = (made_from, infos)
+        return infos
 
     def bare(self, hosts: Iterable[str]) -> dict[str, HostView]:
         return {h: self._hosts[h][3] for h in hosts if h in self._hosts}
@@ -318,7 +341,8 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
             report = cache.worker(name, blob)
             workers[(report.host, report.model)] = report
     cache.keep_only(set(states), set(worker_names))
-    models = sorted({m.id for r in reports.values() for m in r.models} | {m for a in assignments.values() for m in a})
+    infos = cache.model_index(reports)
+    models = sorted(set(infos).union(*assignments.values()))
     with connection.pipeline(transaction=False) as pipe:
         _each(pipe, "LLEN", [key for model in models for key in queue_keys(keys, model)])
         pipe.mget([keys.spec(m) for m in models]) if models else pipe.echo("")
@@ -326,7 +350,8 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
     queues = {m: int(lengths[2 * i]) + int(lengths[2 * i + 1]) for i, m in enumerate(models)}
     specs = {m: spec for m, raw in zip(models, raw_specs, strict=True) if (spec := _spec(raw)) is not None}
     raw = {m: blob for m, blob in zip(models, raw_specs, strict=True) if blob is not None}
-    return Snapshot(time.time(), reports, dead, assignments, workers, specs, queues, cache.bare(reports), raw_specs=raw)
+    bare = cache.bare(reports)
+    return Snapshot(time.time(), reports, dead, assignments, workers, specs, queues, bare, raw_specs=raw, infos=infos)
 
 
 def _assignments(values: Iterable[bytes]) -> dict[str, Assignment]:

@@ -131,3 +131,22 @@ def test_the_writer_renews_an_unchanged_catalog_and_rewrites_one_that_vanished(c
     assert connection.get(KEYS.host_catalog("h")) == catalog
     assert 0 < connection.ttl(KEYS.host_catalog("h")) <= CATALOG_TTL_S
     assert read_snapshot(connection, KEYS).reports["h"] == written
+
+
+def test_the_model_index_is_made_again_only_when_a_catalog_or_the_hosts_change(connection: redis.Redis) -> None:
+    cache = ReportCache()
+    digest = write(connection, report(["a", "b"]))
+    first = read_snapshot(connection, KEYS, cache)
+    write(connection, report(["a", "b"], ram_available=3 * GIB), digest)
+    second = read_snapshot(connection, KEYS, cache)
+    # A new state alone: the ten thousand models of a big cluster are not walked again.
+    assert second.infos is first.infos and second.models() == {"a", "b"}
+
+    write(connection, report(["a", "b", "c"]), digest)
+    third = read_snapshot(connection, KEYS, cache)
+    assert third.infos is not second.infos and third.models() == {"a", "b", "c"}
+    write(connection, report(["d"], host="g"))
+    fourth = read_snapshot(connection, KEYS, cache)
+    assert fourth.infos is not third.infos and fourth.models() == {"a", "b", "c", "d"}
+    found = fourth.info("d")
+    assert found is not None and found.host == "g"
