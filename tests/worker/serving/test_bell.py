@@ -57,46 +57,47 @@ def until(look: Callable[[], T | None], timeout: float = 5.0) -> T | None:
     return None
 
 
-def test_a_busy_worker_looks_only_after_a_ring_and_leaves_the_ring_for_idle_replicas(
-    store: JobStore, redis_url: str, connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Only a ring may make it look here, never the timer.
-    monkeypatch.setattr(bell, "LOOK_EVERY_S", 3600.0)
-    client = Client(redis_url, timeout=30)
-    try:
-        # A look that finds nothing, then the first busy look, which subscribes.
-        assert store.claim(timeout=0) is None
-        assert store.claim(timeout=0) is None
-        before = commands(connection, "evalsha", "eval", "lpop", "blpop")
-        for _ in range(50):
-            assert store.claim(timeout=0) is None
-        assert commands(connection, "evalsha", "eval", "lpop", "blpop") == before
+@pytest.fixture
+def client(redis_url: str) -> Iterator[Client]:
+    with Client(redis_url, timeout=30) as client:
+        yield client
 
-        handle = client.submit("tiny", "x", max_tokens=2)
-        claimed = until(lambda: store.claim(timeout=0))
-        assert claimed is not None and claimed.job.id == handle.id
-        # The list's ring is still there: an idle replica blocked on it would have woken.
-        assert connection.llen(Keys().bell("tiny")) == 1
-    finally:
-        client.close()
+
+@pytest.fixture
+def busy(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> JobStore:
+    """A store as a busy worker holds it after an empty look, hearing rings: only a ring may make
+    it look, never the timer."""
+    monkeypatch.setattr(bell, "LOOK_EVERY_S", 3600.0)
+    # A look that finds nothing, then the first look after it, which subscribes.
+    assert store.claim(timeout=0) is None
+    assert store.claim(timeout=0) is None
+    return store
+
+
+def test_a_busy_worker_looks_only_after_a_ring_and_leaves_the_ring_for_idle_replicas(
+    busy: JobStore, client: Client, connection: redis.Redis
+) -> None:
+    before = commands(connection, "evalsha", "eval", "lpop", "blpop")
+    for _ in range(50):
+        assert busy.claim(timeout=0) is None
+    assert commands(connection, "evalsha", "eval", "lpop", "blpop") == before
+
+    handle = client.submit("tiny", "x", max_tokens=2)
+    claimed = until(lambda: busy.claim(timeout=0))
+    assert claimed is not None and claimed.job.id == handle.id
+    # The list's ring is still there: an idle replica blocked on it would have woken.
+    assert connection.llen(Keys().bell("tiny")) == 1
 
 
 def test_a_lost_subscription_is_made_again_and_hears_rings(
-    store: JobStore, redis_url: str, connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    busy: JobStore, client: Client, connection: redis.Redis
 ) -> None:
-    monkeypatch.setattr(bell, "LOOK_EVERY_S", 3600.0)
-    client = Client(redis_url, timeout=30)
-    try:
-        assert store.claim(timeout=0) is None
-        assert store.claim(timeout=0) is None
-        assert connection.client_kill_filter(_type="pubsub") == 1
-        # The broken subscription makes it look at once; it subscribes again on a later look.
-        assert until(lambda: store.claim(timeout=0), timeout=1.0) is None
-        handle = client.submit("tiny", "x", max_tokens=2)
-        claimed = until(lambda: store.claim(timeout=0))
-        assert claimed is not None and claimed.job.id == handle.id
-    finally:
-        client.close()
+    assert connection.client_kill_filter(_type="pubsub") == 1
+    # The broken subscription makes it look at once; it subscribes again on a later look.
+    assert until(lambda: busy.claim(timeout=0), timeout=1.0) is None
+    handle = client.submit("tiny", "x", max_tokens=2)
+    claimed = until(lambda: busy.claim(timeout=0))
+    assert claimed is not None and claimed.job.id == handle.id
 
 
 def test_without_a_heard_ring_a_busy_worker_still_looks_on_a_timer(
