@@ -2,8 +2,10 @@
 
 Every enqueue (and every job put back on a queue) rings `hostler:bell:<model>` twice: it pushes
 onto the list of that name, which an idle worker blocks on (one ring wakes one worker), and
-publishes on the channel of that name, which every busy worker of the model listens to. A busy
-worker looks for a new job only after a ring since its last empty look; popping the list for
+publishes on the channel of that name, which every busy worker of the model listens to (it
+subscribes at its first look between steps; a worker that was never busy holds no
+subscription). A busy worker looks for a new job only after a ring since its last empty look;
+popping the list for
 that would cost a round trip every step (a round trip that waits for Redis to get a core back
 from llama.cpp's threads) and would steal rings meant for an idle replica.
 
@@ -41,7 +43,7 @@ class BellListener:
         """Whether to look for a job now: a ring was heard, the subscription is not up, or the
         last look was too long ago. Reads every ring waiting on the socket, so none is counted
         twice."""
-        heard = self.drain()
+        heard = self.drain() if self._pubsub is not None else self._subscribe()
         now = time.monotonic()
         if heard or now - self._last_look >= LOOK_EVERY_S:
             self._last_look = now
@@ -49,13 +51,11 @@ class BellListener:
         return False
 
     def drain(self) -> bool:
-        """Reads the rings waiting on the socket (never blocks); True if one was heard or the
-        subscription had to be made again, so no ring sent meanwhile can have been heard."""
+        """Reads the rings waiting on the socket, if subscribed (never blocks); True if one was
+        heard or the subscription was lost, so that a ring sent meanwhile may have been missed."""
+        if self._pubsub is None:
+            return False
         try:
-            if self._pubsub is None:
-                self._pubsub = self._connection.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                self._pubsub.subscribe(self._channel)
-                return True
             heard = False
             # A subscription's confirmation reads as None and ends the loop early: what came
             # after it is read at the next step.
@@ -63,9 +63,21 @@ class BellListener:
                 heard = True
             return heard
         except (redis.RedisError, OSError) as exc:
-            log.debug("bell subscription lost (%s); looking for jobs on a timer until it is back", exc)
-            self.close()
+            self._lost(exc)
             return True
+
+    def _subscribe(self) -> bool:
+        """Subscribes; always True: rings sent before the subscription was up were not heard."""
+        try:
+            self._pubsub = self._connection.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            self._pubsub.subscribe(self._channel)
+        except (redis.RedisError, OSError) as exc:
+            self._lost(exc)
+        return True
+
+    def _lost(self, exc: Exception) -> None:
+        log.debug("bell subscription lost (%s); looking for jobs on a timer until it is back", exc)
+        self.close()
 
     def close(self) -> None:
         if self._pubsub is None:

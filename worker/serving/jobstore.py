@@ -181,7 +181,8 @@ class JobStore:
             # an idle worker goes straight to waiting for it.
             taken = None if self._empty else self._decode(self._take(keys=self._take_keys, args=self._take_args))
             if taken is None and timeout > 0:
-                # Rings published while idle were pushed onto the list too; only the list wakes it.
+                # A worker that was busy before is still subscribed: the rings published while
+                # it idles were pushed onto the list too, which is what wakes it.
                 self._rings.drain()
                 # rq's own enqueue does not ring: a job pushed that way waits at most `timeout`.
                 self.connection.blpop([self.bell], timeout=timeout)
