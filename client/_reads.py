@@ -13,7 +13,6 @@ from typing import Any
 from hostler.schemas import (
     RESULT_ADAPTER,
     Assignment,
-    ClusterView,
     HostCatalog,
     HostReport,
     HostState,
@@ -146,12 +145,13 @@ def catalog(keys: Keys) -> Reads[dict[str, list[ModelInfo]]]:
     return found
 
 
-def host_statuses(keys: Keys) -> Reads[tuple[ClusterView | None, list[HostStatus]]]:
-    """The controller's view of the hosts, or, with no controller running, the raw reports."""
-    (blob,) = yield [("GET", keys.view)]
-    view = ClusterView.model_validate_json(blob) if blob is not None else None
-    if view is not None:
-        return view, view.hosts
+def host_statuses(keys: Keys) -> Reads[tuple[str | None, list[HostStatus]]]:
+    """The leading controller and its view of the hosts, or, with no controller running, the
+    raw reports (and no leader)."""
+    leader, view = yield [("GET", keys.controller), ("HGETALL", keys.view)]
+    if view:
+        hosts = [HostStatus.model_validate_json(view[host]) for host in sorted(view)]
+        return (as_text(leader) if leader is not None else None), hosts
     reports = yield from host_reports(keys)
     return None, [
         HostStatus.of(
@@ -191,7 +191,7 @@ def models(keys: Keys) -> Reads[tuple[list[ModelInfo], dict[str, list[ModelInfo]
 
 def status(keys: Keys) -> Reads[Status]:
     """Hosts (RAM, VRAM, what is placed and free), placements, workers and queue lengths."""
-    view, hosts = yield from host_statuses(keys)
+    leader, hosts = yield from host_statuses(keys)
     reports = yield from worker_reports(keys)
     models_seen = sorted({m for h in hosts for m in h.models_on_disk} | {r.model for r in reports})
     replies = yield [
@@ -222,7 +222,7 @@ def status(keys: Keys) -> Reads[Status]:
         for r in reports
     ]
     return Status(
-        controller=view.controller if view is not None else None,
+        controller=leader,
         hosts=hosts,
         placements=sorted(placements, key=lambda a: (a.model, a.host)),
         workers=workers,

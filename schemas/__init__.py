@@ -94,7 +94,6 @@ from ._pulls import (
 from ._reports import (
     DEFAULT_KEEP_ALIVE_S,
     Assignment,
-    ClusterView,
     GpuInfo,
     GpuOffload,
     HardwareReport,
@@ -190,7 +189,6 @@ __all__ = [
     "RQ_FUNC_PREFIX",
     "Assignment",
     "ChatJob",
-    "ClusterView",
     "ChatMessage",
     "CompletionJob",
     "CompletionResult",

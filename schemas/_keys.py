@@ -118,7 +118,8 @@ class Keys:
 
     @property
     def view(self) -> str:
-        """The controller's ClusterView (JSON, with a TTL): free memory per host as it counts it."""
+        """Hash host -> HostStatus JSON, with a TTL: each host as the leading controller counts
+        it (free memory, placed models)."""
         return f"{self.prefix}view"
 
     def taken(self, model: str, worker_name: str) -> str:

@@ -307,13 +307,3 @@ class Status(BaseModel):
     placements: list[Assignment]
     workers: list[WorkerStatus]
     queues: dict[str, int] = Field(description="Waiting jobs per model.")
-
-
-class ClusterView(BaseModel):
-    """The leading controller's picture of the hosts, refreshed each step (with a TTL)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    controller: str
-    hosts: list[HostStatus]
-    updated_at: float

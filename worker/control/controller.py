@@ -26,8 +26,8 @@ import redis
 from hostler.schemas import (
     DEFAULT_KEEP_ALIVE_S,
     Assignment,
-    ClusterView,
     ErrorCode,
+    HostReport,
     HostStatus,
     Keys,
     PlacementPolicy,
@@ -49,9 +49,6 @@ LOCK_TTL_S = 5.0
 # hold no reference cycles, so the full collection runs between steps, this often, instead.
 FULL_GC_EVERY_S = 60.0
 VIEW_TTL_S = 10
-# The view is rewritten after a step that changed a placement, else at most this often: at a
-# thousand hosts it is a megabyte of JSON, and hosts report every 2 s anyway.
-VIEW_EVERY_S = 2.0
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -103,7 +100,8 @@ class Controller:
     _extra: dict[str, int] = field(default_factory=dict)
     _outage: OutageGuard = field(default_factory=OutageGuard)
     _reports: ReportCache = field(default_factory=ReportCache)
-    _view_at: float = float("-inf")
+    # The report each host's entry in the view was made from, as last written.
+    _shown: dict[str, HostReport] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._renew = self.connection.register_script(_RENEW)
@@ -150,6 +148,8 @@ class Controller:
         else:
             self.leading = bool(self.connection.set(self.keys.controller, self.name, nx=True, px=ttl_ms))
             if self.leading:
+                # Another leader wrote the view meanwhile: this one writes all of it again.
+                self._shown.clear()
                 log.info("%s leads placement", self.name)
         return self.leading
 
@@ -171,15 +171,13 @@ class Controller:
             for host in snap.dead:
                 self._bury(host, snap)
         self._expire_keep_alive(snap)
-        models = sorted(snap.models())
+        models = sorted(snap.active(demanded))
         desired = {m: self._desired(m, snap) for m in models}
         for model in models:
             self._trim_replicas(model, snap, desired[model])
         for model in models:
             self._place(model, snap, max(desired[model], 1 if model in demanded else 0))
-        if snap.changed or time.monotonic() - self._view_at >= VIEW_EVERY_S:
-            self._publish_view(snap)
-            self._view_at = time.monotonic()
+        self._publish_view(snap)
         # scripts/simulate_hosts.py reads these lines: the step's own work, not its wait for demand;
         # its CPU time too, which a machine shared with other work does not inflate.
         log.debug(
@@ -235,7 +233,7 @@ class Controller:
 
         keep_alive is the model's, not each replica's: a replica that got no work while its
         sibling did stays, and surplus replicas are trimmed separately."""
-        for model in sorted(snap.models()):
+        for model in sorted(snap.active()):
             placed = snap.placements(model)
             if not placed:
                 continue
@@ -397,14 +395,40 @@ class Controller:
         snap.unassign(host, model)
 
     def _publish_view(self, snap: Snapshot) -> None:
-        hosts = [
-            HostStatus.of(
-                snap.reports[v.host],
-                free_bytes=v.free,
-                placed={r.model: r.bytes for r in v.residents},
-                gpu_free={g.index: v.gpu_free(g) for g in v.gpus},
-            )
-            for v in snap.views()
-        ]
-        cluster = ClusterView(controller=self.name, hosts=hosts, updated_at=snap.now)
-        self.connection.set(self.keys.view, cluster.model_dump_json(), ex=VIEW_TTL_S)
+        """Writes the view: each host as the controller counts it (free memory, placed models),
+        one hash field per host. A host's field is rewritten when its report changed or this
+        step placed or removed something there, so the work is spread over the steps as the
+        heartbeats are (a quarter of the hosts a step), not a megabyte of JSON every few steps."""
+        fresh = {
+            host: self._status(host, report, snap)
+            for host, report in snap.reports.items()
+            if self._shown.get(host) is not report or host in snap.touched
+        }
+        gone = [host for host in self._shown if host not in snap.reports]
+        with self.connection.pipeline(transaction=False) as pipe:
+            # Before the write, whether the hash is there: one that vanished (a flush, a
+            # failover, a step missed past its TTL) is written whole again.
+            pipe.expire(self.keys.view, VIEW_TTL_S)
+            if fresh:
+                pipe.hset(self.keys.view, mapping=fresh)
+            if gone:
+                pipe.hdel(self.keys.view, *gone)
+            pipe.expire(self.keys.view, VIEW_TTL_S)
+            kept = pipe.execute()[0]
+        for host in gone:
+            del self._shown[host]
+        self._shown.update((host, snap.reports[host]) for host in fresh)
+        if not kept and len(fresh) < len(snap.reports):
+            self._shown.clear()
+            self._publish_view(snap)
+
+    @staticmethod
+    def _status(host: str, report: HostReport, snap: Snapshot) -> str:
+        view = snap.view(host)
+        status = HostStatus.of(
+            report,
+            free_bytes=view.free,
+            placed={r.model: r.bytes for r in view.residents},
+            gpu_free={g.index: view.gpu_free(g) for g in view.gpus},
+        )
+        return status.model_dump_json()

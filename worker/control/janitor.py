@@ -47,6 +47,23 @@ SWEEP_EVERY_S = 3.0
 # janitor does it, or those sets would outgrow the records they point to.
 TRIM_EVERY_S = 60.0
 
+# Each queue's started registry and rq worker set (KEYS in pairs), answered only for the queues
+# where either holds anything: the pair's number, then both lists. The sweep asks this of every
+# queue every few seconds, and nearly every answer would be two empty lists.
+_LISTED = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local started = redis.call('ZRANGE', KEYS[i], 0, -1)
+  local registered = redis.call('SMEMBERS', KEYS[i + 1])
+  if #started > 0 or #registered > 0 then
+    out[#out + 1] = (i + 1) / 2
+    out[#out + 1] = started
+    out[#out + 1] = registered
+  end
+end
+return out
+"""
+
 
 @dataclass
 class Janitor:
@@ -58,6 +75,9 @@ class Janitor:
     _last_trim: float = 0.0
     _outage: OutageGuard = field(default_factory=OutageGuard)
     _lease_cursor: int = 0
+
+    def __post_init__(self) -> None:
+        self._listed = self.connection.register_script(_LISTED)
 
     def run(self) -> None:
         backoff = OutageBackoff(log, self._stop.wait)
@@ -168,21 +188,24 @@ class Janitor:
 
     def _with_dead_workers(self, models: list[str]) -> list[str]:
         """The models that may have a dead worker: one with started jobs or an rq registration
-        whose hostler heartbeat key is gone. Four pipelined round trips for every model, where
-        `fail_orphans` costs several per model: at 2,000 models, most have none."""
-        queues = [(m, make_queue(self.connection, self.keys.queue_name(m, p))) for m in models for p in PRIORITIES]
-        with self.connection.pipeline(transaction=False) as pipe:
-            for _, queue in queues:
-                pipe.zrange(queue.started_job_registry.key, 0, -1)
-                pipe.smembers(worker_registration.WORKERS_BY_QUEUE_KEY % queue.name)
-            listed = pipe.execute()
+        whose hostler heartbeat key is gone. Three round trips, where `fail_orphans` costs
+        several per model: at 2,000 models most have none, so Redis answers only for the
+        queues that have anything started or registered."""
+        queues = [(m, self.keys.queue_name(m, p)) for m in models for p in PRIORITIES]
+        keys = [
+            key
+            for _, name in queues
+            for key in (StartedJobRegistry.key_template.format(name), worker_registration.WORKERS_BY_QUEUE_KEY % name)
+        ]
+        found = self._listed(keys=keys) if keys else []
         holders: dict[str, set[str]] = {}
         workers: dict[str, set[str]] = {}
-        for i, (model, _) in enumerate(queues):
-            for entry in listed[2 * i]:
+        for at in range(0, len(found), 3):
+            model = queues[int(found[at]) - 1][0]
+            for entry in found[at + 1]:
                 # The job's record names its worker.
                 holders.setdefault(model, set()).add(StartedJobRegistry.parse_job_id(as_text(entry)))
-            for key in listed[2 * i + 1]:
+            for key in found[at + 2]:
                 workers.setdefault(model, set()).add(as_text(key).removeprefix(RqWorker.redis_worker_namespace_prefix))
         jobs = sorted({j for ids in holders.values() for j in ids})
         with self.connection.pipeline(transaction=False) as pipe:
@@ -193,7 +216,7 @@ class Janitor:
         with self.connection.pipeline(transaction=False) as pipe:
             for name in every:
                 pipe.exists(self.keys.worker(name))
-            alive = {name for name, found in zip(every, pipe.execute(), strict=True) if found}
+            alive = {name for name, up in zip(every, pipe.execute(), strict=True) if up}
         return [
             model
             for model in models

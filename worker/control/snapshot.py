@@ -70,7 +70,8 @@ class Snapshot:
     _infos: dict[str, ModelInfo] = field(init=False, repr=False)
     _slots: dict[str, int] = field(init=False, repr=False)
     _views: dict[str, HostView] = field(init=False, repr=False)
-    _changed: bool = field(init=False, repr=False)
+    _placed: dict[str, tuple[Assignment, ...]] = field(init=False, repr=False)
+    _touched: set[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_model = {}
@@ -82,21 +83,33 @@ class Snapshot:
         for (_host, model), worker in self.workers.items():
             self._slots[model] = self._slots.get(model, 0) + max(0, worker.slots - len(worker.running_jobs))
         self._views = {}
-        self._changed = False
+        self._placed = {}
+        self._touched = set()
 
     def models(self) -> set[str]:
         return set(self._infos) | set(self.queues) | set(self._by_model)
+
+    def active(self, demanded: Iterable[str] = ()) -> set[str]:
+        """The models a step has anything to decide for: placed, waited for, asked for by a
+        spec or by demand. Most models on a thousand disks are none of these, and a pass over
+        them would cost the step as much as the ones that are."""
+        waiting = {m for m, n in self.queues.items() if n}
+        placed = {m for m, hosts in self._by_model.items() if hosts}
+        return placed | waiting | set(self.specs) | set(demanded)
 
     def free_slots(self, model: str) -> int:
         """Jobs the model's live workers could start now without queueing (continuous batching)."""
         return self._slots.get(model, 0)
 
     def placed(self, model: str) -> list[Assignment]:
-        """The model's workers that should run, by host name (not where it keeps crashing)."""
-        placed = self._by_model.get(model)
-        if not placed:
-            return []
-        return [placed[host] for host in sorted(placed) if model not in self.reports[host].crashing]
+        """The model's workers that should run, by host name (not where it keeps crashing);
+        a new list the caller may change. Several passes of a step ask for the same model."""
+        kept = self._placed.get(model)
+        if kept is None:
+            placed = self._by_model.get(model, {})
+            kept = tuple(placed[host] for host in sorted(placed) if model not in self.reports[host].crashing)
+            self._placed[model] = kept
+        return list(kept)
 
     def placements(self, model: str) -> list[tuple[str, Assignment]]:
         """Every host the model is assigned to, crashing or not, by host name."""
@@ -107,21 +120,24 @@ class Snapshot:
         return self._infos.get(model)
 
     @property
-    def changed(self) -> bool:
-        """Whether the controller assigned or unassigned anything in this snapshot."""
-        return self._changed
+    def touched(self) -> set[str]:
+        """The hosts the controller assigned to or unassigned from in this snapshot."""
+        return self._touched
 
     def assign(self, host: str, assignment: Assignment) -> None:
-        self._changed = True
         self.assignments.setdefault(host, {})[assignment.model] = assignment
         self._by_model.setdefault(assignment.model, {})[host] = assignment
-        self._views.pop(host, None)
+        self._changed_on(host, assignment.model)
 
     def unassign(self, host: str, model: str) -> None:
-        self._changed = True
         self.assignments.get(host, {}).pop(model, None)
         self._by_model.get(model, {}).pop(host, None)
+        self._changed_on(host, model)
+
+    def _changed_on(self, host: str, model: str) -> None:
+        self._touched.add(host)
         self._views.pop(host, None)
+        self._placed.pop(model, None)
 
     # -- the cluster as the policy sees it ------------------------------------------
 

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import redis
+from hostler.client._reads import status
 from hostler.client._steps import run_sync
-from hostler.schemas import Assignment, GpuInfo, HostReport, Keys, LoadParams, ModelInfo, ModelSpec
+from hostler.schemas import Assignment, GpuInfo, HostReport, HostStatus, Keys, LoadParams, ModelInfo, ModelSpec
 from hostler.worker.control.controller import Controller
 from hostler.worker.control.host_report import write_report
 from hostler.worker.memory.estimate import worker_need
@@ -146,3 +147,70 @@ def test_full_collections_wait_for_the_controller_while_it_runs_and_not_after(co
     assert seen[0][:2] == before[:2] and seen[0][2] > before[2]
     assert gc.get_threshold() == before
     assert not connection.exists(KEYS.controller)  # it resigned on its way out
+
+
+def view(conn: redis.Redis) -> dict[str, HostStatus | str]:
+    """The view hash, a field the controller did not write kept as its raw text."""
+    found: dict[str, HostStatus | str] = {}
+    for host, raw in conn.hgetall(KEYS.view).items():
+        text = raw.decode()
+        found[host.decode()] = HostStatus.model_validate_json(text) if text.startswith("{") else text
+    return found
+
+
+def test_the_view_rewrites_a_host_only_when_its_report_or_its_placements_changed(
+    connection: redis.Redis, model_files: dict[str, Path]
+) -> None:
+    catalog = models(model_files["tiny"], "a")
+    announce(connection, report("one", catalog, 4 * GIB), report("two", catalog, 8 * GIB))
+    controller = Controller(connection=connection, keys=KEYS)
+    controller.step(wait=0.01)
+    first = view(connection)
+    assert sorted(first) == ["one", "two"] and connection.ttl(KEYS.view) > 0
+    # Marks in place of both entries show which ones the next steps write again.
+    connection.hset(KEYS.view, mapping={"one": "kept", "two": "kept"})
+    controller.step(wait=0.01)
+    assert view(connection) == {"one": "kept", "two": "kept"}  # nothing changed, nothing written
+    announce(connection, report("one", catalog, 5 * GIB))
+    controller.step(wait=0.01)
+    now = view(connection)
+    assert now["two"] == "kept"
+    assert isinstance(now["one"], HostStatus) and now["one"].ram_total_bytes == 5 * GIB
+    # A placement rewrites its host, though the host's report is the same.
+    demand(connection, "a")
+    controller.step(wait=0.01)
+    now = view(connection)
+    assert placed(connection) == {"a": ["two"]}
+    assert isinstance(now["two"], HostStatus) and set(now["two"].placed) == {"a"}
+
+
+def test_a_vanished_view_is_written_whole_and_a_gone_host_leaves_it(
+    connection: redis.Redis, model_files: dict[str, Path]
+) -> None:
+    catalog = models(model_files["tiny"], "a")
+    announce(connection, report("one", catalog, 4 * GIB), report("two", catalog, 8 * GIB))
+    controller = Controller(connection=connection, keys=KEYS)
+    controller.step(wait=0.01)
+    connection.delete(KEYS.view)
+    announce(connection, report("one", catalog, 5 * GIB))  # one host changed, the other did not
+    controller.step(wait=0.01)
+    assert sorted(view(connection)) == ["one", "two"]
+    connection.delete(KEYS.host("two"))  # its state expired: the host is dead
+    controller.step(wait=0.01)
+    assert sorted(view(connection)) == ["one"]
+
+
+def test_status_names_the_leader_and_its_view_of_each_host(
+    connection: redis.Redis, model_files: dict[str, Path]
+) -> None:
+    catalog = models(model_files["tiny"], "a")
+    announce(connection, report("one", catalog, 4 * GIB))
+    assert run_sync(connection, status(KEYS)).controller is None  # no controller: the raw reports
+    controller = Controller(connection=connection, keys=KEYS)
+    assert controller.lead()
+    demand(connection, "a")
+    controller.step(wait=0.01)
+    seen = run_sync(connection, status(KEYS))
+    assert seen.controller == controller.name
+    need = worker_need(catalog[0]).ram
+    assert [(h.host, h.placed, h.free_bytes) for h in seen.hosts] == [("one", {"a": need}, 4 * GIB - need)]
