@@ -56,6 +56,8 @@ from sim_fleet import PREFIX, Fleet, run_fleet
 STEP_LINE = re.compile(r"step took ([\d.]+) ms, ([\d.]+) ms of CPU")
 LEASE_LINE = re.compile(r"lease pass took ([\d.]+) ms, ([\d.]+) ms of CPU")
 SWEEP_LINE = re.compile(r"sweep took ([\d.]+) ms, ([\d.]+) ms of CPU")
+# The young collection the controller runs after each step, outside the step's own time (ms of CPU).
+COLLECT_LINE = re.compile(r"then ([\d.]+) ms collecting")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -133,6 +135,11 @@ def lines_since(log: Path, offset: int, pattern: re.Pattern[str]) -> tuple[list[
     text = log.read_bytes()[offset:].decode(errors="replace")
     found = [(float(m.group(1)), float(m.group(2))) for m in pattern.finditer(text)]
     return [w for w, _ in found], [c for _, c in found]
+
+
+def collected_since(log: Path, offset: int) -> list[float]:
+    text = log.read_bytes()[offset:].decode(errors="replace")
+    return [float(m.group(1)) for m in COLLECT_LINE.finditer(text)]
 
 
 def both(times: tuple[list[float], list[float]]) -> str:
@@ -306,6 +313,7 @@ def main() -> None:
                 elapsed = time.perf_counter() - started
                 total_rate, total_top = rate(before, command_calls(conn), elapsed)
                 steps = lines_since(controller_log, offset, STEP_LINE)
+                collections = collected_since(controller_log, offset)
                 plane_memory, clients_memory = dataset_memory(conn)
                 plane_memory -= base_memory
                 families = memory_by_family(conn, keys)
@@ -343,6 +351,7 @@ def main() -> None:
     )
     print("  by family: " + ", ".join(f"{name} {size / mib:.1f} MiB" for name, size in families.items()))
     print(f"controller step: {both(steps)}")
+    print(f"controller's collection after each step, CPU: {spread(collections)}")
     print(f"demand to assignment: {spread([x * 1000 for x in latencies])}")
     print(f"{args.jobs} leased jobs enqueued at {enqueue_rate:.0f} jobs/s, {jobs_memory / mib:.0f} MiB")
     print(f"janitor lease pass with them: {both(leases)}")
