@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from hostler.client._reads import status
 from hostler.client._steps import run_sync
@@ -158,13 +159,20 @@ def view(conn: redis.Redis) -> dict[str, HostStatus | str]:
     return found
 
 
-def test_the_view_rewrites_a_host_only_when_its_report_or_its_placements_changed(
-    connection: redis.Redis, model_files: dict[str, Path]
-) -> None:
+@pytest.fixture
+def two_hosts(connection: redis.Redis, model_files: dict[str, Path]) -> tuple[Controller, list[ModelInfo]]:
+    """Hosts one (4 GiB) and two (8 GiB) with model a on disk, after a controller's first step."""
     catalog = models(model_files["tiny"], "a")
     announce(connection, report("one", catalog, 4 * GIB), report("two", catalog, 8 * GIB))
     controller = Controller(connection=connection, keys=KEYS)
     controller.step(wait=0.01)
+    return controller, catalog
+
+
+def test_the_view_rewrites_a_host_only_when_its_report_or_its_placements_changed(
+    connection: redis.Redis, two_hosts: tuple[Controller, list[ModelInfo]]
+) -> None:
+    controller, catalog = two_hosts
     first = view(connection)
     assert sorted(first) == ["one", "two"] and connection.ttl(KEYS.view) > 0
     # Marks in place of both entries show which ones the next steps write again.
@@ -185,12 +193,9 @@ def test_the_view_rewrites_a_host_only_when_its_report_or_its_placements_changed
 
 
 def test_a_vanished_view_is_written_whole_and_a_gone_host_leaves_it(
-    connection: redis.Redis, model_files: dict[str, Path]
+    connection: redis.Redis, two_hosts: tuple[Controller, list[ModelInfo]]
 ) -> None:
-    catalog = models(model_files["tiny"], "a")
-    announce(connection, report("one", catalog, 4 * GIB), report("two", catalog, 8 * GIB))
-    controller = Controller(connection=connection, keys=KEYS)
-    controller.step(wait=0.01)
+    controller, catalog = two_hosts
     connection.delete(KEYS.view)
     announce(connection, report("one", catalog, 5 * GIB))  # one host changed, the other did not
     controller.step(wait=0.01)
