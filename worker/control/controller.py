@@ -35,6 +35,7 @@ from hostler.schemas import (
 )
 from hostler.worker.memory.estimate import Need, worker_need
 from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff, OutageGuard
+from redis.typing import EncodableT, FieldT
 
 from .endings import fail_orphans, fail_queued
 from .placement import Demand, NoFit, Placement, choose_host, fits_once_settled, keep_alive_expired
@@ -415,11 +416,10 @@ class Controller:
         one hash field per host. A host's field is rewritten when its report changed or this
         step placed or removed something there, so the work is spread over the steps as the
         heartbeats are (a quarter of the hosts a step), not a megabyte of JSON every few steps."""
-        fresh = {
-            host: self._status(host, report, snap)
-            for host, report in snap.reports.items()
-            if self._shown.get(host) is not report or host in snap.touched
-        }
+        changed = [
+            host for host, report in snap.reports.items() if self._shown.get(host) is not report or host in snap.touched
+        ]
+        fresh: dict[FieldT, EncodableT] = {host: self._status(host, snap.reports[host], snap) for host in changed}
         gone = [host for host in self._shown if host not in snap.reports]
         with self.connection.pipeline(transaction=False) as pipe:
             # Before the write, whether the hash is there: one that vanished (a flush, a
@@ -433,7 +433,7 @@ class Controller:
             kept = pipe.execute()[0]
         for host in gone:
             del self._shown[host]
-        self._shown.update((host, snap.reports[host]) for host in fresh)
+        self._shown.update((host, snap.reports[host]) for host in changed)
         if not kept and len(fresh) < len(snap.reports):
             self._shown.clear()
             self._publish_view(snap)
