@@ -15,6 +15,7 @@ import pydantic
 import pytest
 from conftest import Stack, running_stack
 from gateway_proc import Gateway, Gateways
+from hostler.worker.engines.llama_cpu import safe_llama_defaults
 from llama_cpp import Llama
 from structured_cases import MAX_TOKENS, SCHEMAS, check
 
@@ -144,8 +145,15 @@ def test_bad_schemas_grammars_and_logprobs_are_400s_naming_the_problem(gateway: 
         client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, logprobs=21)
 
 
+def _llama(path: Path) -> Llama:
+    # As a worker loads it: on an AMX CPU without extra buffer types, whose AMX kernel crashes
+    # the process (llama_cpu.py).
+    with safe_llama_defaults():
+        return Llama(model_path=str(path), **IN_PROCESS)
+
+
 def _in_process(path: Path, prompt: str, max_tokens: int, top: int) -> dict[str, Any]:
-    llama = Llama(model_path=str(path), **IN_PROCESS)
+    llama = _llama(path)
     try:
         out: Any = llama.create_completion(prompt, max_tokens=max_tokens, temperature=0, logprobs=top)
         return dict(out["choices"][0])
@@ -192,7 +200,7 @@ def test_completion_logprobs_equal_llama_cpp_python_s_streamed_and_not(
 def test_chat_logprobs_equal_llama_cpp_python_s_through_the_async_sdk_streamed_and_not(
     gateway: Gateway, model_files: dict[str, Path]
 ) -> None:
-    llama = Llama(model_path=str(model_files["tiny"]), **IN_PROCESS)
+    llama = _llama(model_files["tiny"])
     try:
         expected: Any = llama.create_chat_completion(
             ASK,  # type: ignore[arg-type]
