@@ -32,6 +32,7 @@ from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.worker import Worker as RqWorker
 
+from .each import each
 from .endings import fail_orphans
 
 log = logging.getLogger("hostler.janitor")
@@ -126,11 +127,11 @@ class Janitor:
                 self.connection.hdel(self.keys.leases, job_id)
         if not leases:
             return 0
-        with self.connection.pipeline(transaction=False) as pipe:
-            for job_id, _ in leases:
-                pipe.exists(self.keys.waiting(job_id))
-                pipe.exists(self.keys.start_by(job_id))
-            alive = pipe.execute()
+        alive = each(
+            self.connection,
+            "EXISTS",
+            [key for job_id, _ in leases for key in (self.keys.waiting(job_id), self.keys.start_by(job_id))],
+        )
         canceled = 0
         for i, (job_id, lease) in enumerate(leases):
             waited_for, in_time = alive[2 * i], alive[2 * i + 1]
@@ -213,10 +214,8 @@ class Janitor:
                 pipe.hget(RqJob.key_for(job_id), "worker_name")
             names = dict(zip(jobs, (as_text(n) if n is not None else "" for n in pipe.execute()), strict=True))
         every = sorted({names[j] for ids in holders.values() for j in ids} | {w for ws in workers.values() for w in ws})
-        with self.connection.pipeline(transaction=False) as pipe:
-            for name in every:
-                pipe.exists(self.keys.worker(name))
-            alive = {name for name, up in zip(every, pipe.execute(), strict=True) if up}
+        heartbeats = each(self.connection, "EXISTS", [self.keys.worker(name) for name in every]) if every else []
+        alive = {name for name, up in zip(every, heartbeats, strict=True) if up}
         return [
             model
             for model in models

@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import redis
 from hostler.client._rqstore import queue_keys
@@ -38,6 +37,7 @@ from hostler.schemas import (
 )
 from pydantic import ValidationError
 
+from .each import each
 from .placement import GpuView, HostView, Resident
 
 __all__ = ["ReportCache", "Snapshot", "read_snapshot"]
@@ -303,23 +303,6 @@ class ReportCache:
             del self._workers[name]
 
 
-# One command that runs ARGV[1] (LLEN, HGETALL) on every key: a thousand commands in a pipeline
-# cost redis-py more CPU to pack and parse than Redis spends answering them, and the controller
-# reads a thousand assignment hashes and two queue lengths per model every step.
-_EACH = """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call(ARGV[1], key) end
-return out
-"""
-
-
-def _each(pipe: Any, command: str, keys: list[str]) -> None:
-    if keys:
-        pipe.eval(_EACH, len(keys), *keys, command)
-    else:
-        pipe.echo("")
-
-
 def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None = None) -> Snapshot:
     """The cluster as Redis holds it now (one host report expired: that host is in `dead`)."""
     cache = cache or ReportCache()
@@ -327,7 +310,7 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
     worker_names = sorted(as_text(w) for w in connection.smembers(keys.workers))
     with connection.pipeline(transaction=False) as pipe:
         pipe.mget([keys.host(h) for h in hosts]) if hosts else pipe.echo("")
-        _each(pipe, "HGETALL", [keys.assignments(h) for h in hosts])
+        each(pipe, "HGETALL", [keys.assignments(h) for h in hosts])
         pipe.mget([keys.worker(w) for w in worker_names]) if worker_names else pipe.echo("")
         replies = pipe.execute()
     dead: list[str] = []
@@ -360,7 +343,7 @@ def read_snapshot(connection: redis.Redis, keys: Keys, cache: ReportCache | None
     infos = cache.model_index(reports)
     models = sorted(set(infos).union(*assignments.values()))
     with connection.pipeline(transaction=False) as pipe:
-        _each(pipe, "LLEN", [key for model in models for key in queue_keys(keys, model)])
+        each(pipe, "LLEN", [key for model in models for key in queue_keys(keys, model)])
         pipe.mget([keys.spec(m) for m in models]) if models else pipe.echo("")
         lengths, raw_specs = pipe.execute() if models else ([], [])
     queues = {m: int(lengths[2 * i]) + int(lengths[2 * i + 1]) for i, m in enumerate(models)}
