@@ -26,11 +26,15 @@ from ._steps import run_async
 
 log = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT_S = 10.0
+# A subscribe that found the shared connection coming back tries again after this long.
+RESUBSCRIBE_S = 0.05
 # What a command on the shared pub/sub connection raises when that connection goes away. The
 # reader task and a (un)subscribe share it: when the reader's read fails (a failover, a restart)
 # redis-py disconnects it, and a send already past its connected check then finds no writer
-# (AttributeError on None) instead of a ConnectionError.
-_CONNECTION_LOST = (redis.RedisError, OSError, AttributeError)
+# (AttributeError on None) instead of a ConnectionError. Whichever of them touches it next
+# connects it again; when both do at once, the second to read the handshake's reply gets
+# asyncio's RuntimeError ("read() called while another coroutine is already waiting").
+_CONNECTION_LOST = (redis.RedisError, OSError, AttributeError, RuntimeError)
 
 
 class EventHub:
@@ -49,16 +53,31 @@ class EventHub:
         confirmed = asyncio.get_running_loop().create_future()
         self._queues[channel] = queue
         self._confirmations[channel] = confirmed
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
         try:
-            async with self._lock:
-                await self._pubsub.subscribe(channel)
-                if self._reader is None or self._reader.done():
-                    self._reader = asyncio.create_task(self._read(), name="hostler-events")
-            await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT_S)
+            await self._send_subscribe(channel, deadline)
+            await asyncio.wait_for(confirmed, max(0.0, deadline - time.monotonic()))
         except (*_CONNECTION_LOST, TimeoutError) as exc:
             self._forget(channel)
             raise ConnectionFailed(f"could not subscribe to {channel}: {exc or 'no confirmation'}") from exc
         return queue
+
+    async def _send_subscribe(self, channel: str, deadline: float) -> None:
+        """SUBSCRIBE on the shared connection. While that connection is coming back (after a
+        failover, every job a client starts at that moment subscribes), it is sent again until
+        the deadline: the job is not even enqueued yet, and refusing it would lose nothing but
+        make its caller start over."""
+        while True:
+            try:
+                async with self._lock:
+                    await self._pubsub.subscribe(channel)
+                    if self._reader is None or self._reader.done():
+                        self._reader = asyncio.create_task(self._read(), name="hostler-events")
+                return
+            except _CONNECTION_LOST:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(RESUBSCRIBE_S)
 
     async def unsubscribe(self, channel: str) -> None:
         self._forget(channel)
