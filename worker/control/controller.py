@@ -27,19 +27,17 @@ from hostler.schemas import (
     DEFAULT_KEEP_ALIVE_S,
     Assignment,
     ErrorCode,
-    HostReport,
-    HostStatus,
     Keys,
     PlacementPolicy,
     as_text,
 )
 from hostler.worker.memory.estimate import Need, worker_need
 from hostler.worker.outage import REDIS_OUTAGE, OutageBackoff, OutageGuard
-from redis.typing import EncodableT, FieldT
 
 from .endings import fail_orphans, fail_queued
 from .placement import Demand, NoFit, Placement, choose_host, fits_once_settled, keep_alive_expired
 from .snapshot import ReportCache, Snapshot, read_snapshot
+from .view import ViewWriter
 
 log = logging.getLogger("hostler.controller")
 
@@ -49,7 +47,6 @@ LOCK_TTL_S = 5.0
 # steps, adding about 250 ms to the step it fell in (scripts/simulate_hosts.py). The reports
 # hold no reference cycles, so the full collection runs between steps, this often, instead.
 FULL_GC_EVERY_S = 60.0
-VIEW_TTL_S = 10
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -101,8 +98,7 @@ class Controller:
     _extra: dict[str, int] = field(default_factory=dict)
     _outage: OutageGuard = field(default_factory=OutageGuard)
     _reports: ReportCache = field(default_factory=ReportCache)
-    # The report each host's entry in the view was made from, as last written.
-    _shown: dict[str, HostReport] = field(default_factory=dict)
+    _view: ViewWriter = field(default_factory=ViewWriter)
 
     def __post_init__(self) -> None:
         self._renew = self.connection.register_script(_RENEW)
@@ -149,8 +145,7 @@ class Controller:
         else:
             self.leading = bool(self.connection.set(self.keys.controller, self.name, nx=True, px=ttl_ms))
             if self.leading:
-                # Another leader wrote the view meanwhile: this one writes all of it again.
-                self._shown.clear()
+                self._view.forget()
                 log.info("%s leads placement", self.name)
         return self.leading
 
@@ -203,7 +198,7 @@ class Controller:
             self._trim_replicas(model, snap, desired[model])
         for model in models:
             self._place(model, snap, max(desired[model], 1 if model in demanded else 0))
-        self._publish_view(snap)
+        self._view.write(self.connection, self.keys, snap)
         return len(snap.reports), len(models)
 
     def _wait_demand(self, wait: float) -> set[str]:
@@ -410,41 +405,3 @@ class Controller:
             pipe.expire(self.keys.wake(host), 10)
             pipe.execute()
         snap.unassign(host, model)
-
-    def _publish_view(self, snap: Snapshot) -> None:
-        """Writes the view: each host as the controller counts it (free memory, placed models),
-        one hash field per host. A host's field is rewritten when its report changed or this
-        step placed or removed something there, so the work is spread over the steps as the
-        heartbeats are (a quarter of the hosts a step), not a megabyte of JSON every few steps."""
-        changed = [
-            host for host, report in snap.reports.items() if self._shown.get(host) is not report or host in snap.touched
-        ]
-        fresh: dict[FieldT, EncodableT] = {host: self._status(host, snap.reports[host], snap) for host in changed}
-        gone = [host for host in self._shown if host not in snap.reports]
-        with self.connection.pipeline(transaction=False) as pipe:
-            # Before the write, whether the hash is there: one that vanished (a flush, a
-            # failover, a step missed past its TTL) is written whole again.
-            pipe.expire(self.keys.view, VIEW_TTL_S)
-            if fresh:
-                pipe.hset(self.keys.view, mapping=fresh)
-            if gone:
-                pipe.hdel(self.keys.view, *gone)
-            pipe.expire(self.keys.view, VIEW_TTL_S)
-            kept = pipe.execute()[0]
-        for host in gone:
-            del self._shown[host]
-        self._shown.update((host, snap.reports[host]) for host in changed)
-        if not kept and len(fresh) < len(snap.reports):
-            self._shown.clear()
-            self._publish_view(snap)
-
-    @staticmethod
-    def _status(host: str, report: HostReport, snap: Snapshot) -> str:
-        view = snap.view(host)
-        status = HostStatus.of(
-            report,
-            free_bytes=view.free,
-            placed={r.model: r.bytes for r in view.residents},
-            gpu_free={g.index: view.gpu_free(g) for g in view.gpus},
-        )
-        return status.model_dump_json()
