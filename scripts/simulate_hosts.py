@@ -132,14 +132,12 @@ def hostler_process(command: str, url: str, log: Path) -> Iterator[subprocess.Po
 
 def lines_since(log: Path, offset: int, pattern: re.Pattern[str]) -> tuple[list[float], list[float]]:
     """Wall and CPU milliseconds of every line matching pattern after offset."""
-    text = log.read_bytes()[offset:].decode(errors="replace")
-    found = [(float(m.group(1)), float(m.group(2))) for m in pattern.finditer(text)]
+    found = [(float(m.group(1)), float(m.group(2))) for m in pattern.finditer(text_since(log, offset))]
     return [w for w, _ in found], [c for _, c in found]
 
 
-def collected_since(log: Path, offset: int) -> list[float]:
-    text = log.read_bytes()[offset:].decode(errors="replace")
-    return [float(m.group(1)) for m in COLLECT_LINE.finditer(text)]
+def text_since(log: Path, offset: int) -> str:
+    return log.read_bytes()[offset:].decode(errors="replace")
 
 
 def both(times: tuple[list[float], list[float]]) -> str:
@@ -313,7 +311,7 @@ def main() -> None:
                 elapsed = time.perf_counter() - started
                 total_rate, total_top = rate(before, command_calls(conn), elapsed)
                 steps = lines_since(controller_log, offset, STEP_LINE)
-                collections = collected_since(controller_log, offset)
+                collections = [float(m.group(1)) for m in COLLECT_LINE.finditer(text_since(controller_log, offset))]
                 plane_memory, clients_memory = dataset_memory(conn)
                 plane_memory -= base_memory
                 families = memory_by_family(conn, keys)

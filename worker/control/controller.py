@@ -165,14 +165,17 @@ class Controller:
         # The young collections a step's allocations set off (the reports it parses and keeps
         # survive into them) took a tenth of its time at a thousand hosts: they run after it,
         # before the wait for demand, where they delay no placement.
+        collecting = gc.isenabled()
         gc.disable()
         try:
             hosts, models = self._decide(demanded)
         finally:
-            gc.enable()
+            if collecting:
+                gc.enable()
         took, took_cpu = (time.perf_counter() - started) * 1000, (time.thread_time() - cpu) * 1000
-        collecting = time.thread_time()
-        gc.collect(1)
+        collected = time.thread_time()
+        if collecting:
+            gc.collect(1)
         # scripts/simulate_hosts.py reads these lines: the step's own work, not its wait for demand;
         # its CPU time too, which a machine shared with other work does not inflate.
         log.debug(
@@ -182,7 +185,7 @@ class Controller:
             hosts,
             models,
             len(demanded),
-            (time.thread_time() - collecting) * 1000,
+            (time.thread_time() - collected) * 1000,
         )
 
     def _decide(self, demanded: set[str]) -> tuple[int, int]:

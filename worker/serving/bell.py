@@ -5,9 +5,8 @@ onto the list of that name, which an idle worker blocks on (one ring wakes one w
 publishes on the channel of that name, which every busy worker of the model listens to (it
 subscribes at its first look between steps; a worker that was never busy holds no
 subscription). A busy worker looks for a new job only after a ring since its last empty look;
-popping the list for
-that would cost a round trip every step (a round trip that waits for Redis to get a core back
-from llama.cpp's threads) and would steal rings meant for an idle replica.
+popping the list for that would cost a round trip every step (a round trip that waits for Redis
+to get a core back from llama.cpp's threads) and would steal rings meant for an idle replica.
 
 A published ring is lost when the subscription is down (a Redis restart, a failover, the moment
 before the subscription is confirmed), and rq's own enqueue does not ring at all, so the
