@@ -20,7 +20,11 @@ each is driven alone in turn with the same new paragraphs, the order reversed ev
 A run sends every request, `clients` at a time (closed loop: each client sends its next request
 when its last one ended); every request is streamed, so the time to the first content delta
 (TTFT) is measured on every one. tokens/s is completion tokens (from the streamed usage; counted
-from the text where a server sends none) / wall time of the whole run. Afterwards an in-process
+from the text where a server sends none) / wall time of the whole run. CPU per token is the CPU
+time of the server's processes (hostler: Redis, `hostler up` and its workers, the gateway), and
+apart that of the clients (this process), over the run's completion tokens: on a machine whose
+cores the servers saturate, it is what their tokens/s comes down to, and it moves far less with
+the neighbours than tokens/s does. Afterwards an in-process
 llama-cpp-python run of the first run's prompts, one at a time, gives the TTFT hostler's queue
 adds at 1 client.
 
@@ -144,6 +148,8 @@ class Cell:
     counted_tokens: int = 0  # replies whose tokens were counted from their text (no usage sent)
     idle_cores: float = 0.0  # CPU of this benchmark's other servers, idle meanwhile
     round_no: int = 0
+    server_cpu: float = 0.0  # CPU seconds of the server's processes during the run
+    client_cpu: float = 0.0  # CPU seconds of this process (the clients) during the run
 
     @property
     def ok(self) -> list[Reply]:
@@ -164,6 +170,9 @@ class Cell:
     @property
     def requests_per_min(self) -> float:
         return 60.0 * len(self.ok) / self.seconds if self.seconds else 0.0
+
+    def cpu_ms_per_token(self, seconds: float) -> float:
+        return 1000.0 * seconds / self.tokens if self.tokens else 0.0
 
     def ttft(self, q: float) -> float | None:
         return percentile([r.ttft for r in self.ok if r.ttft is not None], q)
@@ -331,11 +340,12 @@ class Bench:
             async with target.asker(chats) as ask:
                 return await closed_loop(ask, len(chats), clients, self.args.run_timeout)
 
-        before = (tree_cpu(target.pids) + _self_cpu(), tree_cpu(others), machine_cpu())
+        before = (tree_cpu(target.pids), _self_cpu(), tree_cpu(others), machine_cpu())
         seconds, replies = asyncio.run(go())
-        ours, idle = tree_cpu(target.pids) + _self_cpu() - before[0], max(0.0, tree_cpu(others) - before[1])
-        cell = Cell(target.row, clients, seconds, replies, round_no=round_no)
-        cell.other_cores = max(0.0, machine_cpu() - before[2] - ours - idle) / seconds
+        server, client = tree_cpu(target.pids) - before[0], _self_cpu() - before[1]
+        ours, idle = server + client, max(0.0, tree_cpu(others) - before[2])
+        cell = Cell(target.row, clients, seconds, replies, round_no=round_no, server_cpu=server, client_cpu=client)
+        cell.other_cores = max(0.0, machine_cpu() - before[3] - ours - idle) / seconds
         cell.idle_cores = idle / seconds
         for reply in cell.ok:
             if reply.tokens is None:
@@ -359,6 +369,8 @@ def cell_line(cell: Cell) -> str:
     return (
         f"{cell.row} x{cell.clients}: {len(cell.ok)} ok {cell.failed} failed in {cell.seconds:.1f} s, "
         f"{cell.tokens_per_s:.1f} tok/s, {cell.requests_per_min:.1f} req/min, TTFT p50 {ms(p50)} p95 {ms(p95)}, "
+        f"CPU per token: server {cell.cpu_ms_per_token(cell.server_cpu):.2f} ms, "
+        f"clients {cell.cpu_ms_per_token(cell.client_cpu):.2f} ms, "
         f"other programs {cell.other_cores or 0.0:.2f} cores, idle servers {cell.idle_cores:.2f}{counted}"
     )
 
@@ -582,15 +594,19 @@ def report(bench: Bench, inproc: dict[str, list[float]] | None) -> None:
     cells = quietest(bench.cells)
     rounds = f", the quietest of {bench.args.rounds} rounds per client count" if bench.args.rounds > 1 else ""
     print(f"\n{bench.args.requests} requests per run{rounds}:")
-    print("| server | clients | tok/s | req/min | TTFT p50 | TTFT p95 | ok/failed | other programs (cores) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| server | clients | tok/s | req/min | TTFT p50 | TTFT p95 | server CPU ms/token | client CPU ms/token "
+        "| ok/failed | other programs (cores) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cell in cells:
         if cell.error:
-            print(f"| {cell.row} | {cell.clients} | skipped | | | | | |")
+            print(f"| {cell.row} | {cell.clients} | skipped | | | | | | | |")
             continue
         print(
             f"| {cell.row} | {cell.clients} | {cell.tokens_per_s:.1f} | {cell.requests_per_min:.1f} | "
-            f"{ms(cell.ttft(50))} | {ms(cell.ttft(95))} | {len(cell.ok)}/{cell.failed} | "
+            f"{ms(cell.ttft(50))} | {ms(cell.ttft(95))} | {cell.cpu_ms_per_token(cell.server_cpu):.2f} | "
+            f"{cell.cpu_ms_per_token(cell.client_cpu):.2f} | {len(cell.ok)}/{cell.failed} | "
             f"{cell.other_cores or 0.0:.2f} |"
         )
     by = {(c.row, c.clients): c for c in cells if not c.error and c.ok}

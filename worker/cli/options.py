@@ -87,6 +87,17 @@ def checked_model_id(model_id: str, param_hint: str = "--model") -> str:
         raise click.BadParameter(str(exc), param_hint=param_hint) from None
 
 
+def checked_stream_interval() -> float:
+    """HOSTLER_STREAM_INTERVAL_MS in seconds (workers inherit it from `up` and `host`), checked
+    before anything starts."""
+    from hostler.worker.serving.events import stream_interval_s
+
+    try:
+        return stream_interval_s()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def run_until_signal(run: Callable[[], None], stop: Callable[[], None]) -> None:
     """Runs a service loop until SIGINT or SIGTERM asks it to stop (it then finishes its step)."""
 

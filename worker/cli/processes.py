@@ -17,6 +17,7 @@ from hostler.worker.models.registry import scan
 from .options import (
     allow_dir_option,
     checked_model_id,
+    checked_stream_interval,
     host_option,
     max_memory_option,
     max_queue_option,
@@ -57,6 +58,7 @@ def worker_command(
     from hostler.worker.serving.worker import ModelWorker
 
     checked_model_id(model_id)
+    stream_interval_s = checked_stream_interval()
     catalog = scan(models_dir)
     manifest = catalog.models.get(model_id)
     if manifest is None:
@@ -76,6 +78,7 @@ def worker_command(
         idle_exit_s=idle_exit,
         preload=preload,
         parent_pid=os.getppid() if exit_with_parent else None,
+        stream_interval_s=stream_interval_s,
     )
     worker.install_signal_handlers()
     worker.run()
@@ -98,6 +101,7 @@ def host_command(
     """
     from hostler.worker.control.host_agent import HostAgent
 
+    checked_stream_interval()
     url = resolve_url(redis_url)
     agent = HostAgent(
         connection=connect(url),

@@ -20,6 +20,7 @@ from hostler.worker.models.registry import scan
 
 from .options import (
     allow_dir_option,
+    checked_stream_interval,
     host_option,
     max_memory_option,
     max_queue_option,
@@ -68,6 +69,7 @@ def up_command(
     from hostler.worker.embedded_redis import EmbeddedRedis
     from hostler.worker.models.fetch import DEFAULT_MODEL, fetch
 
+    checked_stream_interval()
     models_dir.mkdir(parents=True, exist_ok=True)
     first_run = not scan(models_dir).models
     if first_run:

@@ -50,7 +50,7 @@ from rq.worker import Worker as RqWorker
 
 from .embeddings import Embeddings
 from .ending import JobEnds
-from .events import EventSender, JobEvents
+from .events import DEFAULT_STREAM_INTERVAL_S, EventSender, JobEvents
 from .heartbeat import Heartbeat
 from .jobstore import Claimed, JobStore
 from .model import HeldModel
@@ -72,6 +72,7 @@ class ModelWorker:
         idle_exit_s: float | None = None,
         preload: bool = False,
         parent_pid: int | None = None,
+        stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -85,7 +86,7 @@ class ModelWorker:
         queue_names = [keys.queue_name(manifest.id, p) for p in PRIORITIES]
         self.rq_worker = RqWorker(queue_names, connection=connection, name=self.name, serializer=JSONSerializer)
         self.store = JobStore(connection, keys, manifest.id, self.rq_worker, keys.taken(manifest.id, self.name))
-        self.events = EventSender(connection)
+        self.events = EventSender(connection, stream_interval_s)
         self.model = HeldModel(connection, keys, manifest, engine_factory)
         self.state: WorkerState = "starting"
         # Generations in flight by engine handle, oldest first.
@@ -329,6 +330,8 @@ class ModelWorker:
             if output.finish_reason is not None:
                 del self.running[output.seq]
                 self._finish(running, output.finish_reason)
+        for running in self.running.values():
+            running.publisher.tick()
         self._stop_what_must_stop(engine)
         if not self.running:
             self.state = "idle"

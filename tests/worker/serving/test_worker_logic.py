@@ -38,8 +38,12 @@ def test_jobs_are_served_in_fifo_order(served: tuple[Client, ModelWorker], conne
 
 def test_stream_pieces_join_to_the_stored_result(served: tuple[Client, ModelWorker]) -> None:
     client, _ = served
-    pieces = list(client.stream("tiny", "hello", max_tokens=7))
-    assert pieces == [f" w{i}" for i in range(7)]
+    stream = client.stream("tiny", "hello", max_tokens=7)
+    pieces = list(stream)
+    # The first piece goes at once; the fake engine's next six come within the stream interval.
+    assert pieces[0] == " w0"
+    assert "".join(pieces) == "".join(f" w{i}" for i in range(7))
+    assert stream.result is not None and stream.result.text == "".join(pieces)
 
 
 def test_unknown_model_raises_before_enqueue(served: tuple[Client, ModelWorker], connection: redis.Redis) -> None:
