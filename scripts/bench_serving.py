@@ -47,6 +47,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -611,6 +612,8 @@ def report(bench: Bench, inproc: dict[str, list[float]] | None) -> None:
         )
     by = {(c.row, c.clients): c for c in cells if not c.error and c.ok}
     report_ratios(by, bench.args.clients)
+    if bench.args.rounds > 1:
+        report_round_ratios(bench.cells, bench.args.clients)
     if inproc:
         report_added_ttft(by, inproc)
     report_texts(bench.cells)
@@ -637,6 +640,24 @@ def report_ratios(by: dict[tuple[str, int], Cell], clients_list: list[int]) -> N
                     f"  {clients} client(s): {mine} / {theirs}: {a.tokens_per_s / b.tokens_per_s:.2f} "
                     f"({a.requests_per_min / b.requests_per_min:.2f})"
                 )
+
+
+def report_round_ratios(cells: list[Cell], clients_list: list[int]) -> None:
+    """hostler / llama-server in every round, and the median: the same server moves by tens of
+    percent between rounds on a shared machine, and every row of a round moves with it."""
+    by = {(c.row, c.clients, c.round_no): c for c in cells if not c.error and c.ok}
+    rounds = sorted({c.round_no for c in cells})
+    print("\nhostler / llama-server in every round (tokens/s), and the median over rounds:")
+    for clients in clients_list:
+        for mine in (GATEWAY, QUEUE):
+            ratios = []
+            for r in rounds:
+                a, b = by.get((mine, clients, r)), by.get((LLAMA_SERVER, clients, r))
+                if a is not None and b is not None and b.tokens_per_s:
+                    ratios.append(a.tokens_per_s / b.tokens_per_s)
+            if ratios:
+                each = ", ".join(f"{q:.2f}" for q in ratios)
+                print(f"  {clients} client(s): {mine}: {each}; median {statistics.median(ratios):.2f}")
 
 
 def report_added_ttft(by: dict[tuple[str, int], Cell], inproc: dict[str, list[float]]) -> None:

@@ -12,8 +12,8 @@ once, later ones joined into one token event. On a machine whose cores llama.cpp
 fill, every event wakes the sender thread, Redis and each reader (the AsyncClient, or the
 gateway and its HTTP client), and each wake-up takes a core from the decode; one event
 every 50 ms instead of one per token gave 6 % more tokens/s at one client through the
-AsyncClient and 11 % through the gateway (scripts/bench_serving.py, docs/architecture.md),
-and 50 ms is below what a reader of streamed text can see.
+AsyncClient and 11 % through the gateway (scripts/bench_stream_interval.py,
+docs/architecture.md), and 50 ms is below what a reader of streamed text can see.
 """
 
 from __future__ import annotations
