@@ -85,6 +85,10 @@ class JobEvents:
         if self._text and time.monotonic() - self._sent_at >= self.sender.stream_interval_s:
             self._send_held()
 
+    def drop_held(self) -> None:
+        """Forgets the pieces held back: the job is someone else's now (taken from this worker)."""
+        self._text, self._logprobs = [], None
+
     def _send_held(self) -> None:
         if not self._text:
             return

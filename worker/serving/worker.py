@@ -331,7 +331,10 @@ class ModelWorker:
                 del self.running[output.seq]
                 self._finish(running, output.finish_reason)
         for running in self.running.values():
-            running.publisher.tick()
+            if running.claimed.lost:
+                running.publisher.drop_held()  # as its tokens are not sent once it is lost
+            else:
+                running.publisher.tick()
         self._stop_what_must_stop(engine)
         if not self.running:
             self.state = "idle"

@@ -94,6 +94,16 @@ def test_an_error_sends_the_held_pieces_first(sender: EventSender, listener: Any
     assert error["seq"] == 2 and error["code"] == "timeout"
 
 
+def test_dropped_pieces_are_never_sent(sender: EventSender, listener: Any) -> None:
+    job = JobEvents(sender, CHANNEL, grace_s=60)
+    job.token("mine")
+    job.token(" lost")
+    job.drop_held()  # the job was taken from this worker
+    done = json.loads(job.done(result("mine")))
+    assert [(e["seq"], e["text"]) for e in received(listener, 2, timeout=0.5)] == [(0, "mine")]
+    assert done["seq"] == 1
+
+
 def test_interval_zero_sends_every_piece(connection: redis.Redis, listener: Any) -> None:
     sender = EventSender(connection, stream_interval_s=0.0)
     try:
