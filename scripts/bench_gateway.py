@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,9 +214,11 @@ def wait_http(url: str, what: str, proc: subprocess.Popen[bytes], log: Path, tim
 
 
 @contextmanager
-def process(cmd: list[str], log: Path, redis_url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    cmd: list[str], log: Path, redis_url: str | None = None, extra_env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     # A Redis URL goes by environment, never argv: `ps` shows every user a command line.
-    env = {**os.environ, "HOSTLER_REDIS_URL": redis_url} if redis_url else None
+    env = {**os.environ, **(extra_env or {}), **({"HOSTLER_REDIS_URL": redis_url} if redis_url else {})}
     with log.open("wb") as handle:
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:

@@ -52,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -474,30 +474,44 @@ def start_hostler(setup: Setup) -> list[Target]:
     The gateway row and the AsyncClient row each get a stack of their own (Redis, `hostler up`):
     a round sends both the same paragraphs, and one worker's kept prompts would give the second
     row every prompt for free."""
+    args = setup.args
+    print("hostler: hostler up --models DIR --no-demo; hostler gateway --port PORT (defaults)", flush=True)
+    return [
+        hostler_target(setup.stack, setup.tmp, setup.path, row, row.split()[-1], args.max_tokens, args.start_timeout)
+        for row in (GATEWAY, QUEUE)
+    ]
+
+
+def hostler_target(
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    model: Path,
+    row: str,
+    name: str,
+    max_tokens: int,
+    start_timeout: float,
+    extra_env: Mapping[str, str] | None = None,
+) -> Target:
+    """One hostler stack named `name` (an embedded Redis, `hostler up` on a folder holding only
+    `model`, and for the gateway row `hostler gateway`), and how row sends it requests."""
     from hostler.worker.embedded_redis import EmbeddedRedis
 
-    args, tmp = setup.args, setup.tmp
-    models = tmp / "models"
+    models = tmp / f"models-{name}"
     models.mkdir()
-    (models / f"{MODEL}.gguf").symlink_to(setup.path)
+    (models / f"{MODEL}.gguf").symlink_to(model)
     hostler = [sys.executable, "-m", "hostler.worker"]
+    server = stack.enter_context(EmbeddedRedis())
+    up_cmd = [*hostler, "up", "--models", str(models), "--no-demo", "--host-id", f"bench-{name}"]
+    up = stack.enter_context(process(up_cmd, tmp / f"up-{name}.log", server.url, extra_env))
+    pids = [up.pid, *([server.process.pid] if server.process else [])]
+    if row == QUEUE:
+        return Target(row, lambda chats: queue_asker(server.url, chats, max_tokens), pids)
     port = free_port()
-    up_cmd = [*hostler, "up", "--models", str(models), "--no-demo", "--host-id", "bench"]
-    gateway_cmd = [*hostler, "gateway", "--port", str(port)]
-    print(f"hostler: hostler up --models DIR --no-demo; hostler gateway --port {port} (defaults)", flush=True)
-    stacks = []
-    for row in (GATEWAY, QUEUE):
-        server = setup.stack.enter_context(EmbeddedRedis())
-        up = setup.stack.enter_context(process(up_cmd, tmp / f"up-{row.split()[-1]}.log", server.url))
-        stacks.append((server, [up.pid, *([server.process.pid] if server.process else [])]))
-    (gateway_redis, gateway_pids), (queue_redis, queue_pids) = stacks
-    gateway = setup.stack.enter_context(process(gateway_cmd, tmp / "gateway.log", gateway_redis.url))
-    wait_http(f"http://127.0.0.1:{port}/health", GATEWAY, gateway, tmp / "gateway.log", timeout=args.start_timeout)
+    log = tmp / f"gateway-{name}.log"
+    gateway = stack.enter_context(process([*hostler, "gateway", "--port", str(port)], log, server.url, extra_env))
+    wait_http(f"http://127.0.0.1:{port}/health", row, gateway, log, timeout=start_timeout)
     url = f"http://127.0.0.1:{port}/v1"
-    return [
-        Target(GATEWAY, lambda chats: openai_asker(url, chats, args.max_tokens), [*gateway_pids, gateway.pid]),
-        Target(QUEUE, lambda chats: queue_asker(queue_redis.url, chats, args.max_tokens), queue_pids),
-    ]
+    return Target(row, lambda chats: openai_asker(url, chats, max_tokens), [*pids, gateway.pid])
 
 
 # -- in process ---------------------------------------------------------------------------------

@@ -77,7 +77,9 @@ class JobEvents:
         joined to the next event (tick(), done() or error() send it)."""
         self._text.append(text)
         if logprobs is not None:
-            self._logprobs = [*(self._logprobs or ()), *logprobs]
+            if self._logprobs is None:
+                self._logprobs = []
+            self._logprobs.extend(logprobs)
         self.tick()
 
     def tick(self) -> None:

@@ -23,6 +23,7 @@ from hostler.worker.serving.events import (
 )
 
 CHANNEL = "hostler:test-events"
+INTERVAL_S = 1.0
 
 
 @pytest.fixture
@@ -56,7 +57,8 @@ def logprob(token: str) -> TokenLogprob:
 
 @pytest.fixture
 def sender(connection: redis.Redis) -> Iterator[EventSender]:
-    sender = EventSender(connection, stream_interval_s=0.3)
+    # Long enough that a slow machine's receive between two pieces never reaches it.
+    sender = EventSender(connection, stream_interval_s=INTERVAL_S)
     yield sender
     sender.close()
 
@@ -71,7 +73,7 @@ def test_pieces_within_the_interval_join_into_one_event(sender: EventSender, lis
     job.tick()
     sender.flush()
     assert received(listener, 1, timeout=0.1) == []  # held: the interval has not passed
-    time.sleep(0.35)
+    time.sleep(INTERVAL_S + 0.05)
     job.tick()
     joined = received(listener, 1)
     assert [(e["seq"], e["text"]) for e in joined] == [(1, " upon a")]
