@@ -85,13 +85,21 @@ class EventStream(StreamingResponse):
 
     async def _send_all(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        # The chunk that ends in [DONE] is held, so that the end of the body goes out in its write.
+        held = b""
         while True:
             try:
                 chunk = await self.chunks.__anext__()
             except StopAsyncIteration:
                 break
             except Exception as exc:  # noqa: BLE001 - once the headers are out, an error is a stream event
-                await send({"type": "http.response.body", "body": self.on_error(exc), "more_body": True})
+                held += self.on_error(exc)
                 break
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if held:
+                await send({"type": "http.response.body", "body": held, "more_body": True})
+            held = b""
+            if chunk.endswith(DONE):
+                held = chunk
+            else:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": held, "more_body": False})
