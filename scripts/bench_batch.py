@@ -2,13 +2,18 @@
 
     .venv/bin/python scripts/bench_batch.py [--docs 24] [--max-tokens 64]
 
-One run, SmolLM2-135M-Instruct, the same generated documents and settings (temperature 0,
-one thread per engine) in three ways:
-  in-process   a plain loop of create_chat_completion, pinned to core 0;
-  1 worker     hostler, one worker pinned to core 0 (taskset), documents through Client.map;
-  2 workers    hostler, two workers pinned to cores 0 and 1.
+One run, SmolLM2-135M-Instruct, the same generated documents (temperature 0), five ways:
+  in-process    a plain loop of create_chat_completion, one thread pinned to core 0;
+  1 worker      hostler, one worker pinned to core 0 (taskset), one thread, through Client.map;
+  2 workers     hostler, two workers pinned to cores 0 and 1, one thread each;
+  one job at a time
+                what a worker did by default before slots: one job after another, threads
+                half the cores, no prompt kept from the job before (in-process, so without
+                the queue's own cost: the comparison favours it);
+  defaults      hostler, one worker with nothing set but the context (every core, 8 slots).
 It prints documents per minute and the ratios the project targets: 1 worker >= 0.95x the
-in-process loop, 2 workers >= 1.8x 1 worker. The client and Redis run unpinned beside them.
+in-process loop, 2 workers >= 1.8x 1 worker, a worker with defaults >= 1.3x one job at a time.
+The client and Redis run unpinned beside them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from hostler.worker.engines.llama_cpu import safe_llama_defaults
 from hostler.worker.models.fetch import SMOLLM2, fetch
 
 MODEL = "sm"
+# The same file again, loaded with nothing set but the context, as a user's first model.yaml.
+DEFAULTS_MODEL = "sm-defaults"
 # Jobs one worker runs at once by default (LoadParams.n_parallel).
 IN_FLIGHT = LoadParams().n_parallel
 HOST_ID = "bench-batch"
@@ -81,21 +88,27 @@ class Phase:
         return self.tokens / self.seconds
 
 
-def in_process(path: Path, docs: Sequence[str], max_tokens: int) -> Phase:
+def in_process(path: Path, docs: Sequence[str], max_tokens: int, *, one_job_at_a_time: bool = False) -> Phase:
+    """The loop pinned to core 0; or, one_job_at_a_time, the loop as a worker ran it by default
+    before slots: unpinned, threads half the usable cores, every prompt evaluated whole."""
     import llama_cpp
 
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
+    threads = max(1, len(before) // 2) if one_job_at_a_time else 1
+    if not one_job_at_a_time:
+        os.sched_setaffinity(0, {0})
     try:
         with safe_llama_defaults():
             # flash_attn=True: the workers leave it to llama.cpp, which turns it on on a CPU.
             llm = llama_cpp.Llama(
-                str(path), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False
+                str(path), n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False
             )
         llm.create_chat_completion(messages(docs[0]), max_tokens=4, temperature=0)  # warm-up
         texts, tokens = [], 0
         started = time.perf_counter()
         for doc in docs:
+            if one_job_at_a_time:
+                llm.reset()  # the old worker kept no prefix from the job before (cache_prompt off)
             out = llm.create_chat_completion(messages(doc), max_tokens=max_tokens, temperature=0)
             texts.append(str(out["choices"][0]["message"]["content"]))  # type: ignore[index]
             tokens += int(out["usage"]["completion_tokens"])  # type: ignore[index]
@@ -103,10 +116,16 @@ def in_process(path: Path, docs: Sequence[str], max_tokens: int) -> Phase:
         llm.close()
     finally:
         os.sched_setaffinity(0, before)
-    return Phase("in-process, 1 core", seconds, len(docs), tokens, texts)
+    name = "in-process, 1 core"
+    if one_job_at_a_time:
+        name = f"one job at a time, {threads} thread{'s' if threads > 1 else ''}"
+    return Phase(name, seconds, len(docs), tokens, texts)
 
 
-def through_hostler(url: str, models_dir: Path, cores: Sequence[int], docs: Sequence[str], max_tokens: int) -> Phase:
+def through_hostler(
+    url: str, models_dir: Path, cores: Sequence[int], docs: Sequence[str], max_tokens: int, *, model: str = MODEL
+) -> Phase:
+    """Workers pinned one to each of cores; with no cores, one worker of model left unpinned."""
     keys = Keys(PREFIX)
     connection = redis.Redis.from_url(url, socket_timeout=30)
     connection.flushdb()
@@ -115,21 +134,22 @@ def through_hostler(url: str, models_dir: Path, cores: Sequence[int], docs: Sequ
     agent.rescan()
     try:
         with HostReporter(agent), Client(url, prefix=PREFIX, timeout=1800) as client:
-            for core in cores:
-                command = ["taskset", "-c", str(core), *worker_command(MODEL, models_dir, PREFIX, HOST_ID)]
+            pins = [["taskset", "-c", str(core)] for core in cores] or [[]]
+            for pin in pins:
+                command = [*pin, *worker_command(model, models_dir, PREFIX, HOST_ID)]
                 workers.append(
                     subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=worker_env(url))
                 )
-            _wait_workers(client, len(cores))
+            _wait_workers(client, model, len(pins))
             # Warm-up: every worker loads the model (n_threads from model.yaml) before timing.
-            list(client.map(MODEL, [messages(docs[0])] * 2 * len(cores), max_in_flight=IN_FLIGHT, max_tokens=4))
+            list(client.map(model, [messages(docs[0])] * 2 * len(pins), max_in_flight=IN_FLIGHT, max_tokens=4))
             started = time.perf_counter()
             results = list(
                 client.map(
-                    MODEL,
+                    model,
                     [messages(d) for d in docs],
                     # Enough queued that every worker's slots stay full (continuous batching).
-                    max_in_flight=IN_FLIGHT * len(cores),
+                    max_in_flight=IN_FLIGHT * len(pins),
                     max_tokens=max_tokens,
                     temperature=0,
                 )  # fmt: skip
@@ -144,16 +164,20 @@ def through_hostler(url: str, models_dir: Path, cores: Sequence[int], docs: Sequ
             worker.wait(30)
         connection.close()
     done = [r for r in results if isinstance(r, CompletionResult)]
-    name = f"hostler, {len(cores)} worker{'s' if len(cores) > 1 else ''} on core{'s' if len(cores) > 1 else ''} "
+    if cores:
+        name = f"hostler, {len(cores)} worker{'s' if len(cores) > 1 else ''} on core{'s' if len(cores) > 1 else ''} "
+        name += ",".join(map(str, cores))
+    else:
+        name = "hostler, 1 worker, defaults"
     return Phase(
-        name + ",".join(map(str, cores)), seconds, len(done), sum(r.usage.completion_tokens for r in done),
+        name, seconds, len(done), sum(r.usage.completion_tokens for r in done),
         [r.text for r in done],
     )  # fmt: skip
 
 
-def _wait_workers(client: Client, n: int, timeout: float = 120.0) -> None:
+def _wait_workers(client: Client, model: str, n: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    while len([w for w in client.status().workers if w.model == MODEL]) < n:
+    while len([w for w in client.status().workers if w.model == model]) < n:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{n} workers did not start within {timeout:.0f} s")
         time.sleep(0.2)
@@ -178,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (folder / "model.yaml").write_text(
             f"id: {MODEL}\nengine: llama\nfile: {path.name}\nload:\n  n_ctx: {N_CTX}\n  n_threads: 1\n"
         )
+        defaults = models_dir / DEFAULTS_MODEL
+        defaults.mkdir()
+        (defaults / path.name).symlink_to(path)
+        (defaults / "model.yaml").write_text(f"id: {DEFAULTS_MODEL}\nengine: llama\nfile: {path.name}\n")
         print(f"{len(docs)} documents, max_tokens {args.max_tokens}, SmolLM2-135M-Instruct, temperature 0; "
               f"workers run {IN_FLIGHT} jobs at once, sharing the prompt cache", flush=True)  # fmt: skip
         phases = [in_process(path, docs, args.max_tokens)]
@@ -185,13 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cores in ([0], [0, 1]):
             phases.append(through_hostler(server.url, models_dir, cores, docs, args.max_tokens))
             print(f"  {phases[-1].name}: {phases[-1].docs_per_min:.1f} docs/min", flush=True)
-    inproc, one, two = phases
+        phases.append(in_process(path, docs, args.max_tokens, one_job_at_a_time=True))
+        print(f"  {phases[-1].name}: {phases[-1].docs_per_min:.1f} docs/min", flush=True)
+        phases.append(through_hostler(server.url, models_dir, [], docs, args.max_tokens, model=DEFAULTS_MODEL))
+        print(f"  {phases[-1].name}: {phases[-1].docs_per_min:.1f} docs/min", flush=True)
+    inproc, one, two, serial, default = phases
     print(f"\n{'':<34} {'docs/min':>9} {'tokens/s':>9} {'seconds':>8}")
     for phase in phases:
         print(f"{phase.name:<34} {phase.docs_per_min:>9.1f} {phase.tokens_per_s:>9.1f} {phase.seconds:>8.1f}")
     same = sum(a == b for a, b in zip(inproc.texts, one.texts, strict=False))
     print(f"\n1 worker / in-process:   {one.docs_per_min / inproc.docs_per_min:.3f}  (target >= 0.95)")
     print(f"2 workers / 1 worker:    {two.docs_per_min / one.docs_per_min:.3f}  (target >= 1.8)")
+    print(f"defaults / one at a time: {default.docs_per_min / serial.docs_per_min:.3f}  (target >= 1.3)")
     print(f"summaries equal to in-process at temperature 0: {same}/{len(docs)}")
     return 0
 
