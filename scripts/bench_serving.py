@@ -19,8 +19,11 @@ All servers start first and stay up (idle); then, for each client count (1 and 8
 each is driven alone in turn with the same new paragraphs, the order reversed every other round.
 A run sends every request, `clients` at a time (closed loop: each client sends its next request
 when its last one ended); every request is streamed, so the time to the first content delta
-(TTFT) is measured on every one. tokens/s is completion tokens (from the streamed usage; counted
-from the text where a server sends none) / wall time of the whole run. CPU per token is the CPU
+(TTFT) is measured on every one. tokens/s is completion tokens / wall time of the whole run,
+the tokens counted from each reply's text with the model's tokenizer, one rule for every server:
+llama-server's own usage counts the end-of-generation token as well (one token more per reply
+than hostler or OpenAI report; about 4% of these short replies), and the example server sends
+none when streaming. Each run also prints the servers' own counts. CPU per token is the CPU
 time of the server's processes (hostler: Redis, `hostler up` and its workers, the gateway), and
 apart that of the clients (this process), over the run's completion tokens: on a machine whose
 cores the servers saturate, it is what their tokens/s comes down to, and it moves far less with
@@ -134,7 +137,8 @@ def has_amx() -> bool:
 class Reply:
     ttft: float | None  # seconds to the first content delta
     text: str
-    tokens: int | None  # completion tokens from usage; None when the server sent none
+    usage: int | None  # completion tokens as the server's usage says; None when it sent none
+    tokens: int = 0  # completion tokens counted from the text (Bench.run), the same rule for every server
     retried: int = 0  # connections the server had closed before the request reached it
 
 
@@ -146,7 +150,7 @@ class Cell:
     replies: list[Reply | None] = field(default_factory=list)
     other_cores: float | None = None
     error: str | None = None
-    counted_tokens: int = 0  # replies whose tokens were counted from their text (no usage sent)
+    no_usage: int = 0  # replies that came without a usage count
     idle_cores: float = 0.0  # CPU of this benchmark's other servers, idle meanwhile
     round_no: int = 0
     server_cpu: float = 0.0  # CPU seconds of the server's processes during the run
@@ -162,7 +166,11 @@ class Cell:
 
     @property
     def tokens(self) -> int:
-        return sum(r.tokens or 0 for r in self.ok)
+        return sum(r.tokens for r in self.ok)
+
+    @property
+    def reported_tokens(self) -> int:
+        return sum(r.usage or 0 for r in self.ok)
 
     @property
     def tokens_per_s(self) -> float:
@@ -253,7 +261,7 @@ async def openai_asker(base_url: str, chats: Chats, max_tokens: int) -> AsyncIte
                         if first is None:
                             first = time.perf_counter() - started
                         parts.append(choice.delta.content)
-        return Reply(first, "".join(parts), tokens, retried)
+        return Reply(first, "".join(parts), usage=tokens, retried=retried)
 
     try:
         yield ask
@@ -279,7 +287,7 @@ async def queue_asker(redis_url: str, chats: Chats, max_tokens: int) -> AsyncIte
                             first = time.perf_counter() - started
                         parts.append(piece)
             result = stream.result
-            return Reply(first, "".join(parts), result.usage.completion_tokens if result is not None else None)
+            return Reply(first, "".join(parts), usage=result.usage.completion_tokens if result is not None else None)
 
         yield ask
 
@@ -349,9 +357,8 @@ class Bench:
         cell.other_cores = max(0.0, machine_cpu() - before[3] - ours - idle) / seconds
         cell.idle_cores = idle / seconds
         for reply in cell.ok:
-            if reply.tokens is None:
-                reply.tokens = self.count_tokens(reply.text)
-                cell.counted_tokens += 1
+            reply.tokens = self.count_tokens(reply.text)
+            cell.no_usage += reply.usage is None
         self.cells.append(cell)
         print("  " + cell_line(cell), flush=True)
         return cell
@@ -364,7 +371,10 @@ class Bench:
 
 def cell_line(cell: Cell) -> str:
     p50, p95 = cell.ttft(50), cell.ttft(95)
-    counted = f", tokens of {cell.counted_tokens} replies counted from text" if cell.counted_tokens else ""
+    if cell.no_usage:
+        counted = f", {cell.no_usage} replies without usage"
+    else:
+        counted = f", {cell.reported_tokens} tokens by the server's usage, {cell.tokens} counted"
     retried = sum(r.retried for r in cell.ok)
     counted += f", {retried} requests resent on a connection closed by the server" if retried else ""
     return (
@@ -505,6 +515,8 @@ def hostler_target(
     up = stack.enter_context(process(up_cmd, tmp / f"up-{name}.log", server.url, extra_env))
     pids = [up.pid, *([server.process.pid] if server.process else [])]
     if row == QUEUE:
+        # Nothing else waits for `hostler up` here (the gateway row waits for its /health).
+        wait_listed(server.url, up, tmp / f"up-{name}.log", start_timeout)
         return Target(row, lambda chats: queue_asker(server.url, chats, max_tokens), pids)
     port = free_port()
     log = tmp / f"gateway-{name}.log"
@@ -512,6 +524,20 @@ def hostler_target(
     wait_http(f"http://127.0.0.1:{port}/health", row, gateway, log, timeout=start_timeout)
     url = f"http://127.0.0.1:{port}/v1"
     return Target(row, lambda chats: openai_asker(url, chats, max_tokens), [*pids, gateway.pid])
+
+
+def wait_listed(redis_url: str, up: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Until `hostler up` has listed the model on its Redis."""
+    from hostler import Client
+
+    deadline = time.monotonic() + timeout
+    with Client(redis_url) as client:
+        while not any(info.id == MODEL for info in client.models()):
+            if up.poll() is not None:
+                raise RuntimeError(f"hostler up exited with {up.returncode}; see {log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"hostler up did not list {MODEL} within {timeout:.0f} s; see {log}")
+            time.sleep(0.2)
 
 
 # -- in process ---------------------------------------------------------------------------------
@@ -569,7 +595,9 @@ def inprocess_ttft(path: Path, chats: Chats, threads: int, amx: bool) -> dict[st
 
 
 def token_counter(path: Path) -> Callable[[str], int]:
-    """Counts a reply's tokens from its text, for servers that send no usage when streaming."""
+    """Counts a reply's tokens from its text: one rule for every server. Their own counts differ
+    (llama-server's usage counts the end-of-generation token, one more per reply than hostler's
+    and OpenAI's; the example server sends none when streaming)."""
     import llama_cpp
 
     vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)

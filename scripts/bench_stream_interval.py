@@ -84,7 +84,7 @@ def main() -> int:
                     before = (tree_cpu(target.pids), _self_cpu())
                     seconds, replies = asyncio.run(drive(target, chats, n))
                     ok = [reply for reply in replies if reply is not None]
-                    tokens = sum(reply.tokens or 0 for reply in ok)
+                    tokens = sum(reply.usage or 0 for reply in ok)  # both stacks count alike
                     tps = tokens / seconds
                     tokens_s.setdefault((name, n), []).append(tps)
                     client_ms = 1000 * (_self_cpu() - before[1]) / max(tokens, 1)
