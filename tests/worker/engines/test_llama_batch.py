@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams
+from hostler.worker.engines.kept_prompts import common_prefix
 from hostler.worker.engines.llama_batch import BatchedLlama, SequenceRequest
 from hostler.worker.engines.protocol import ContextExceeded, StepOutput
 
@@ -513,3 +514,27 @@ def test_a_prompt_cut_from_its_slot_is_kept_and_copied_back(tiny: Path, cache_ra
             assert cached <= 1 and len(engine._cache.kept) == 0
     finally:
         engine.close()
+
+
+def test_a_kept_prompt_sparing_a_few_tokens_more_than_a_slot_is_copied_back(tiny: Path) -> None:
+    """A kept prompt that holds only a few more of a prompt's tokens than the slot still wins:
+    copying its cells back costs less than evaluating even one of them."""
+    engine = BatchedLlama(tiny, LoadParams(n_ctx=512, n_parallel=1))
+    try:
+        first = engine.prompt_tokens(PREFIX + "the farm by the river was green")
+        other = engine.prompt_tokens(PREFIX + "a ship left the harbour at dawn")
+        later = engine.prompt_tokens(PREFIX + "the farm by the river was dry")
+        with_slot = common_prefix(other, later)  # what the slot holds after `other`
+        with_kept = common_prefix(first, later)
+        assert 0 < with_kept - with_slot < 16, "the point: only a few tokens more"
+        _run(engine, first)
+        _run(engine, other)  # takes the only slot: the first prompt's cells are kept
+        text, cached = _run(engine, later)
+        assert cached == with_kept
+    finally:
+        engine.close()
+    fresh = BatchedLlama(tiny, LoadParams(n_ctx=512, n_parallel=1))
+    try:
+        assert text == _run(fresh, later)[0]
+    finally:
+        fresh.close()
