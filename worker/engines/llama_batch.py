@@ -23,7 +23,8 @@ scripts/bench_llama_batch.py for what was measured). Attention still spans the l
 stream among the sequences of a physical batch (masked beyond each one's own cells), so one
 long sequence slows the others' tokens. llama.cpp splits a batch over split streams into
 physical batches of consecutive sequence ids with equally many tokens each, so a step that
-admits a prompt runs as two. A unified cache was measured too (kv_unified=True): one
+admits a prompt runs as two, and busy slots with gaps between them as more: before each step the
+slot cache moves sequences into such gaps (slot_packing.py). A unified cache was measured too (kv_unified=True): one
 physical batch per step and prefixes shared without copying, about 10% more tokens/s on
 short chats, but every token attends over every cell in use, kept prompt caches included,
 and batched texts differ from solo ones far more often (19/32 against 31/32 on SmolLM2).
@@ -253,6 +254,10 @@ class BatchedLlama:
         if not self._active:
             return []
         self._follow_cores()
+        for slot in self._cache.pack():
+            moved = slot.busy
+            assert isinstance(moved, _Sequence)
+            moved.slot = slot
         runs = self._plan()
         batch = self._batch
         batch.clear()

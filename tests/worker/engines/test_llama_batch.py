@@ -249,6 +249,39 @@ def test_a_canceled_sequence_frees_its_slot_and_the_others_finish(engine: Batche
     assert finished.text == solo[1].text
 
 
+def busy_slots(engine: BatchedLlama) -> list[int]:
+    return [slot.index for slot in engine._cache.slots if slot.busy is not None]
+
+
+def test_sequences_move_into_the_gaps_ended_ones_leave(engine: BatchedLlama, tiny: Path) -> None:
+    """Busy slots with gaps between them would cost llama.cpp a physical batch per run of
+    consecutive ones; the next step moves sequences into the gaps, and their texts go on as
+    if nothing happened."""
+    requests = [SequenceRequest(engine.prompt_tokens(p), SamplingParams(max_tokens=40, temperature=0)) for p in PROMPTS]
+    handles = [engine.submit(r) for r in requests]
+    results = {h: Finished() for h in handles}
+    for _ in range(3):
+        for out in engine.step():
+            record(results[out.seq], out)
+    for victim in handles[::2]:
+        engine.cancel(victim)
+    assert busy_slots(engine) == [1, 3, 5, 7]
+    outputs = engine.step()
+    assert busy_slots(engine) == [0, 1, 2, 3] or busy_slots(engine) == [4, 5, 6, 7]
+    for out in outputs:
+        record(results[out.seq], out)
+    while engine.active:
+        for out in engine.step():
+            record(results[out.seq], out)
+    solo = solo_texts(tiny, requests)
+    for index in range(1, len(requests), 2):
+        assert results[handles[index]].text == solo[index].text
+        assert results[handles[index]].completion_tokens > 4, "they went on after the move"
+    # A moved sequence's old slot kept a copy of its cells: the same prompt again is cached.
+    [again] = run_all(engine, [requests[1]])
+    assert again.text == solo[1].text and again.cached_tokens == len(requests[1].tokens) - 1
+
+
 def test_stop_strings_max_tokens_and_extra_stops_end_each_sequence_on_its_own(engine: BatchedLlama, tiny: Path) -> None:
     base = [SequenceRequest(engine.prompt_tokens(p), GREEDY) for p in PROMPTS[:4]]
     solo = solo_texts(tiny, base)
@@ -327,6 +360,29 @@ def test_prompt_cache_copies_a_busy_slots_prefix(tiny: Path) -> None:
         assert results[b].cached_tokens > 50
         uncached = solo_texts(tiny, [first, second])
         assert [results[a].text, results[b].text] == texts(uncached)
+    finally:
+        engine.close()
+
+
+def test_a_short_shared_prefix_is_copied_from_a_busy_slot(tiny: Path) -> None:
+    """Copying a slot's cells costs a fraction of evaluating them: a few shared tokens pay."""
+    engine = BatchedLlama(tiny, LoadParams(n_ctx=2048, n_parallel=2))
+    try:
+        first = SequenceRequest(engine.prompt_tokens("Read the story: the king said that the queen sang"), GREEDY)
+        second = SequenceRequest(engine.prompt_tokens("Read the story: the king said that a dog ran"), GREEDY)
+        shared = common_prefix(first.tokens, second.tokens)
+        assert 4 < shared < 32
+        a = engine.submit(first)
+        results = {a: Finished()}
+        for out in engine.step():
+            record(results[out.seq], out)
+        b = engine.submit(second)  # the other slot is empty: the prefix can only come from a's
+        results[b] = Finished()
+        while engine.active:
+            for out in engine.step():
+                record(results[out.seq], out)
+        assert results[b].cached_tokens == shared
+        assert [results[a].text, results[b].text] == texts(solo_texts(tiny, [first, second], n_ctx=2048))
     finally:
         engine.close()
 
