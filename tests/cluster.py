@@ -31,8 +31,12 @@ class Cluster:
     def keys(self) -> Keys:
         return self.client.keys
 
-    def _start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, cores: set[int] | None = None
+    ) -> subprocess.Popen[bytes]:
         handle = (self.logs / f"{name}.log").open("ab")
+        # An agent takes its own affinity for the machine's cores: pinned, it stands for a host of its own.
+        pin = None if cores is None else lambda: os.sched_setaffinity(0, cores)
         # The URL by environment, never argv: `ps` shows every user a command line.
         process = subprocess.Popen(
             [sys.executable, "-m", "hostler.worker", "-v", *args],
@@ -40,16 +44,31 @@ class Cluster:
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1", HOSTLER_REDIS_URL=self.url, **(env or {})),
             start_new_session=True,
+            preexec_fn=pin,
         )
         handle.close()
         self.processes[name] = process
         return process
 
     def host(
-        self, host_id: str, models_dir: Path, max_memory: int, env: dict[str, str] | None = None
+        self,
+        host_id: str,
+        models_dir: Path,
+        max_memory: int,
+        env: dict[str, str] | None = None,
+        cores: set[int] | None = None,
     ) -> subprocess.Popen[bytes]:
         process = self._start(
-            host_id, "host", "--models", str(models_dir), "--host-id", host_id, "--max-memory", str(max_memory), env=env
+            host_id,
+            "host",
+            "--models",
+            str(models_dir),
+            "--host-id",
+            host_id,
+            "--max-memory",
+            str(max_memory),
+            env=env,
+            cores=cores,
         )
         self.wait_for(lambda: self.client.connection.exists(self.keys.host(host_id)) or None, f"host {host_id}")
         return process
