@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -120,14 +120,6 @@ def paragraph(k: int) -> str:
 def prompts(count: int, start: int = 0) -> Chats:
     """Chat requests asking for a one-sentence summary of paragraphs start .. start+count-1."""
     return [messages(paragraph(start + i)) for i in range(count)]
-
-
-def has_amx() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_int8" in flags
 
 
 # -- one measured run ------------------------------------------------------------------------
@@ -543,28 +535,7 @@ def wait_listed(redis_url: str, up: subprocess.Popen[bytes], log: Path, timeout:
 # -- in process ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def no_extra_buffers(amx: bool) -> Iterator[None]:
-    if not amx:
-        yield
-        return
-    import llama_cpp.llama_cpp as lib
-
-    original = lib.llama_model_default_params
-
-    def defaults() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    lib.llama_model_default_params = defaults
-    try:
-        yield
-    finally:
-        lib.llama_model_default_params = original
-
-
-def inprocess_ttft(path: Path, chats: Chats, threads: int, amx: bool) -> dict[str, list[float]]:
+def inprocess_ttft(path: Path, chats: Chats, threads: int) -> dict[str, list[float]]:
     """TTFT of each prompt with llama-cpp-python in this process, one at a time, two ways.
 
     "empty KV": llm.reset() before each prompt, so all of it is evaluated (hostler's worker
@@ -572,8 +543,9 @@ def inprocess_ttft(path: Path, chats: Chats, threads: int, amx: bool) -> dict[st
     from the previous prompt (the chat template and instruction these prompts share stay cached).
     """
     import llama_cpp
+    from hostler.worker.engines.llama_cpu import safe_llama_defaults
 
-    with no_extra_buffers(amx):
+    with safe_llama_defaults():
         llm = llama_cpp.Llama(str(path), n_ctx=CTX_PER_SEQ, n_threads=threads, n_threads_batch=threads, verbose=False)
     out: dict[str, list[float]] = {EMPTY_KV: [], PREFIX_KEPT: []}
     try:
@@ -685,21 +657,25 @@ def report_ratios(by: dict[tuple[str, int], Cell], clients_list: list[int]) -> N
 
 
 def report_round_ratios(cells: list[Cell], clients_list: list[int]) -> None:
-    """hostler / llama-server in every round, and the median: the same server moves by tens of
-    percent between rounds on a shared machine, and every row of a round moves with it."""
+    """hostler / each other server in every round, and the median: the same server moves by tens
+    of percent between rounds on a shared machine, and every row of a round moves with it."""
     by = {(c.row, c.clients, c.round_no): c for c in cells if not c.error and c.ok}
     rounds = sorted({c.round_no for c in cells})
-    print("\nhostler / llama-server in every round (tokens/s), and the median over rounds:")
-    for clients in clients_list:
-        for mine in (GATEWAY, QUEUE):
-            ratios = []
-            for r in rounds:
-                a, b = by.get((mine, clients, r)), by.get((LLAMA_SERVER, clients, r))
-                if a is not None and b is not None and b.tokens_per_s:
-                    ratios.append(a.tokens_per_s / b.tokens_per_s)
-            if ratios:
-                each = ", ".join(f"{q:.2f}" for q in ratios)
-                print(f"  {clients} client(s): {mine}: {each}; median {statistics.median(ratios):.2f}")
+    for theirs in (LLAMA_SERVER, EXAMPLE):
+        lines = []
+        for clients in clients_list:
+            for mine in (GATEWAY, QUEUE):
+                ratios = []
+                for r in rounds:
+                    a, b = by.get((mine, clients, r)), by.get((theirs, clients, r))
+                    if a is not None and b is not None and b.tokens_per_s:
+                        ratios.append(a.tokens_per_s / b.tokens_per_s)
+                if ratios:
+                    each = ", ".join(f"{q:.2f}" for q in ratios)
+                    lines.append(f"  {clients} client(s): {mine}: {each}; median {statistics.median(ratios):.2f}")
+        if lines:
+            print(f"\nhostler / {theirs} in every round (tokens/s), and the median over rounds:")
+            print("\n".join(lines))
 
 
 def report_added_ttft(by: dict[tuple[str, int], Cell], inproc: dict[str, list[float]]) -> None:
@@ -782,10 +758,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the servers on the way out
+    from hostler.worker.engines.llama_cpu import extra_buffers_safe
     from hostler.worker.models.fetch import SMOLLM2, fetch
 
     path = fetch(SMOLLM2, quiet=True)
-    amx = has_amx()
+    amx = not extra_buffers_safe()
     print(
         f"{args.requests} chat requests (one-sentence summaries), max_tokens {args.max_tokens}, temperature 0, "
         f"streamed, clients {args.clients}, on {path.name}; llama-cpp-python {llama_cpp_python_version()}; "
@@ -806,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_all(bench, targets)
         if "hostler" in args.only:
             bench.wait_quiet()
-            inproc = inprocess_ttft(path, prompts(args.requests), args.threads, amx)
+            inproc = inprocess_ttft(path, prompts(args.requests), args.threads)
     except KeyboardInterrupt:
         print("interrupted; servers stopped; what was measured so far:", file=sys.stderr)
         report(bench, inproc)
