@@ -339,6 +339,14 @@ def summarize(runs: dict[str, list[Run]]) -> None:
     print(f"  llama_cpp.server {same_llama}/{n} (the server evaluates prompts on a cached prefix, hostler afresh)")
 
 
+def missing_server_modules() -> list[str]:
+    """What llama-cpp-python's server imports and this environment lacks (its `server` extra)."""
+    import importlib.util
+
+    wanted = ("sse_starlette", "starlette_context", "pydantic_settings", "fastapi", "uvicorn")
+    return [name for name in wanted if importlib.util.find_spec(name) is None]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", help="An OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
@@ -357,6 +365,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.compare:
+        missing = missing_server_modules()
+        if missing:
+            sys.exit(
+                f"--compare runs llama_cpp.server, which needs {', '.join(missing)}: "
+                "install the bench extra (pip install -e '.[bench]')"
+            )
         compare(args)
         return
     if not args.base_url:
