@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import signal
 import statistics
@@ -341,8 +342,6 @@ def summarize(runs: dict[str, list[Run]]) -> None:
 
 def missing_server_modules() -> list[str]:
     """What llama-cpp-python's server imports and this environment lacks (its `server` extra)."""
-    import importlib.util
-
     wanted = ("sse_starlette", "starlette_context", "pydantic_settings", "fastapi", "uvicorn")
     return [name for name in wanted if importlib.util.find_spec(name) is None]
 

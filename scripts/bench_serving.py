@@ -661,18 +661,19 @@ def report_round_ratios(cells: list[Cell], clients_list: list[int]) -> None:
     of percent between rounds on a shared machine, and every row of a round moves with it."""
     by = {(c.row, c.clients, c.round_no): c for c in cells if not c.error and c.ok}
     rounds = sorted({c.round_no for c in cells})
+
+    def ratios(mine: str, theirs: str, clients: int) -> list[float]:
+        pairs = [(by.get((mine, clients, r)), by.get((theirs, clients, r))) for r in rounds]
+        return [a.tokens_per_s / b.tokens_per_s for a, b in pairs if a is not None and b is not None and b.tokens_per_s]
+
     for theirs in (LLAMA_SERVER, EXAMPLE):
         lines = []
         for clients in clients_list:
             for mine in (GATEWAY, QUEUE):
-                ratios = []
-                for r in rounds:
-                    a, b = by.get((mine, clients, r)), by.get((theirs, clients, r))
-                    if a is not None and b is not None and b.tokens_per_s:
-                        ratios.append(a.tokens_per_s / b.tokens_per_s)
-                if ratios:
-                    each = ", ".join(f"{q:.2f}" for q in ratios)
-                    lines.append(f"  {clients} client(s): {mine}: {each}; median {statistics.median(ratios):.2f}")
+                each = ratios(mine, theirs, clients)
+                if each:
+                    listed = ", ".join(f"{q:.2f}" for q in each)
+                    lines.append(f"  {clients} client(s): {mine}: {listed}; median {statistics.median(each):.2f}")
         if lines:
             print(f"\nhostler / {theirs} in every round (tokens/s), and the median over rounds:")
             print("\n".join(lines))
