@@ -10,7 +10,7 @@ is marked e2e with a module-level `pytestmark` and lives in tests/e2e/ or is nam
 Every shared fixture is here, and this is the only conftest.py: a second one would take over the
 module name `conftest` that `from conftest import ...` reads. pyproject puts tests/ and scripts/ on
 sys.path (`pythonpath`), so the helpers (`cluster`, `fake_engine`, `gateway_proc`, `local_hub`,
-`redis_proc`, `raw_jobs`, `batch_lines`; scripts' `up_stack`, `make_tiny_gguf`, `soak`) import as
+`redis_proc`, `raw_jobs`, `batch_lines`; scripts' `up_stack`, `make_tiny_gguf`, `gguf_to_mlx`, `soak`) import as
 top-level modules from any folder. Test modules need names unique across folders.
 """
 
@@ -103,6 +103,16 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def gemma3() -> Path:
     return fetch(GEMMA3, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_mlx(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct as an MLX folder, its GGUF's quantized weights kept bit for bit
+    (scripts/gguf_to_mlx.py): a real model for mlx-lm, where none can be fetched."""
+    pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")
+    from gguf_to_mlx import gguf_to_mlx
+
+    return gguf_to_mlx(smollm2, tmp_path_factory.mktemp("mlx-real") / "smollm2-135m-mlx")
 
 
 @pytest.fixture
