@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--dequantize", action="store_true", help="float32 weights instead of MLX's 4/8-bit ones")
     parser.add_argument("--no-reference", action="store_true", help="skip the serial MlxEngine")
     parser.add_argument("--rounds", type=int, default=1, help="run everything this often, rotating the order")
     parser.add_argument(
@@ -120,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     last: dict[Config, list[str]] = {}
     solo: list[str] | None = None
     with tempfile.TemporaryDirectory() as tmp:
-        folder = gguf_to_mlx(fetch(SMOLLM2, quiet=True), Path(tmp) / "SmolLM2-135M-Instruct-mlx")
+        folder = gguf_to_mlx(
+            fetch(SMOLLM2, quiet=True), Path(tmp) / "SmolLM2-135M-Instruct-mlx", dequantize=args.dequantize
+        )
         for round_ in range(args.rounds):
             shift = round_ % len(configs)
             for config in configs[shift:] + configs[:shift]:

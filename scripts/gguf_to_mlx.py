@@ -17,7 +17,7 @@ types as floats. This renames those arrays to mlx-lm's llama names and writes:
 Scales, biases and norms are cast to one float type (float32 by default: MLX's CPU backend
 computes in it natively, where float16 is converted on every operation).
 
-    python scripts/gguf_to_mlx.py MODEL.gguf OUT_DIR [--dtype float32|float16]
+    python scripts/gguf_to_mlx.py MODEL.gguf OUT_DIR [--dtype float32|float16] [--dequantize]
 """
 
 from __future__ import annotations
@@ -62,8 +62,13 @@ class ConversionError(ValueError):
     """The GGUF is not one this converter can turn into an MLX folder; the message says why."""
 
 
-def gguf_to_mlx(gguf: pathlib.Path, folder: pathlib.Path, *, dtype: str = "float32") -> pathlib.Path:
-    """Writes the MLX folder for gguf (created if needed, its files replaced) and returns it."""
+def gguf_to_mlx(
+    gguf: pathlib.Path, folder: pathlib.Path, *, dtype: str = "float32", dequantize: bool = False
+) -> pathlib.Path:
+    """Writes the MLX folder for gguf (created if needed, its files replaced) and returns it.
+
+    dequantize: every weight as a dtype matrix (the same values, four to eight times the bytes),
+    for matrix products through BLAS instead of MLX's quantized kernels."""
     import mlx.core as mx
 
     if dtype not in ("float32", "float16"):
@@ -79,6 +84,12 @@ def gguf_to_mlx(gguf: pathlib.Path, folder: pathlib.Path, *, dtype: str = "float
     tensors: dict[str, Any] = {}
     for name, array in weights.items():
         tensors[_mlx_name(name)] = array if array.dtype == mx.uint32 else array.astype(float_type)
+    if dequantize:
+        for layer in [name[: -len(".scales")] for name in tensors if name.endswith(".scales")]:
+            bits = _bits(tensors, layer)
+            packed, scales, biases = (tensors.pop(f"{layer}.{kind}") for kind in ("weight", "scales", "biases"))
+            matrix = mx.dequantize(packed, scales, biases, group_size=_GROUP, bits=bits)
+            tensors[f"{layer}.weight"] = matrix.astype(float_type)
     folder.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(folder / "model.safetensors"), tensors, metadata={"format": "mlx"})
     tokens = [str(t) for t in meta["tokenizer.ggml.tokens"]]
@@ -235,12 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("gguf", type=pathlib.Path, help="a llama-architecture GGUF (Q4_0, Q4_1, Q8_0 or float)")
     parser.add_argument("out", type=pathlib.Path, help="output folder (created; its model files are replaced)")
+    parser.add_argument("--dequantize", action="store_true", help="float weights (for BLAS) instead of quantized")
     parser.add_argument(
         "--dtype", choices=("float32", "float16"), default="float32", help="scales and norms (default float32)"
     )
     args = parser.parse_args(argv)
     try:
-        folder = gguf_to_mlx(args.gguf, args.out, dtype=args.dtype)
+        folder = gguf_to_mlx(args.gguf, args.out, dtype=args.dtype, dequantize=args.dequantize)
     except (ConversionError, OSError) as exc:
         print(f"gguf_to_mlx: {exc}", file=sys.stderr)
         return 2

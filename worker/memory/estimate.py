@@ -80,6 +80,10 @@ MLX_KV_STEP = 256
 # transformers tokenizer code a load imports. Measured 104 MiB against 75 MiB for the two
 # workers on tiny models (Linux, mlx 0.32, mlx-lm 0.32, transformers 5.23).
 MLX_RUNTIME_BYTES = 32 * MiB
+# A transformers tokenizer holds a token in tokenizers' vocabulary and reverse maps and its BPE
+# merge in the merges map, Python's side on top: 55.5 MiB more for SmolLM2's 49,152 tokens
+# (48,900 merges) than for a 512-token one, about 1,200 bytes a token.
+MLX_VOCAB_TOKEN_BYTES = 1200
 
 Engine = Literal["llama", "mlx"]
 # The float types activations (and with them an MLX KV cache) may take, and their sizes.
@@ -329,10 +333,11 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
     """An MLX model folder: config.json and model*.safetensors (what mlx-lm loads).
 
     weights = the tensors' bytes; KV cache = n_ctx (padded to mlx-lm's 256-position steps)
-    x layers x kv_heads x head_dim x K and V in the activations' type; compute = the last
-    prefill chunk of n_batch tokens against a full context (float32 attention scores, which
-    dominate) and its activations; runtime = mlx-lm's libraries beyond a llama.cpp worker's,
-    and the tokenizer. Calibrated on Linux's CPU backend; Metal's allocator is not modelled.
+    x layers x kv_heads x head_dim x K and V in the activations' type, for each slot; compute =
+    the last prefill chunk of n_batch tokens against a full context (its attention scores and
+    activations, in the activations' type), for each slot (BatchGenerator prefills the slots' prompts together);
+    runtime = mlx-lm's libraries beyond a llama.cpp worker's, and the tokenizer. Calibrated on
+    Linux's CPU backend; Metal's allocator is not modelled.
     """
     config = read_mlx_config(folder / MLX_CONFIG)
     shards = sorted(folder.glob(MLX_WEIGHTS))
@@ -366,14 +371,17 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
     ffn = number("intermediate_size", default=4 * hidden)
 
     cells = _pad(params.n_ctx, MLX_KV_STEP)
+    slots = params.n_parallel
     # One cache of n_ctx per sequence in flight (mlx-lm's BatchGenerator, engines/mlx_batch.py).
-    per_cell = 2 * n_layer * n_kv_head * head_dim * value_bytes * params.n_parallel
+    per_cell = 2 * n_layer * n_kv_head * head_dim * value_bytes * slots
     kv = per_cell * cells
     chunk = min(params.n_batch, params.n_ctx)
-    scores = n_head * chunk * cells * 4
+    # Attention scores in the activations' type: MLX's attention keeps them so.
+    scores = n_head * chunk * cells * value_bytes
     activations = chunk * (4 * hidden + 3 * ffn) * value_bytes
-    compute = scores + activations + 2 * vocab * LOGIT_BYTES
-    overhead = MLX_RUNTIME_BYTES + vocab * VOCAB_TOKEN_BYTES
+    # BatchGenerator prefills up to n_slots prompts together, a chunk of each per step.
+    compute = slots * (scores + activations) + 2 * slots * vocab * LOGIT_BYTES
+    overhead = MLX_RUNTIME_BYTES + vocab * MLX_VOCAB_TOKEN_BYTES
     return MemoryEstimate(weights, kv, compute, overhead, per_cell)
 
 
