@@ -10,7 +10,8 @@ fills, so only then is all of the estimated KV cache touched), and prints one JS
     {"model", "n_ctx", "n_batch", "slots", "prompt_tokens", "estimate": {...}, "need",
      "measured_rss", "peak_rss", "error", "peak_error"}
 
-where need = the estimate + the controller's worker base (a llama.cpp worker's own RSS: the
+where need = the estimate (without the kept prompts' budget: they are off here, a bound
+mlx-lm's LRUPromptCache keeps, not a size) + the controller's worker base (a llama.cpp worker's own RSS: the
 MLX runtime's extra is in the estimate), measured_rss = the process's whole RSS after the
 generations, peak_rss its highest RSS meanwhile (mlx-lm frees each prefill chunk's buffers, so
 what a reservation must cover is the peak), error = (need - measured) / measured and
@@ -88,9 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = LoadParams(n_ctx=args.n_ctx, n_batch=args.n_batch, n_parallel=args.slots)
-    measured, prompt_tokens = measure(args.model, params, args.fill)
+    # Kept prompt caches off: they are a bound mlx-lm's LRUPromptCache holds them to, not a size
+    # to measure, and would otherwise hold the ended sequences' caches when the RSS is read.
+    measured, prompt_tokens = measure(args.model, params.model_copy(update={"cache_ram_mib": 0}), args.fill)
     peak = peak_rss()
     found = estimate_mlx(args.model, params)
+    need = found.total_bytes - found.kept_prompts_bytes + WORKER_BASE_BYTES
     report = {
         "model": args.model.name,
         "n_ctx": params.n_ctx,
@@ -102,13 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "kv_cache": found.kv_cache_bytes,
             "compute": found.compute_bytes,
             "overhead": found.overhead_bytes,
-            "total": found.total_bytes,
+            "kept_prompts": found.kept_prompts_bytes,
+            "total": found.total_bytes - found.kept_prompts_bytes,
         },
-        "need": found.total_bytes + WORKER_BASE_BYTES,
+        "need": need,
         "measured_rss": measured,
         "peak_rss": peak,
-        "error": round((found.total_bytes + WORKER_BASE_BYTES - measured) / measured, 4),
-        "peak_error": round((found.total_bytes + WORKER_BASE_BYTES - peak) / peak, 4),
+        "error": round((need - measured) / measured, 4),
+        "peak_error": round((need - peak) / peak, 4),
     }
     print(json.dumps(report))
     return 0

@@ -5,6 +5,7 @@ in flight, their texts those of mlx-lm in-process."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,36 @@ def test_a_worker_batches_jobs_on_the_real_model(real_mlx_stack: Stack, smollm2_
     assert ended.finish_reason == "canceled" and ended.usage.completion_tokens < 400
     [report] = [w for w in client.status().workers if w.model == MODEL]
     assert report.slots == len(PROMPTS) + 1
+
+
+def test_chats_sharing_a_system_prompt_evaluate_it_once(real_mlx_stack: Stack, smollm2_mlx: Path) -> None:
+    client = real_mlx_stack.client
+    client.load(MODEL, n_ctx=1024)
+    system = {"role": "system", "content": "You answer questions about message queues in one short sentence."}
+    first = client.chat(MODEL, [system, {"role": "user", "content": "What is Redis?"}], max_tokens=4, temperature=0)
+    before = _report_after(real_mlx_stack, first.usage.prompt_tokens)
+    question = [system, {"role": "user", "content": "What is a queue?"}]
+    second = client.chat(MODEL, question, max_tokens=4, temperature=0)
+    after = _report_after(real_mlx_stack, before.prompt_tokens_received + second.usage.prompt_tokens)
+    received = after.prompt_tokens_received - before.prompt_tokens_received
+    evaluated = after.prompt_tokens_evaluated - before.prompt_tokens_evaluated
+    assert received == second.usage.prompt_tokens
+    # Everything up to the user's words came from the first job's cache.
+    assert evaluated <= received - 20, (received, evaluated)
+    from mlx_lm import load, stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = load(str(smollm2_mlx))
+    tokens = tokenizer.apply_chat_template(question, add_generation_prompt=True)
+    greedy = stream_generate(model, tokenizer, tokens, max_tokens=4, sampler=make_sampler(0.0))
+    assert second.text == "".join(r.text for r in greedy)
+
+
+def _report_after(stack: Stack, received: int) -> Any:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        report = next(w for w in stack.client.status().workers if w.model == MODEL)
+        if report.prompt_tokens_received >= received:
+            return report
+        time.sleep(0.2)
+    raise AssertionError("the worker report never counted the second prompt")

@@ -8,8 +8,10 @@ llama engine (worker/decoding.py).
 
 How LoadParams apply: n_ctx is the context limit (mlx-lm's cache grows as needed, so the
 limit is enforced here, before any work); n_batch is mlx-lm's prefill_step_size; seed is
-the model's default seed. n_threads, n_gpu_layers and cache_prompt do not apply: MLX picks its own CPU
-threads, and on Apple silicon the weights live in memory the GPU shares, all or nothing.
+the model's default seed. n_threads and n_gpu_layers do not apply: MLX picks its own CPU
+threads, and on Apple silicon the weights live in memory the GPU shares, all or nothing. Nor
+does cache_prompt: the MlxSlots a worker holds (mlx_batch.py) keeps prompt caches across jobs,
+within cache_ram_mib.
 """
 
 from __future__ import annotations

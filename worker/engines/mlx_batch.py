@@ -21,8 +21,13 @@ is the key sequence key(s), split before each draw). One difference from make_sa
 top_k at or above the vocabulary keeps every token (as llama.cpp does) where make_sampler
 raises; in a shared batch an exception would fail every sequence in it.
 
-Prompt cache: none across jobs (cached_tokens is always 0); LoadParams.cache_prompt does not
-apply, as for MlxEngine. n_ctx is enforced here: mlx-lm's caches grow as needed.
+Prompt cache across jobs (mlx-lm's LRUPromptCache, as mlx_lm.server keeps one): when a sequence
+ends, its KV cache is kept under the tokens it holds (prompt and reply), up to
+LoadParams.cache_ram_mib (None: as much as the slots' KV cache, which the memory estimate
+reserves; 0: none). A new prompt starts from a copy of the kept cache sharing its longest prefix
+(a longer one is trimmed to it) and evaluates only the rest; cached_tokens says how many it did
+not evaluate. At least the last prompt token is always evaluated: its logits give the first
+token. n_ctx is enforced here: mlx-lm's caches grow as needed.
 
 Needs the BatchGenerator of mlx-lm 0.31.2 or later (insert with per-sequence samplers and
 logits processors, remove, next() answering prompt and generation responses apart); written
@@ -95,7 +100,39 @@ class _Sequence:
     max_tokens: int
     scanner: StopScanner
     detokenizer: Any
+    cached: int = 0  # prompt tokens taken from the prompt cache
     completion: int = 0
+
+
+class _KeptPrompts:
+    """Ended sequences' KV caches by the tokens they hold, within a byte budget (least recently
+    used first out)."""
+
+    def __init__(self, name: str, budget_bytes: int, n_slots: int) -> None:
+        from mlx_lm.models.cache import LRUPromptCache
+
+        self._name = name
+        self._lru: Any = LRUPromptCache(max_size=4 * n_slots, max_bytes=budget_bytes)
+
+    def take(self, tokens: list[int]) -> tuple[Any, int]:
+        """A copy of the kept cache holding the longest prefix of tokens, trimmed to it, and how
+        many tokens it holds; (None, 0) where none shares any. Leaves the last token to evaluate."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        cache, rest = self._lru.fetch_nearest_cache(self._name, tokens)
+        if cache is None:
+            return None, 0
+        if not rest:  # the whole prompt is kept: evaluate its last token again
+            if not can_trim_prompt_cache(cache):
+                return None, 0
+            trim_prompt_cache(cache, 1)
+            return cache, len(tokens) - 1
+        return cache, len(tokens) - len(rest)
+
+    def keep(self, tokens: list[int], cache: Any) -> None:
+        # Only a cache holding exactly these tokens: one cut off mid-prefill holds fewer.
+        if cache and tokens and all(getattr(layer, "offset", -1) == len(tokens) for layer in cache):
+            self._lru.insert_cache(self._name, list(tokens), cache)
 
 
 class MlxSlots:
@@ -103,6 +140,9 @@ class MlxSlots:
         # MlxEngine loads the folder (and checks it first: mlx-lm would download a missing path).
         self._engine = MlxEngine(path, params, chat_template=chat_template)
         from mlx_lm.generate import BatchGenerator
+
+        budget = _kept_budget(path, params)
+        self._kept = _KeptPrompts(path.name, budget, params.n_parallel) if budget > 0 else None
 
         self._name = path.name
         self._n_slots = params.n_parallel
@@ -154,8 +194,15 @@ class MlxSlots:
         params = request.params
         max_tokens = context_budget(self._name, len(tokens), self.n_ctx, params.max_tokens)
         processors = logits_processors(params)
+        cache, cached = self._kept.take(tokens) if self._kept is not None else (None, 0)
         (uid,) = self._batch.insert(
-            [tokens], [max_tokens], samplers=[self._sampler(params)], logits_processors=[processors]
+            [tokens[cached:]],
+            [max_tokens],
+            caches=[cache],
+            # What the cache holds: penalties look back over it as over the prompt.
+            all_tokens=[tokens[:cached]],
+            samplers=[self._sampler(params)],
+            logits_processors=[processors],
         )
         self._next_handle += 1
         self._active[uid] = _Sequence(
@@ -165,6 +212,7 @@ class MlxSlots:
             max_tokens=max_tokens,
             scanner=StopScanner(tuple(params.stop)),
             detokenizer=self._tokenizer.detokenizer,
+            cached=cached,
         )
         self._handles[self._next_handle] = uid
         self._tools.track(self._next_handle, scanner)
@@ -186,6 +234,8 @@ class MlxSlots:
             seq = self._active.get(response.uid)
             if seq is not None:
                 seen.add(seq.uid)
+                if response.finish_reason is not None and self._kept is not None:
+                    self._kept.keep(response.all_tokens, response.prompt_cache)
                 outputs.append(self._advance(seq, int(response.token), response.finish_reason))
         for response in prompt_responses:
             seq = self._active.get(response.uid)
@@ -198,7 +248,7 @@ class MlxSlots:
         uid = self._handles.get(seq)
         if uid is not None:
             # Filters the sequence (and its KV cache) out of whichever batch holds it.
-            self._batch.remove([uid])
+            self._remove(uid)
             self._forget(self._active[uid])
         self._tools.forget(seq)
 
@@ -246,11 +296,19 @@ class MlxSlots:
     def _end(self, seq: _Sequence, piece: str, finish: FinishReason, *, removed: bool) -> StepOutput:
         if not removed:
             # A stop string ended it: BatchGenerator would go on decoding it.
-            self._batch.remove([seq.uid])
+            self._remove(seq.uid)
         seq.detokenizer.finalize()
         piece += seq.scanner.feed(str(seq.detokenizer.last_segment)) + seq.scanner.flush()
         self._forget(seq)
         return self._output(seq, piece, finish)
+
+    def _remove(self, uid: int) -> None:
+        """Takes a sequence out of the batch, its KV cache to the kept prompts."""
+        if self._kept is None:
+            self._batch.remove([uid])
+            return
+        for cache, tokens in self._batch.remove([uid], return_prompt_caches=True).values():
+            self._kept.keep(tokens, cache)
 
     def _forget(self, seq: _Sequence) -> None:
         del self._active[seq.uid]
@@ -264,8 +322,22 @@ class MlxSlots:
             finish_reason=finish,
             prompt_tokens=seq.prompt_tokens,
             completion_tokens=seq.completion,
+            cached_tokens=seq.cached,
         )
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this MlxSlots is closed")
+
+
+def _kept_budget(path: Path, params: LoadParams) -> int:
+    """Memory for kept prompt caches: LoadParams.cache_ram_mib, or as much as the slots' KV cache
+    (the estimate reserves the same, memory/estimate.py)."""
+    from hostler.worker.memory.estimate import EstimateError, estimate_mlx
+
+    if params.cache_ram_mib is not None:
+        return params.cache_ram_mib * 2**20
+    try:
+        return estimate_mlx(path, params).kept_prompts_bytes
+    except (EstimateError, OSError, ValueError):
+        return 0

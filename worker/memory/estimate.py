@@ -382,7 +382,10 @@ def estimate_mlx(folder: Path, params: LoadParams) -> MemoryEstimate:
     # BatchGenerator prefills up to n_slots prompts together, a chunk of each per step.
     compute = slots * (scores + activations) + 2 * slots * vocab * LOGIT_BYTES
     overhead = MLX_RUNTIME_BYTES + vocab * MLX_VOCAB_TOKEN_BYTES
-    return MemoryEstimate(weights, kv, compute, overhead, per_cell)
+    # Kept prompt caches (engines/mlx_batch.py): as much as the slots' KV, unless the load says.
+    kept = kv if params.cache_ram_mib is None else params.cache_ram_mib * 2**20
+    per_ctx_cell = per_cell * (2 if params.cache_ram_mib is None else 1)
+    return MemoryEstimate(weights, kv, compute, overhead, per_ctx_cell, kept_prompts_bytes=kept)
 
 
 # -- small helpers ------------------------------------------------------------------------
