@@ -21,14 +21,15 @@ is the noise of the figures.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gateway import PASSAGES, messages  # noqa: E402
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams  # noqa: E402
 from hostler.worker.engines.llama_batch import BatchedLlama, SequenceRequest  # noqa: E402
+from hostler.worker.engines.protocol import StepOutput  # noqa: E402
 from hostler.worker.models.fetch import SMOLLM2, fetch  # noqa: E402
 
 
@@ -101,19 +103,28 @@ def chats(count: int) -> list[list[ChatMessage]]:
     return [[ChatMessage.model_validate(m) for m in messages(PASSAGES[i % len(PASSAGES)])] for i in range(count)]
 
 
-def drive(engine: BatchedLlama, requests: Sequence[SequenceRequest], concurrency: int, label: str) -> Result:
-    lib = TimedLib(engine._lib)
-    engine._lib = lib
-    texts = [""] * len(requests)
+class Slots(Protocol):
+    """What drive_slots needs of an engine: BatchedLlama and MlxSlots both have it."""
+
+    @property
+    def free_slots(self) -> int: ...
+
+    def step(self) -> list[StepOutput]: ...
+
+
+def drive_slots(engine: Slots, start: Callable[[int], int], count: int, concurrency: int, label: str) -> Result:
+    """Runs requests 0..count-1 through engine, concurrency at a time (start(i) admits request i
+    and returns its handle), each next one as soon as a slot is free."""
+    texts = [""] * count
     started: dict[int, float] = {}
     live: dict[int, int] = {}
-    pending = list(range(len(requests)))
+    pending = list(range(count))
     result = Result(label, 0.0, 0)
     begin = time.perf_counter()
     while pending or live:
         while pending and len(live) < concurrency and engine.free_slots:
             index = pending.pop(0)
-            handle = engine.submit(requests[index])
+            handle = start(index)
             live[handle] = index
             started[handle] = time.perf_counter()
         step_start = time.perf_counter()
@@ -132,10 +143,62 @@ def drive(engine: BatchedLlama, requests: Sequence[SequenceRequest], concurrency
                 result.cached += out.cached_tokens
                 result.prompt += out.prompt_tokens
     result.seconds = time.perf_counter() - begin
-    result.decode_s, result.sample_s = lib.decode_s, lib.sample_s
     result.texts = texts
-    engine._lib = lib._lib
     return result
+
+
+def drive(engine: BatchedLlama, requests: Sequence[SequenceRequest], concurrency: int, label: str) -> Result:
+    lib = TimedLib(engine._lib)
+    engine._lib = lib
+    try:
+        result = drive_slots(engine, lambda i: engine.submit(requests[i]), len(requests), concurrency, label)
+    finally:
+        engine._lib = lib._lib
+    result.decode_s, result.sample_s = lib.decode_s, lib.sample_s
+    return result
+
+
+def run_rounds(
+    configs: Sequence[Hashable],
+    run: Callable[[Hashable], Result],
+    args: argparse.Namespace,
+    *,
+    solo: Callable[[Hashable], bool],
+    reference: Hashable,
+    reference_name: str,
+) -> None:
+    """Runs every config args.rounds times, the order rotated each round, printing each run (its
+    texts against the first run of a config solo() picks and its own last run) and then the best of each
+    against the reference config's."""
+    best: dict[Hashable, Result] = {}
+    last: dict[Hashable, list[str]] = {}
+    solo_texts: list[str] | None = None
+    for round_ in range(args.rounds):
+        shift = round_ % len(configs)
+        for config in [*configs[shift:], *configs[:shift]]:
+            if args.quiet is not None:
+                wait_quiet(args.quiet)
+            result, others = other_cores(functools.partial(run, config))
+            if solo(config) and solo_texts is None:
+                solo_texts = result.texts
+            line = f"[{round_ + 1}] {result.line()}  others {others:.2f} cores"
+            if solo_texts is not None:
+                same = sum(a == b for a, b in zip(result.texts, solo_texts, strict=True))
+                line += f"  = one-slot text {same}/{len(solo_texts)}"
+            if config in last:
+                line += f"  = last run {sum(a == b for a, b in zip(result.texts, last[config], strict=True))}"
+            last[config] = result.texts
+            print(line, flush=True)
+            if config not in best or result.tokens / result.seconds > best[config].tokens / best[config].seconds:
+                best[config] = result
+    print("best of each:")
+    base = best.get(reference)
+    for config in configs:
+        result = best[config]
+        line = f"  {result.label:<38} {result.tokens / result.seconds:7.1f} tok/s"
+        if base is not None:
+            line += f"  {result.tokens / result.seconds / (base.tokens / base.seconds):5.2f}x {reference_name}"
+        print(line)
 
 
 @dataclass(frozen=True)
@@ -244,39 +307,17 @@ def main() -> None:
     ]
     if not args.no_reference:
         configs.append(Config(0, 1))
-    best: dict[Config, Result] = {}
-    last: dict[Config, list[str]] = {}
-    solo: list[str] | None = None
-    for round_ in range(args.rounds):
-        shift = round_ % len(configs)
-        for config in configs[shift:] + configs[:shift]:
-            if args.quiet is not None:
-                wait_quiet(args.quiet)
-            if config.slots:
-                result, others = other_cores(lambda c=config: batched(path, c, conversations, args))
-            else:
-                result, others = other_cores(lambda: sequential_llama_cpp(path, conversations, args))
-            if config.slots == 1 and not config.unified and solo is None:
-                solo = result.texts
-            line = f"[{round_ + 1}] {result.line()}  others {others:.2f} cores"
-            if solo is not None:
-                line += f"  = one-slot text {sum(a == b for a, b in zip(result.texts, solo, strict=True))}/{len(solo)}"
-            if config in last:
-                line += f"  = last run {sum(a == b for a, b in zip(result.texts, last[config], strict=True))}"
-            last[config] = result.texts
-            print(line, flush=True)
-            if config not in best or result.tokens / result.seconds > best[config].tokens / best[config].seconds:
-                best[config] = result
-    print("best of each:")
-    reference = best.get(Config(0, 1))
-    for config in configs:
-        result = best[config]
-        line = f"  {result.label:<38} {result.tokens / result.seconds:7.1f} tok/s"
-        if reference is not None:
-            line += (
-                f"  {result.tokens / result.seconds / (reference.tokens / reference.seconds):5.2f}x llama-cpp-python"
-            )
-        print(line)
+
+    def run(config: Hashable) -> Result:
+        assert isinstance(config, Config)
+        if config.slots:
+            return batched(path, config, conversations, args)
+        return sequential_llama_cpp(path, conversations, args)
+
+    def solo(config: Hashable) -> bool:
+        return isinstance(config, Config) and config.slots == 1 and not config.unified
+
+    run_rounds(configs, run, args, solo=solo, reference=Config(0, 1), reference_name="llama-cpp-python")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_llama_batch import Result, chats, other_cores, wait_quiet  # noqa: E402
+from bench_llama_batch import Result, chats, drive_slots, run_rounds  # noqa: E402
 from gguf_to_mlx import gguf_to_mlx  # noqa: E402
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams  # noqa: E402
 from hostler.worker.engines.protocol import GenerationRequest  # noqa: E402
@@ -46,36 +46,16 @@ def batched(folder: Path, slots: int, conversations: list[list[ChatMessage]], ar
 
     engine = MlxSlots(folder, LoadParams(n_ctx=args.n_ctx, n_parallel=slots))
     sampling = SamplingParams(max_tokens=args.max_tokens, temperature=0)
-    result = Result(Config(slots).label, 0.0, 0)
-    texts = [""] * len(conversations)
-    started: dict[int, float] = {}
-    live: dict[int, int] = {}
-    pending = list(range(len(conversations)))
     try:
-        begin = time.perf_counter()
-        while pending or live:
-            while pending and engine.free_slots:
-                index = pending.pop(0)
-                handle = engine.start(GenerationRequest(params=sampling, messages=conversations[index]))
-                live[handle] = index
-                started[handle] = time.perf_counter()
-            step_start = time.perf_counter()
-            outputs = engine.step()
-            now = time.perf_counter()
-            result.step_s += now - step_start
-            result.steps += 1
-            for out in outputs:
-                if out.completion_tokens >= 1 and out.seq in started:
-                    result.ttft.append(now - started.pop(out.seq))
-                texts[live[out.seq]] += out.piece
-                if out.finish_reason is not None:
-                    del live[out.seq]
-                    result.tokens += out.completion_tokens
-        result.seconds = time.perf_counter() - begin
+        return drive_slots(
+            engine,
+            lambda i: engine.start(GenerationRequest(params=sampling, messages=conversations[i])),
+            len(conversations),
+            slots,
+            Config(slots).label,
+        )
     finally:
         engine.close()
-    result.texts = texts
-    return result
 
 
 def serial(folder: Path, conversations: list[list[ChatMessage]], args: argparse.Namespace) -> Result:
@@ -117,44 +97,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     conversations = chats(args.requests)
     configs = [Config(slots) for slots in args.slots] + ([] if args.no_reference else [Config(0)])
-    best: dict[Config, Result] = {}
-    last: dict[Config, list[str]] = {}
-    solo: list[str] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         folder = gguf_to_mlx(
             fetch(SMOLLM2, quiet=True), Path(tmp) / "SmolLM2-135M-Instruct-mlx", dequantize=args.dequantize
         )
-        for round_ in range(args.rounds):
-            shift = round_ % len(configs)
-            for config in configs[shift:] + configs[:shift]:
-                if args.quiet is not None:
-                    wait_quiet(args.quiet)
-                if config.slots:
-                    result, others = other_cores(lambda c=config: batched(folder, c.slots, conversations, args))
-                else:
-                    result, others = other_cores(lambda: serial(folder, conversations, args))
-                if config.slots == 1 and solo is None:
-                    solo = result.texts
-                line = f"[{round_ + 1}] {result.line()}  others {others:.2f} cores"
-                if solo is not None:
-                    same = sum(a == b for a, b in zip(result.texts, solo, strict=True))
-                    line += f"  = one-slot text {same}/{len(solo)}"
-                if config in last:
-                    line += f"  = last run {sum(a == b for a, b in zip(result.texts, last[config], strict=True))}"
-                last[config] = result.texts
-                print(line, flush=True)
-                if config not in best or result.tokens / result.seconds > best[config].tokens / best[config].seconds:
-                    best[config] = result
-    print("best of each:")
-    reference = best.get(Config(0))
-    for config in configs:
-        result = best[config]
-        line = f"  {result.label:<34} {result.tokens / result.seconds:7.1f} tok/s"
-        if reference is not None:
-            line += (
-                f"  {result.tokens / result.seconds / (reference.tokens / reference.seconds):5.2f}x serial MlxEngine"
-            )
-        print(line)
+
+        def run(config: Hashable) -> Result:
+            assert isinstance(config, Config)
+            if config.slots:
+                return batched(folder, config.slots, conversations, args)
+            return serial(folder, conversations, args)
+
+        run_rounds(
+            configs,
+            run,
+            args,
+            solo=lambda config: config == Config(1),
+            reference=Config(0),
+            reference_name="serial MlxEngine",
+        )
     return 0
 
 
