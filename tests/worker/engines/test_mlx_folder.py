@@ -75,7 +75,14 @@ def test_memory_estimate_of_the_tiny_folder(tiny_mlx: Path) -> None:
     assert found.weights_bytes == (tiny_mlx / "model.safetensors").stat().st_size - 8 - header_len
     # float16 weights: K and V in float16, 1000 positions padded to 1024.
     per_cell = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"] * 2
-    assert found.kv_bytes_per_cell == per_cell and found.kv_cache_bytes == per_cell * 1024
+    assert found.kv_cache_bytes == per_cell * 1024
+    # Kept prompt caches: as much as the slots' KV cache, so a context cell costs twice.
+    assert found.kept_prompts_bytes == found.kv_cache_bytes and found.kv_bytes_per_cell == 2 * per_cell
+    off = estimate_mlx(tiny_mlx, LoadParams(n_ctx=1000, n_batch=100, n_parallel=1, cache_ram_mib=0))
+    assert off.kept_prompts_bytes == 0 and off.kv_bytes_per_cell == per_cell
+    assert off.total_bytes == found.total_bytes - found.kept_prompts_bytes
+    fixed = estimate_mlx(tiny_mlx, LoadParams(n_ctx=1000, n_batch=100, n_parallel=1, cache_ram_mib=3))
+    assert fixed.kept_prompts_bytes == 3 * 2**20 and fixed.kv_bytes_per_cell == per_cell
     assert found.overhead_bytes > MLX_RUNTIME_BYTES
     wider = estimate_mlx(tiny_mlx, LoadParams(n_ctx=1000, n_batch=200, n_parallel=1))
     assert wider.compute_bytes > found.compute_bytes and wider.kv_cache_bytes == found.kv_cache_bytes
