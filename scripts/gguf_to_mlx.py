@@ -111,12 +111,22 @@ def _check(gguf: pathlib.Path) -> None:
     arch = field.contents() if field is not None else None
     if arch != "llama":
         raise ConversionError(f"{gguf.name} is a {arch!r} model; only the llama architecture is converted")
+    model, pre = (reader.get_field(f"tokenizer.ggml.{key}") for key in ("model", "pre"))
+    _check_tokenizer(model.contents() if model is not None else None, pre.contents() if pre is not None else "default")
     for tensor in reader.tensors:
         if tensor.tensor_type.name not in _READABLE:
             raise ConversionError(
                 f"{gguf.name}: tensor {tensor.name} is {tensor.tensor_type.name}; MLX reads only "
                 f"{', '.join(sorted(_READABLE))} from a GGUF"
             )
+
+
+def _check_tokenizer(model: object, pre: object) -> None:
+    if model != "gpt2" or pre not in _PRE_TOKENIZERS:
+        raise ConversionError(
+            f"tokenizer {model!r} with pre-tokenizer {pre!r}: only byte-level BPE (gpt2) with "
+            f"{', '.join(sorted(_PRE_TOKENIZERS))} is rebuilt"
+        )
 
 
 def _mlx_name(name: str) -> str:
@@ -173,13 +183,7 @@ def _bits(tensors: Mapping[str, Any], layer: str) -> int:
 def _write_tokenizer(folder: pathlib.Path, meta: Mapping[str, Any], tokens: list[str], max_length: int) -> None:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    model = _text(meta, "tokenizer.ggml.model")
     pre = _text(meta, "tokenizer.ggml.pre", "default")
-    if model != "gpt2" or pre not in _PRE_TOKENIZERS:
-        raise ConversionError(
-            f"tokenizer {model!r} with pre-tokenizer {pre!r}: only byte-level BPE (gpt2) with "
-            f"{', '.join(sorted(_PRE_TOKENIZERS))} is rebuilt"
-        )
     merges = [_merge(str(m)) for m in meta["tokenizer.ggml.merges"]]
     vocab = {token: i for i, token in enumerate(tokens)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))

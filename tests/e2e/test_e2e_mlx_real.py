@@ -85,6 +85,9 @@ def test_what_cannot_be_converted_is_refused(gemma3: Path, model_files: dict[str
         gguf_to_mlx(gemma3, tmp_path / "out")
     with pytest.raises(ConversionError, match="broken.gguf is not a readable GGUF file"):
         gguf_to_mlx(model_files["broken"], tmp_path / "out")
+    # The tiny GGUF is llama with a SentencePiece vocabulary, which tokenizers' BPE cannot rebuild.
+    with pytest.raises(ConversionError, match="tokenizer 'llama' with pre-tokenizer"):
+        gguf_to_mlx(model_files["tiny"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert main([str(model_files["truncated"]), str(tmp_path / "out")]) == 2
 
