@@ -191,7 +191,11 @@ class Controller:
     def _decide(self, demanded: set[str]) -> tuple[int, int]:
         """Reads the cluster and decides; returns the hosts and models it decided for."""
         snap = self.read()
-        if snap.dead and self._outage.settled(self.connection):
+        # Asked every step, dead hosts or not: the guard learns which server answers before a
+        # failover, so a promoted replica whose keys expired meanwhile is told apart even when
+        # redis-py's retries hid the outage from this loop.
+        settled = self._outage.settled(self.connection)
+        if snap.dead and settled:
             for host in snap.dead:
                 self._bury(host, snap)
         self._expire_keep_alive(snap)

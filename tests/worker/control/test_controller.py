@@ -219,3 +219,34 @@ def test_status_names_the_leader_and_its_view_of_each_host(
     assert seen.controller == controller.name
     need = worker_need(catalog[0]).ram
     assert [(h.host, h.placed, h.free_bytes) for h in seen.hosts] == [("one", {"a": need}, 4 * GIB - need)]
+
+
+def test_hosts_are_not_buried_on_a_promoted_server_until_it_settles(
+    connection: redis.Redis,
+    two_hosts: tuple[Controller, list[ModelInfo]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A failover redis-py's retries hid: the next step reads another server, with the data
+    # replicated but host two's heartbeat expired during the election.
+    import redis_proc
+
+    monkeypatch.setattr("hostler.worker.outage.SETTLE_S", 0.5)
+    controller, _catalog = two_hosts
+    demand(connection, "a")
+    controller.step(wait=0.01)
+    assert placed(connection) == {"a": ["two"]}
+    with redis_proc.redis_server(tmp_path / "promoted") as port:
+        promoted = redis.Redis(port=port)
+        for key in connection.scan_iter():
+            ttl = max(int(connection.pttl(key)), 0)
+            promoted.restore(key, ttl, connection.dump(key), replace=True)
+        promoted.delete(KEYS.host("two"))
+        time.sleep(0.6)  # the promoted server has been up longer than a settle period
+        controller.connection = promoted
+        controller.step(wait=0.01)
+        assert "two" in placed(promoted)["a"], "buried before the hosts could heartbeat again"
+        time.sleep(0.6)
+        controller.step(wait=0.01)
+        assert "two" not in placed(promoted).get("a", [])
+        promoted.close()
