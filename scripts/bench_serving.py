@@ -673,7 +673,11 @@ def report_round_ratios(cells: list[Cell], clients_list: list[int]) -> None:
                 each = ratios(mine, theirs, clients)
                 if each:
                     listed = ", ".join(f"{q:.2f}" for q in each)
-                    lines.append(f"  {clients} client(s): {mine}: {listed}; median {statistics.median(each):.2f}")
+                    above = sum(q >= 1.0 for q in each)
+                    lines.append(
+                        f"  {clients} client(s): {mine}: {listed}; median {statistics.median(each):.2f}, "
+                        f"at least 1.00 in {above} of {len(each)}"
+                    )
         if lines:
             print(f"\nhostler / {theirs} in every round (tokens/s), and the median over rounds:")
             print("\n".join(lines))
