@@ -4,7 +4,8 @@
 Sends the one-sentence-summary chat requests of bench_gateway.py (SmolLM2-135M-Instruct,
 temperature 0) straight to a BatchedLlama, C at a time, and prints for each setting the
 generated tokens per second, steps, the time per step split into llama_decode, sampling
-(llama_sampler_sample, in C) and everything else (Python), and time to first token; then
+(the sequences' samplers: llama.cpp's chain in C, or numpy's argmax of the logits for a greedy
+job with neutral penalties) and everything else (Python), and time to first token; then
 the same requests one after another through llama-cpp-python's create_chat_completion.
 It also counts how many batched texts equal their one-slot text, and whether a second run
 of the same batch on a fresh engine gives the same texts.
@@ -38,12 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gateway import PASSAGES, messages  # noqa: E402
 from hostler.schemas import ChatMessage, LoadParams, SamplingParams  # noqa: E402
 from hostler.worker.engines.llama_batch import BatchedLlama, SequenceRequest  # noqa: E402
+from hostler.worker.engines.llama_sampling import Candidates, SequenceSampler  # noqa: E402
 from hostler.worker.engines.protocol import StepOutput  # noqa: E402
 from hostler.worker.models.fetch import SMOLLM2, fetch  # noqa: E402
 
 
 class TimedLib:
-    """llama_cpp with llama_decode and llama_sampler_sample timed."""
+    """llama_cpp with llama_decode timed, and the time the engine's samplers took (drive())."""
 
     def __init__(self, lib: Any) -> None:
         self._lib = lib
@@ -58,12 +60,6 @@ class TimedLib:
         rc = int(self._lib.llama_decode(ctx, batch))
         self.decode_s += time.perf_counter() - start
         return rc
-
-    def llama_sampler_sample(self, sampler: Any, ctx: Any, index: int) -> int:
-        start = time.perf_counter()
-        token = int(self._lib.llama_sampler_sample(sampler, ctx, index))
-        self.sample_s += time.perf_counter() - start
-        return token
 
 
 @dataclass
@@ -150,10 +146,21 @@ def drive_slots(engine: Slots, start: Callable[[int], int], count: int, concurre
 def drive(engine: BatchedLlama, requests: Sequence[SequenceRequest], concurrency: int, label: str) -> Result:
     lib = TimedLib(engine._lib)
     engine._lib = lib
+    sample = SequenceSampler.sample
+
+    def timed_sample(sampler: SequenceSampler, ctx: Any, index: int, candidates: Candidates) -> int:
+        start = time.perf_counter()
+        try:
+            return sample(sampler, ctx, index, candidates)
+        finally:
+            lib.sample_s += time.perf_counter() - start
+
+    SequenceSampler.sample = timed_sample  # type: ignore[method-assign]
     try:
         result = drive_slots(engine, lambda i: engine.submit(requests[i]), len(requests), concurrency, label)
     finally:
         engine._lib = lib._lib
+        SequenceSampler.sample = sample  # type: ignore[method-assign]
     result.decode_s, result.sample_s = lib.decode_s, lib.sample_s
     return result
 

@@ -74,6 +74,7 @@ def sequence_sampler(
         n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
     )
     add(chain, penalties)
+    neutral = params.repeat_penalty == 1.0 and params.frequency_penalty == 0.0 and params.presence_penalty == 0.0
     if constraint is not None and grammar_first:
         add(chain, constraint)  # the chain owns it from here
         constraint = None
@@ -86,7 +87,8 @@ def sequence_sampler(
         add(chain, lib.llama_sampler_init_min_p(params.min_p, 1))
         add(chain, lib.llama_sampler_init_temp(params.temperature))
         add(chain, lib.llama_sampler_init_dist(seed))
-    return SequenceSampler(lib, chain, constraint)
+    argmax = params.temperature == 0.0 and neutral and grammar is None
+    return SequenceSampler(lib, chain, constraint, argmax=argmax)
 
 
 # llama_token_data's layout (int32 id, float logit, float p: 12 bytes, no padding), so numpy
@@ -153,21 +155,33 @@ def selected_token(array: Any) -> int:
 class SequenceSampler:
     """One sequence's chain and, for a constrained sequence, its grammar sampler apart from it."""
 
-    def __init__(self, lib: Any, chain: Any, grammar: Any | None) -> None:
+    def __init__(self, lib: Any, chain: Any, grammar: Any | None, *, argmax: bool = False) -> None:
         self._lib = lib
         self.chain: Any = chain
         self.grammar: Any | None = grammar
+        # Greedy with neutral penalties and no grammar: the chain would pick the first largest
+        # logit, after copying the whole vocabulary into candidates (85 us on SmolLM2's 49,152
+        # tokens, against 7 us for numpy's argmax of the same row; 8 sequences sample one after
+        # another every step while llama.cpp's threads wait).
+        self.argmax = argmax
 
     def sample(self, ctx: Any, index: int, candidates: Candidates) -> int:
         """Picks and accepts the next token from output row index of the last llama_decode."""
         lib = self._lib
-        if self.grammar is None:
+        if self.grammar is None and not self.argmax:
             # The whole chain in C, exactly as llama-cpp-python's Llama samples.
             return int(lib.llama_sampler_sample(self.chain, ctx, index))
         row = lib.llama_get_logits_ith(ctx, index)
         if not row:
             raise EngineError(f"llama.cpp has no logits for output {index}")
         logits = np.ctypeslib.as_array(row, shape=(candidates.n_vocab,))
+        if self.grammar is None:
+            # numpy's argmax takes the first of equal maxima, as llama.cpp's greedy sampler does;
+            # a NaN (which the greedy sampler would step over) goes through the chain instead.
+            token = int(logits.argmax())
+            if not math.isnan(logits[token]):
+                return token
+            return int(lib.llama_sampler_sample(self.chain, ctx, index))
         array = candidates.fill(logits)
         lib.llama_sampler_apply(self.chain, array)
         token = selected_token(array)

@@ -4,11 +4,21 @@ tests/worker/engines/test_structured_e2e.py on a real model."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import llama_cpp.llama_cpp as lib
 import numpy as np
 import pytest
 from hostler.schemas import SamplingParams, TokenLogprob
 from hostler.worker.engines.decoding import Unsupported, refuse_llama_only
-from hostler.worker.engines.llama_sampling import LogprobTrail, log_softmax, token_logprob
+from hostler.worker.engines.llama_sampling import (
+    Candidates,
+    LogprobTrail,
+    log_softmax,
+    selected_token,
+    sequence_sampler,
+    token_logprob,
+)
 from llama_cpp import Llama
 
 
@@ -70,3 +80,46 @@ def test_engines_without_llama_cpp_refuse_structured_output_and_logprobs_by_name
     with pytest.raises(Unsupported, match="MLX engine does not return logprobs") as raised:
         refuse_llama_only(SamplingParams(logprobs=0), "MLX")
     assert raised.value.code == "invalid_request"
+
+
+def _greedy_chain() -> Any:
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(1000, 64, 1.0, 0.0, 0.0))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+    return chain
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_argmax_picks_what_llama_cpp_s_greedy_chain_picks_ties_included(seed: int) -> None:
+    """The greedy fast path (numpy's argmax of the logits row) against llama.cpp's greedy chain on
+    the same row, with many equal maxima and masked tokens."""
+    rng = np.random.default_rng(seed)
+    logits = rng.integers(-5, 3, 1000).astype(np.float32)  # every value many times over: ties
+    logits[rng.integers(0, 1000, 50)] = -np.inf
+    chain = _greedy_chain()
+    try:
+        candidates = Candidates(lib, logits.size)  # held: the array points into its buffer
+        array = candidates.fill(logits)
+        lib.llama_sampler_apply(chain, array)
+        assert selected_token(array) == int(logits.argmax())
+    finally:
+        lib.llama_sampler_free(chain)
+
+
+@pytest.mark.parametrize(
+    ("params", "argmax"),
+    [
+        (SamplingParams(temperature=0), True),
+        (SamplingParams(temperature=0, max_tokens=3, stop=["x"], logprobs=2), True),
+        (SamplingParams(temperature=0.7), False),
+        (SamplingParams(temperature=0, repeat_penalty=1.1), False),
+        (SamplingParams(temperature=0, frequency_penalty=0.5), False),
+        (SamplingParams(temperature=0, presence_penalty=-0.5), False),
+    ],
+)
+def test_only_greedy_with_neutral_penalties_takes_the_argmax(params: SamplingParams, argmax: bool) -> None:
+    sampler = sequence_sampler(lib, None, 1000, params, default_seed=1)
+    try:
+        assert sampler.argmax is argmax
+    finally:
+        sampler.free()
