@@ -4,6 +4,8 @@ tests/worker/engines/test_structured_e2e.py on a real model."""
 
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Any
 
 import llama_cpp.llama_cpp as lib
@@ -14,6 +16,7 @@ from hostler.worker.engines.decoding import Unsupported, refuse_llama_only
 from hostler.worker.engines.llama_sampling import (
     Candidates,
     LogprobTrail,
+    SequenceSampler,
     log_softmax,
     selected_token,
     sequence_sampler,
@@ -123,3 +126,28 @@ def test_only_greedy_with_neutral_penalties_takes_the_argmax(params: SamplingPar
         assert sampler.argmax is argmax
     finally:
         sampler.free()
+
+
+class _RowOnly:
+    """Just enough of llama_cpp for a greedy sampler's fast path: one logits row, and a chain that
+    says when it was asked."""
+
+    def __init__(self, *logits: float) -> None:
+        self.row = (ctypes.c_float * len(logits))(*logits)
+        self.chain_calls = 0
+
+    def llama_get_logits_ith(self, ctx: Any, index: int) -> Any:
+        return ctypes.cast(self.row, ctypes.POINTER(ctypes.c_float))
+
+    def llama_sampler_sample(self, chain: Any, ctx: Any, index: int) -> int:
+        self.chain_calls += 1
+        return 2
+
+
+def test_the_argmax_path_takes_the_first_maximum_and_leaves_a_nan_row_to_the_chain() -> None:
+    plain = _RowOnly(1.0, 5.0, 3.0, 5.0)
+    sampler = SequenceSampler(plain, chain=None, grammar=None, argmax=True)
+    assert sampler.sample(None, 0, Candidates(lib, 4)) == 1 and plain.chain_calls == 0
+    broken = _RowOnly(1.0, math.nan, 3.0, 2.0)
+    sampler = SequenceSampler(broken, chain=None, grammar=None, argmax=True)
+    assert sampler.sample(None, 0, Candidates(lib, 4)) == 2 and broken.chain_calls == 1
