@@ -23,7 +23,9 @@ when its last one ended); every request is streamed, so the time to the first co
 the tokens counted from each reply's text with the model's tokenizer, one rule for every server:
 llama-server's own usage counts the end-of-generation token as well (one token more per reply
 than hostler or OpenAI report; about 4% of these short replies), and the example server sends
-none when streaming. Each run also prints the servers' own counts. CPU per token is the CPU
+none when streaming. Each run also prints the servers' own counts, and the prompt tokens the
+server evaluated where it tells (llama-server's usage, less its cached tokens; hostler's worker
+reports). CPU per token is the CPU
 time of the server's processes (hostler: Redis, `hostler up` and its workers, the gateway), and
 apart that of the clients (this process), over the run's completion tokens: on a machine whose
 cores the servers saturate, it is what their tokens/s comes down to, and it moves far less with
@@ -132,6 +134,7 @@ class Reply:
     usage: int | None  # completion tokens as the server's usage says; None when it sent none
     tokens: int = 0  # completion tokens counted from the text (Bench.run), the same rule for every server
     retried: int = 0  # connections the server had closed before the request reached it
+    evaluated: int | None = None  # prompt tokens the server evaluated (its usage: prompt - cached), if it says
 
 
 @dataclass
@@ -147,6 +150,7 @@ class Cell:
     round_no: int = 0
     server_cpu: float = 0.0  # CPU seconds of the server's processes during the run
     client_cpu: float = 0.0  # CPU seconds of this process (the clients) during the run
+    evaluated: int | None = None  # prompt tokens the server evaluated in the run, where it tells
 
     @property
     def ok(self) -> list[Reply]:
@@ -244,16 +248,20 @@ async def openai_asker(base_url: str, chats: Chats, max_tokens: int) -> AsyncIte
         first: float | None = None
         parts: list[str] = []
         tokens: int | None = None
+        evaluated: int | None = None
         async with stream:
             async for chunk in stream:
                 if chunk.usage is not None:
                     tokens = chunk.usage.completion_tokens
+                    details = chunk.usage.prompt_tokens_details
+                    if details is not None and details.cached_tokens is not None:
+                        evaluated = chunk.usage.prompt_tokens - details.cached_tokens
                 for choice in chunk.choices:
                     if choice.delta.content:
                         if first is None:
                             first = time.perf_counter() - started
                         parts.append(choice.delta.content)
-        return Reply(first, "".join(parts), usage=tokens, retried=retried)
+        return Reply(first, "".join(parts), usage=tokens, retried=retried, evaluated=evaluated)
 
     try:
         yield ask
@@ -296,6 +304,8 @@ class Target:
     row: str
     asker: Callable[[Chats], contextlib.AbstractAsyncContextManager[Ask]]
     pids: list[int]
+    # The prompt tokens the server has evaluated so far, for a server whose replies do not say.
+    evaluated: Callable[[], int] | None = None
 
 
 class Bench:
@@ -341,6 +351,7 @@ class Bench:
             async with target.asker(chats) as ask:
                 return await closed_loop(ask, len(chats), clients, self.args.run_timeout)
 
+        evaluated_before = target.evaluated() if target.evaluated else 0
         before = (tree_cpu(target.pids), _self_cpu(), tree_cpu(others), machine_cpu())
         seconds, replies = asyncio.run(go())
         server, client = tree_cpu(target.pids) - before[0], _self_cpu() - before[1]
@@ -351,6 +362,10 @@ class Bench:
         for reply in cell.ok:
             reply.tokens = self.count_tokens(reply.text)
             cell.no_usage += reply.usage is None
+        if target.evaluated is not None:
+            cell.evaluated = target.evaluated() - evaluated_before
+        elif cell.ok and all(r.evaluated is not None for r in cell.ok):
+            cell.evaluated = sum(r.evaluated or 0 for r in cell.ok)
         self.cells.append(cell)
         print("  " + cell_line(cell), flush=True)
         return cell
@@ -368,6 +383,8 @@ def cell_line(cell: Cell) -> str:
     else:
         counted = f", {cell.reported_tokens} tokens by the server's usage, {cell.tokens} counted"
     retried = sum(r.retried for r in cell.ok)
+    if cell.evaluated is not None:
+        counted += f", {cell.evaluated} prompt tokens evaluated"
     counted += f", {retried} requests resent on a connection closed by the server" if retried else ""
     return (
         f"{cell.row} x{cell.clients}: {len(cell.ok)} ok {cell.failed} failed in {cell.seconds:.1f} s, "
@@ -509,13 +526,37 @@ def hostler_target(
     if row == QUEUE:
         # Nothing else waits for `hostler up` here (the gateway row waits for its /health).
         wait_listed(server.url, up, tmp / f"up-{name}.log", start_timeout)
-        return Target(row, lambda chats: queue_asker(server.url, chats, max_tokens), pids)
+        return Target(
+            row, lambda chats: queue_asker(server.url, chats, max_tokens), pids, lambda: prompt_evaluated(server.url)
+        )
     port = free_port()
     log = tmp / f"gateway-{name}.log"
     gateway = stack.enter_context(process([*hostler, "gateway", "--port", str(port)], log, server.url, extra_env))
     wait_http(f"http://127.0.0.1:{port}/health", row, gateway, log, timeout=start_timeout)
     url = f"http://127.0.0.1:{port}/v1"
-    return Target(row, lambda chats: openai_asker(url, chats, max_tokens), [*pids, gateway.pid])
+    return Target(
+        row,
+        lambda chats: openai_asker(url, chats, max_tokens),
+        [*pids, gateway.pid],
+        lambda: prompt_evaluated(server.url),
+    )
+
+
+def prompt_evaluated(redis_url: str) -> int:
+    """The prompt tokens the model's workers have evaluated so far (their reports), read once the
+    reports stop changing: a worker reports at once when its last job ends, a moment after its
+    client heard of the end."""
+    from hostler import Client
+
+    last = -1
+    deadline = time.monotonic() + 3.0
+    with Client(redis_url) as client:
+        while True:
+            now = sum(w.prompt_tokens_evaluated for w in client.status().workers if w.model == MODEL)
+            if now == last or time.monotonic() > deadline:
+                return now
+            last = now
+            time.sleep(0.25)
 
 
 def wait_listed(redis_url: str, up: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -631,6 +672,7 @@ def report(bench: Bench, inproc: dict[str, list[float]] | None) -> None:
     if inproc:
         report_added_ttft(by, inproc)
     report_texts(bench.cells)
+    report_evaluated(bench.cells)
     busy = [c for c in bench.cells if not c.error and (c.other_cores or 0.0) > NOISY_CORES]
     if busy:
         worst = max(c.other_cores or 0.0 for c in busy)
@@ -711,6 +753,20 @@ def report_texts(cells: list[Cell]) -> None:
     if same:
         print("\ntemperature-0 texts equal to llama-server's for the same request:")
         print("  " + ", ".join(f"{row} x{clients} {n}/{total}" for (row, clients), (n, total) in same.items()))
+
+
+def report_evaluated(cells: list[Cell]) -> None:
+    """Prompt tokens each server evaluated over every round, where it tells (llama-server's usage
+    gives its cached tokens, hostler's workers report theirs; the example says neither). On a
+    machine whose cores the decode fills, tokens/s follows the tokens evaluated, prompt and
+    generated alike."""
+    totals: dict[tuple[str, int], int] = {}
+    for cell in cells:
+        if not cell.error and cell.evaluated is not None:
+            totals[(cell.row, cell.clients)] = totals.get((cell.row, cell.clients), 0) + cell.evaluated
+    if totals:
+        print("\nprompt tokens evaluated over every round (the rest came from a cache):")
+        print("  " + ", ".join(f"{row} x{clients} {n}" for (row, clients), n in totals.items()))
 
 
 def hostler_state() -> str:
