@@ -55,7 +55,11 @@ class Outcome:
 
 @pytest.fixture
 def watched(tmp_path: Path) -> Iterator[SentinelSet]:
-    with sentinel_set(tmp_path / "redis", replicas=2) as running:
+    # Sentinels judge a server down after 3 s without a reply. At 1 s, on a loaded 2-core machine,
+    # the freshly promoted primary missed its pings for a moment, the Sentinels ran a second
+    # failover, and the first promoted server went on taking writes for 11 s before it was made
+    # a replica and its data discarded: a split brain, not the failover this test is about.
+    with sentinel_set(tmp_path / "redis", replicas=2, down_after_ms=3000) as running:
         yield running
 
 

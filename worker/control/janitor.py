@@ -117,6 +117,11 @@ class Janitor:
 
     def expire_leases(self) -> int:
         """Cancels queued jobs whose client left or whose start deadline passed; returns how many."""
+        # A waiting key lapses while Redis fails over (renewals stop during the election, or went to
+        # a server a second failover then discarded), its client still there: until the server has
+        # been the same for a settle period, a missing one proves nothing, as in the worker's claim.
+        # Asked every pass, so that the first server seen is the baseline a failover is told by.
+        judge_waiting = self._outage.recovered(self.connection)
         leases: list[tuple[str, Lease]] = []
         for job_id_raw, blob in self._next_leases().items():
             job_id = as_text(job_id_raw)
@@ -136,6 +141,8 @@ class Janitor:
         for i, (job_id, lease) in enumerate(leases):
             waited_for, in_time = alive[2 * i], alive[2 * i + 1]
             if lease.waiting and not waited_for:
+                if not judge_waiting:
+                    continue
                 code, message = ErrorCode.CLIENT_GONE, "its client stopped waiting before a worker took it"
             elif lease.start_by and not in_time:
                 code, message = ErrorCode.EXPIRED, "not started within its start deadline"

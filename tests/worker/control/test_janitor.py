@@ -291,3 +291,34 @@ def test_limits_are_checked_before_enqueue_and_named(
     with pytest.raises(InvalidRequest, match=named):
         client.complete("tiny", "x", **params)  # type: ignore[arg-type]
     assert not conn.keys("rq:job:*")
+
+
+def test_a_waiting_key_lapsed_in_a_failover_is_not_judged_until_the_new_server_settles(
+    idle: tuple[Client, redis.Redis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover redis-py's retries hid: the janitor's next pass reads a promoted server where the
+    job is queued but its waiting key is gone (its renewals went to a server that was then
+    discarded), while its client still waits. Not client_gone until a settle period has passed."""
+    import redis_proc
+
+    monkeypatch.setattr("hostler.worker.outage.SETTLE_S", 0.5)
+    client, conn = idle
+    janitor = Janitor(connection=conn, keys=Keys())
+    assert janitor.expire_leases() == 0  # the server it starts with
+    with client.stream("tiny", "still wanted", max_tokens=3):
+        [waiting] = conn.keys("hostler:waiting:*")
+        job_id = waiting.decode().removeprefix("hostler:waiting:")
+        with redis_proc.redis_server(tmp_path / "promoted") as port:
+            promoted = redis.Redis(port=port)
+            for key in conn.scan_iter():
+                if key != waiting:
+                    promoted.restore(key, max(int(conn.pttl(key)), 0), conn.dump(key), replace=True)
+            time.sleep(0.6)  # up longer than a settle period: only its run id tells it apart
+            janitor.connection = promoted
+            assert janitor.expire_leases() == 0
+            assert read_outcome(promoted, job_id) is None
+            time.sleep(0.6)
+            assert janitor.expire_leases() == 1
+            outcome = read_outcome(promoted, job_id)
+            assert outcome is not None and outcome.code == "client_gone"
+            promoted.close()
