@@ -52,7 +52,9 @@ def test_streamed_equals_whole_equals_the_python_client_through_the_sync_and_asy
         )
     )
     pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
-    assert len([p for p in pieces if p]) > 3, "streamed in pieces, not all at once"
+    # The first piece goes out at once, later ones at most every 50 ms: 24 tokens at SmolLM2's
+    # speed on a quiet machine make as few as 3 pieces (seen: 'The', then 6 and 9 tokens).
+    assert len([p for p in pieces if p]) >= 3, "streamed in pieces, not all at once"
     assert "".join(pieces) == expected.text
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == expected.finish_reason
